@@ -1,0 +1,17 @@
+//! build-image: turn a Linux distribution's OCI image into a bootable,
+//! immutable, A/B-upgradable OS image.
+//!
+//! The pipeline has one module per stage; see docs/architecture.md:
+//! [`oci`] fetches images, [`cache`] keeps verified blobs, [`assemble`]
+//! merges layers into a [`tree`], [`squashfs`] writes it out.
+
+pub mod assemble;
+pub mod cache;
+pub mod cli;
+pub mod oci;
+pub mod progress;
+pub mod squashfs;
+pub mod tree;
+
+/// The `apiVersion` of every JSON document this tool prints.
+pub const API_VERSION: &str = "build-image/v1alpha1";

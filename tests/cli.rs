@@ -1,0 +1,284 @@
+//! The command line: help, usage errors, bad references and bad local
+//! inputs. None of these needs a registry.
+
+mod common;
+
+use std::fs;
+
+use common::*;
+
+fn help_lines_fit(args: &[&str]) {
+    let env = TestEnv::new();
+    let mut cmd = env.command();
+    cmd.env_remove("COLUMNS").args(args);
+    let o = run_cmd(cmd);
+    assert_ok(&o);
+    let text = stdout(&o);
+    assert!(!text.trim().is_empty(), "{args:?} printed nothing");
+    for line in text.lines() {
+        assert!(
+            line.chars().count() <= 80,
+            "{args:?}: line longer than 80 columns ({}):\n{line}",
+            line.chars().count()
+        );
+    }
+}
+
+#[test]
+fn help_works_and_fits_80_columns() {
+    help_lines_fit(&["--help"]);
+    help_lines_fit(&["rootfs", "--help"]);
+    help_lines_fit(&["inspect", "--help"]);
+    help_lines_fit(&["help", "rootfs"]);
+}
+
+#[test]
+fn help_names_the_subcommands_and_options() {
+    let o = TestEnv::new().run_raw(&["--help"]);
+    assert_ok(&o);
+    let text = stdout(&o);
+    for word in ["rootfs", "inspect", "--cache-dir", "--json", "--quiet"] {
+        assert_mentions(&text, word);
+    }
+    let o = TestEnv::new().run_raw(&["rootfs", "--help"]);
+    assert_ok(&o);
+    let text = stdout(&o);
+    for word in [
+        "--arch",
+        "--compression",
+        "--block-size",
+        "--insecure-registry",
+        "oci-layout:",
+        "rootfs-tar:",
+    ] {
+        assert_mentions(&text, word);
+    }
+}
+
+#[test]
+fn no_subcommand_is_a_usage_error() {
+    let o = TestEnv::new().run_raw(&[]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+}
+
+#[test]
+fn rootfs_without_output_is_a_usage_error() {
+    let env = TestEnv::new();
+    let o = env.run(&["rootfs", "127.0.0.1:1/x:latest"]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert_mentions_any(&stderr(&o), &["-o", "--output"]);
+    assert!(list_files(&env.out).is_empty());
+}
+
+#[test]
+fn unknown_option_is_a_usage_error() {
+    let o = run(&["rootfs", "x", "-o", "y", "--no-such-flag"]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert_mentions(&stderr(&o), "--no-such-flag");
+}
+
+/// Exit 1 or 2, a message naming one of `what` (`|`-separated), no panic,
+/// no output file.
+fn assert_rejected(env: &TestEnv, args: &[&str], what: &str) {
+    let o = env.run(args);
+    let code = o.status.code();
+    assert!(
+        code == Some(1) || code == Some(2),
+        "{args:?}: expected exit 1 or 2, got {}:\n{}",
+        o.status,
+        stderr(&o)
+    );
+    let err = stderr(&o);
+    assert!(!err.contains("panicked"), "{args:?} panicked:\n{err}");
+    assert_mentions_any(&err, &what.split('|').collect::<Vec<_>>());
+    let left = list_files(&env.out);
+    assert!(left.is_empty(), "{args:?} left {left:?}");
+}
+
+#[test]
+fn bad_image_references_are_rejected() {
+    for image in [
+        "127.0.0.1:5000/UPPER/case:tag",
+        "127.0.0.1:5000/repo:bad tag",
+        "127.0.0.1:5000/repo@sha256:nothex",
+        "127.0.0.1:5000/repo@sha256:abcd",
+        "127.0.0.1:5000/repo:tag:extra",
+        "127.0.0.1:5000//repo",
+        "docker://",
+    ] {
+        let env = TestEnv::new();
+        let what = if image == "docker://" {
+            "docker://|empty"
+        } else {
+            image
+        };
+        assert_rejected(&env, &["rootfs", image, "-o", "out.sqfs"], what);
+    }
+    let env = TestEnv::new();
+    let o = env.run(&["rootfs", "", "-o", "out.sqfs"]);
+    assert!(matches!(o.status.code(), Some(1) | Some(2)), "{o:?}");
+    assert!(!env.out_path("out.sqfs").exists());
+}
+
+#[test]
+fn bad_option_values_are_rejected() {
+    for (args, what) in [
+        (&["--arch", "sparc"][..], "sparc"),
+        (&["--compression", "lz5"][..], "lz5"),
+        (&["--compression", "zstd:99"][..], "99"),
+        (&["--compression", "gzip:0"][..], "gzip:0"),
+        (&["--block-size", "1000"][..], "1000|block size"),
+        (&["--block-size", "2M"][..], "2M|2097152"),
+    ] {
+        let env = TestEnv::new();
+        let tar = env.tmp.path().join("r.tar");
+        fs::write(&tar, LayerBuilder::new().file("a", "a").tar()).unwrap();
+        let src = format!("rootfs-tar:{}", tar.display());
+        let mut a = vec!["rootfs", src.as_str(), "-o", "out.sqfs"];
+        a.extend_from_slice(args);
+        assert_rejected(&env, &a, what);
+    }
+}
+
+#[test]
+fn rootfs_tar_missing_file() {
+    let env = TestEnv::new();
+    let o = env.run(&[
+        "rootfs",
+        "rootfs-tar:/nonexistent/rootfs.tar",
+        "-o",
+        "out.sqfs",
+    ]);
+    let err = assert_fails(&o);
+    assert_mentions(&err, "/nonexistent/rootfs.tar");
+    assert!(!env.out_path("out.sqfs").exists());
+    assert!(list_files(&env.out).is_empty());
+}
+
+#[test]
+fn rootfs_tar_garbage_file() {
+    let env = TestEnv::new();
+    let file = env.tmp.path().join("garbage.tar");
+    let junk: Vec<u8> = (0..10_000u32).map(|i| (i * 31 % 256) as u8).collect();
+    fs::write(&file, junk).unwrap();
+    let o = env.run(&[
+        "rootfs",
+        &format!("rootfs-tar:{}", file.display()),
+        "-o",
+        "out.sqfs",
+    ]);
+    let err = assert_fails(&o);
+    assert_mentions(&err, file.to_str().unwrap());
+    assert!(list_files(&env.out).is_empty());
+}
+
+#[test]
+fn rootfs_tar_truncated_leaves_no_partial_output() {
+    let env = TestEnv::new();
+    let layer = LayerBuilder::new()
+        .dir("data")
+        .file("data/a", vec![b'a'; 2_000_000])
+        .file(
+            "data/b",
+            (0..2_000_000u32)
+                .map(|i| (i % 241) as u8)
+                .collect::<Vec<u8>>(),
+        );
+    for (name, bytes) in [
+        ("cut.tar", {
+            let t = layer.tar();
+            t[..t.len() * 3 / 4].to_vec()
+        }),
+        ("cut.tar.gz", {
+            let t = Compression::Gzip.compress(&layer.tar());
+            t[..t.len() * 3 / 4].to_vec()
+        }),
+        ("cut.tar.zst", {
+            let t = Compression::Zstd.compress(&layer.tar());
+            t[..t.len() * 3 / 4].to_vec()
+        }),
+    ] {
+        let file = env.tmp.path().join(name);
+        fs::write(&file, bytes).unwrap();
+        let o = env.run(&[
+            "rootfs",
+            &format!("rootfs-tar:{}", file.display()),
+            "-o",
+            "out.sqfs",
+        ]);
+        let err = assert_fails(&o);
+        assert_mentions(&err, file.to_str().unwrap());
+        let left = list_files(&env.out);
+        assert!(left.is_empty(), "{name}: left {left:?}");
+    }
+}
+
+#[test]
+fn output_onto_a_directory_fails_cleanly() {
+    let env = TestEnv::new();
+    let tar = env.tmp.path().join("r.tar");
+    fs::write(&tar, LayerBuilder::new().file("a", "a").tar()).unwrap();
+    let dir = env.out_path("a-directory");
+    fs::create_dir(&dir).unwrap();
+    fs::write(dir.join("keep"), "keep").unwrap();
+    let o = env.run(&[
+        "rootfs",
+        &format!("rootfs-tar:{}", tar.display()),
+        "-o",
+        dir.to_str().unwrap(),
+    ]);
+    let err = assert_fails(&o);
+    assert_mentions(&err, dir.to_str().unwrap());
+    assert_eq!(fs::read(dir.join("keep")).unwrap(), b"keep");
+    let left = list_files(&env.out);
+    assert_eq!(left.len(), 2, "{left:?}");
+}
+
+#[test]
+fn quiet_success_prints_nothing_on_stderr() {
+    let env = TestEnv::new();
+    let tar = env.tmp.path().join("r.tar");
+    fs::write(
+        &tar,
+        LayerBuilder::new().dir("etc").file("etc/a", "a").tar(),
+    )
+    .unwrap();
+    let out = env.out_path("q.sqfs");
+    let o = env.run(&[
+        "--quiet",
+        "rootfs",
+        &format!("rootfs-tar:{}", tar.display()),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_ok(&o);
+    assert!(out.is_file());
+    assert_eq!(stderr(&o), "", "--quiet printed on stderr");
+}
+
+#[test]
+fn rootfs_tar_json_result() {
+    let env = TestEnv::new();
+    let tar = env.tmp.path().join("r.tar");
+    fs::write(
+        &tar,
+        LayerBuilder::new().dir("etc").file("etc/a", "a").tar(),
+    )
+    .unwrap();
+    let out = env.out_path("j.sqfs");
+    let o = env.run(&[
+        "--json",
+        "rootfs",
+        &format!("rootfs-tar:{}", tar.display()),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_ok(&o);
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(&o)));
+    assert_eq!(j["apiVersion"], "build-image/v1alpha1");
+    assert_eq!(j["kind"], "RootfsResult");
+    assert_eq!(j["artifacts"][0]["sha256"], sha256_file(&out).as_str());
+    assert_eq!(j["artifacts"][0]["size"], fs::metadata(&out).unwrap().len());
+    assert_eq!(j["artifacts"][0]["format"], "squashfs");
+}

@@ -1,0 +1,175 @@
+//! Large fixtures generated once per target dir: a Debian bookworm minbase
+//! rootfs tar made with mmdebstrap, and an OCI layout of it (one gzip layer).
+//!
+//! Parallel test binaries coordinate through a lock file (created with
+//! `create_new`, holding the owner's pid; a lock whose owner died is taken
+//! over), and results are renamed into place atomically.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::layer::{Compression, Layer};
+use super::oci::{host_arch, Image, ImageDigests, OciLayout};
+use super::require_tool;
+
+/// `target/test-fixtures/`
+pub fn fixtures_dir() -> PathBuf {
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let dir = tmp.parent().unwrap().join("test-fixtures");
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+struct Lock(PathBuf);
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Takes `path.lock`, waiting (up to `max`) while a live process holds it.
+fn lock(path: &Path, max: Duration) -> Lock {
+    let lock_path = path.with_extension("lock");
+    let start = Instant::now();
+    loop {
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&lock_path)
+        {
+            Ok(mut f) => {
+                write!(f, "{}", std::process::id()).unwrap();
+                return Lock(lock_path);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let owner = fs::read_to_string(&lock_path)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u32>().ok());
+                match owner {
+                    Some(pid) if !pid_alive(pid) => {
+                        let _ = fs::remove_file(&lock_path);
+                        continue;
+                    }
+                    // Being written right now: give the owner a moment.
+                    None if start.elapsed() > Duration::from_secs(5) => {
+                        let _ = fs::remove_file(&lock_path);
+                        continue;
+                    }
+                    _ => {}
+                }
+                assert!(
+                    start.elapsed() < max,
+                    "timed out waiting for {}",
+                    lock_path.display()
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("cannot create {}: {e}", lock_path.display()),
+        }
+    }
+}
+
+fn is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        == Some("0")
+}
+
+/// A Debian bookworm minbase rootfs tar (uncompressed), made once with
+/// `mmdebstrap --variant=minbase` from deb.debian.org and cached in
+/// `target/test-fixtures/debian-bookworm-minbase.tar`.
+pub fn debian_minbase() -> PathBuf {
+    let out = fixtures_dir().join("debian-bookworm-minbase.tar");
+    if out.exists() {
+        return out;
+    }
+    let _lock = lock(&out, Duration::from_secs(900));
+    if out.exists() {
+        return out;
+    }
+    require_tool("mmdebstrap", "mmdebstrap");
+    let tmp = out.with_extension("tar.partial");
+    let mode = if is_root() {
+        "--mode=root"
+    } else {
+        "--mode=unshare"
+    };
+    let mut last = String::new();
+    for _attempt in 0..3 {
+        let _ = fs::remove_file(&tmp);
+        let res = Command::new("mmdebstrap")
+            .args([
+                "--quiet",
+                "--variant=minbase",
+                mode,
+                "--aptopt=Acquire::Retries \"5\"",
+                "--format=tar",
+                "bookworm",
+            ])
+            .arg(&tmp)
+            .arg("http://deb.debian.org/debian")
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .output()
+            .unwrap();
+        if res.status.success() {
+            fs::rename(&tmp, &out).unwrap();
+            return out;
+        }
+        last = String::from_utf8_lossy(&res.stderr).to_string();
+    }
+    let lines: Vec<&str> = last.lines().collect();
+    let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+    panic!("mmdebstrap failed 3 times; the tail of its last stderr:\n{tail}");
+}
+
+/// An OCI layout in `target/test-fixtures/debian-minbase-oci` holding the
+/// minbase tar as one gzip layer, tagged `bookworm`, for the host arch.
+pub fn debian_layout() -> (OciLayout, ImageDigests) {
+    let tar = debian_minbase();
+    let dir = fixtures_dir().join("debian-minbase-oci");
+    let meta = dir.with_extension("json");
+    let _lock = lock(&dir, Duration::from_secs(900));
+    if dir.join("index.json").exists() && meta.exists() {
+        let layout = OciLayout::create(&dir);
+        let d: serde_json::Value = serde_json::from_slice(&fs::read(&meta).unwrap()).unwrap();
+        let digests = ImageDigests {
+            manifest: d["manifest"].as_str().unwrap().into(),
+            manifest_size: d["manifest_size"].as_u64().unwrap(),
+            manifest_json: fs::read(layout.blob_path(d["manifest"].as_str().unwrap())).unwrap(),
+            manifest_media_type: d["manifest_media_type"].as_str().unwrap().into(),
+            config: d["config"].as_str().unwrap().into(),
+            config_json: fs::read(layout.blob_path(d["config"].as_str().unwrap())).unwrap(),
+            layers: serde_json::from_value(d["layers"].clone()).unwrap(),
+            platform: d["platform"].as_str().unwrap().into(),
+        };
+        return (layout, digests);
+    }
+    let _ = fs::remove_dir_all(&dir);
+    let partial = dir.with_extension("partial");
+    let _ = fs::remove_dir_all(&partial);
+    let layer = Layer::from_tar(fs::read(&tar).unwrap(), Compression::Gzip);
+    let layout = OciLayout::create(&partial);
+    let digests = layout.add_image("bookworm", &Image::new(host_arch(), vec![layer]));
+    fs::rename(&partial, &dir).unwrap();
+    let d = serde_json::json!({
+        "manifest": digests.manifest,
+        "manifest_size": digests.manifest_size,
+        "manifest_media_type": digests.manifest_media_type,
+        "config": digests.config,
+        "layers": digests.layers,
+        "platform": digests.platform,
+    });
+    fs::write(&meta, serde_json::to_vec(&d).unwrap()).unwrap();
+    (OciLayout::create(&dir), digests)
+}

@@ -1,0 +1,336 @@
+//! Shared harness of the integration tests: a real registry, layer and OCI
+//! layout writers, a fault-injecting proxy, the Debian fixture, the binary
+//! runner and the unsquashfs-based comparer.
+//!
+//! Every test binary uses only part of it.
+#![allow(dead_code, unused_imports)]
+
+pub mod fixtures;
+pub mod layer;
+pub mod oci;
+pub mod proxy;
+pub mod registry;
+pub mod squash;
+pub mod tree;
+
+pub use fixtures::{debian_layout, debian_minbase};
+pub use layer::{Compression, Layer, LayerBuilder, DEFAULT_MTIME};
+pub use oci::{host_arch, other_arch, Image, ImageDigests, IndexDigests, OciLayout};
+pub use proxy::{Fault, Proxy};
+pub use registry::{push, skopeo_inspect_raw, Registry};
+pub use squash::{extract, extract_tree, unsquashfs_listing, unsquashfs_stat};
+pub use tree::{assert_trees_match, Compare, Tree};
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_build-image");
+
+/// How long one run of the binary may take before it is killed.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(600);
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// `sha256:HEX`
+pub fn sha256_digest(data: &[u8]) -> String {
+    format!("sha256:{}", sha256_hex(data))
+}
+
+pub fn sha256_file(path: &Path) -> String {
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).unwrap();
+    hex::encode(h.finalize())
+}
+
+/// Panics with an install hint when `tool` is not on PATH: a missing tool
+/// fails the test, it never skips it.
+pub fn require_tool(tool: &str, package: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{tool} not found: install {package} (apt-get install {package})"
+    );
+}
+
+/// A per-test environment for the binary: its own cache dir, HOME,
+/// DOCKER_CONFIG and XDG dirs inside one temp dir, and an output dir.
+pub struct TestEnv {
+    pub tmp: TempDir,
+    pub cache: PathBuf,
+    pub home: PathBuf,
+    pub docker_config: PathBuf,
+    /// Where tests put `-o` files.
+    pub out: PathBuf,
+    envs: Vec<(String, String)>,
+}
+
+impl Default for TestEnv {
+    fn default() -> Self {
+        TestEnv::new()
+    }
+}
+
+impl TestEnv {
+    pub fn new() -> TestEnv {
+        let tmp = tempfile::Builder::new()
+            .prefix("build-image-test-")
+            .tempdir()
+            .unwrap();
+        let cache = tmp.path().join("cache");
+        let home = tmp.path().join("home");
+        let docker_config = tmp.path().join("docker");
+        let out = tmp.path().join("out");
+        for d in [&home, &docker_config, &out] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        TestEnv {
+            tmp,
+            cache,
+            home,
+            docker_config,
+            out,
+            envs: Vec::new(),
+        }
+    }
+
+    /// Adds an environment variable for every later run.
+    pub fn env(&mut self, k: &str, v: &str) -> &mut TestEnv {
+        self.envs.push((k.to_string(), v.to_string()));
+        self
+    }
+
+    /// `OUT/name`
+    pub fn out_path(&self, name: &str) -> PathBuf {
+        self.out.join(name)
+    }
+
+    /// The path of a cached blob.
+    pub fn cached_blob(&self, digest: &str) -> PathBuf {
+        self.cache
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+    }
+
+    /// Writes `DOCKER_CONFIG/config.json` with credentials for `host`.
+    pub fn login(&self, host: &str, user: &str, pass: &str) {
+        use base64::Engine;
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+        let cfg = serde_json::json!({"auths": {host: {"auth": auth}}});
+        std::fs::write(
+            self.docker_config.join("config.json"),
+            serde_json::to_vec_pretty(&cfg).unwrap(),
+        )
+        .unwrap();
+    }
+
+    /// The binary with a clean environment pointing into the temp dir (no
+    /// arguments yet; `--cache-dir` is not added).
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(BIN);
+        for k in [
+            "BUILD_IMAGE_CACHE_DIR",
+            "REGISTRY_AUTH_FILE",
+            "SOURCE_DATE_EPOCH",
+            "RUST_LOG",
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "http_proxy",
+            "https_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+            "NO_PROXY",
+            "no_proxy",
+        ] {
+            cmd.env_remove(k);
+        }
+        cmd.env("HOME", &self.home)
+            .env("DOCKER_CONFIG", &self.docker_config)
+            .env("XDG_CACHE_HOME", self.home.join(".cache"))
+            .env("XDG_CONFIG_HOME", self.home.join(".config"))
+            .env("XDG_RUNTIME_DIR", self.tmp.path().join("run"))
+            .env("TMPDIR", self.tmp.path())
+            .env("NO_COLOR", "1")
+            .current_dir(&self.out);
+        for (k, v) in &self.envs {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// Runs `build-image --cache-dir CACHE ARGS…`.
+    pub fn run(&self, args: &[&str]) -> Output {
+        let mut cmd = self.command();
+        cmd.arg("--cache-dir").arg(&self.cache).args(args);
+        run_cmd(cmd)
+    }
+
+    /// Runs `build-image ARGS…` without adding `--cache-dir`.
+    pub fn run_raw(&self, args: &[&str]) -> Output {
+        let mut cmd = self.command();
+        cmd.args(args);
+        run_cmd(cmd)
+    }
+
+    /// `build-image rootfs IMAGE -o OUT/name EXTRA…`; returns the output path
+    /// and the process output.
+    pub fn rootfs(&self, image: &str, name: &str, extra: &[&str]) -> (PathBuf, Output) {
+        let out = self.out_path(name);
+        let mut args = vec!["rootfs", image, "-o", out.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let o = self.run(&args);
+        (out, o)
+    }
+
+    /// Like [`TestEnv::rootfs`] but asserts success.
+    pub fn rootfs_ok(&self, image: &str, name: &str, extra: &[&str]) -> PathBuf {
+        let (out, o) = self.rootfs(image, name, extra);
+        assert_ok(&o);
+        assert!(out.is_file(), "exit 0 but no output file {}", out.display());
+        out
+    }
+}
+
+/// Runs `build-image ARGS…` in a throwaway [`TestEnv`].
+pub fn run(args: &[&str]) -> Output {
+    TestEnv::new().run(args)
+}
+
+/// Runs a command with [`RUN_TIMEOUT`], capturing stdout and stderr.
+pub fn run_cmd(mut cmd: Command) -> Output {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let mut so = child.stdout.take().unwrap();
+    let mut se = child.stderr.take().unwrap();
+    let t1 = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = so.read_to_end(&mut b);
+        b
+    });
+    let t2 = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = se.read_to_end(&mut b);
+        b
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > RUN_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not finish within {RUN_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: t1.join().unwrap(),
+        stderr: t2.join().unwrap(),
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+/// Asserts exit code 0, showing stdout and stderr otherwise.
+#[track_caller]
+pub fn assert_ok(o: &Output) {
+    assert!(
+        o.status.success(),
+        "build-image failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+        o.status,
+        stdout(o),
+        stderr(o)
+    );
+}
+
+/// Asserts exit code 1 (a runtime failure, not a usage error) and returns
+/// stderr.
+#[track_caller]
+pub fn assert_fails(o: &Output) -> String {
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "expected exit code 1, got {}:\n--- stdout\n{}\n--- stderr\n{}",
+        o.status,
+        stdout(o),
+        stderr(o)
+    );
+    stderr(o)
+}
+
+/// Asserts `haystack` contains `needle` (case-insensitively).
+#[track_caller]
+pub fn assert_mentions(haystack: &str, needle: &str) {
+    assert!(
+        haystack.to_lowercase().contains(&needle.to_lowercase()),
+        "expected the message to mention {needle:?}; it was:\n{haystack}"
+    );
+}
+
+/// Asserts `haystack` contains at least one of `needles` (case-insensitively).
+#[track_caller]
+pub fn assert_mentions_any(haystack: &str, needles: &[&str]) {
+    let h = haystack.to_lowercase();
+    assert!(
+        needles.iter().any(|n| h.contains(&n.to_lowercase())),
+        "expected the message to mention one of {needles:?}; it was:\n{haystack}"
+    );
+}
+
+/// All files (recursively) under `dir`, relative.
+pub fn list_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd {
+            let e = e.unwrap();
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(p.clone());
+            }
+            out.push(p.strip_prefix(dir).unwrap().to_path_buf());
+        }
+    }
+    out.sort();
+    out
+}
+
+/// An image with the given layers for the host arch, written to a fresh
+/// layout, pushed to `registry` as `repo:latest`; returns the reference and
+/// the digests.
+pub fn push_layers(registry: &Registry, repo: &str, layers: Vec<Layer>) -> (String, ImageDigests) {
+    let dir = tempfile::Builder::new()
+        .prefix("layout-")
+        .tempdir()
+        .unwrap();
+    let layout = OciLayout::create(dir.path());
+    let d = layout.add_image("latest", &Image::host(layers));
+    let pushed = registry.push(&layout, "latest", repo);
+    assert_eq!(pushed, d.manifest);
+    (registry.image(repo, "latest"), d)
+}

@@ -117,8 +117,24 @@ pub fn run(g: &Global, a: RootfsArgs, reporter: &dyn Reporter) -> Result<()> {
         .suffix(".partial")
         .tempfile_in(&dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    squashfs::write(&tree, &store, &opts, tmp.as_file_mut())
-        .with_context(|| format!("writing SquashFS {}", a.output.display()))?;
+    let bar = "compress".to_string();
+    reporter.event(Event::Start {
+        id: bar.clone(),
+        label: format!("compress {}", opts.compression),
+        total: stats.bytes,
+    });
+    let written =
+        squashfs::write_with_progress(&tree, &store, &opts, tmp.as_file_mut(), &|done, total| {
+            reporter.event(Event::Advance {
+                id: bar.clone(),
+                done: stats.bytes.saturating_mul(done) / total.max(1),
+            })
+        });
+    reporter.event(Event::Finish {
+        id: bar,
+        message: None,
+    });
+    written.with_context(|| format!("writing SquashFS {}", a.output.display()))?;
     drop(store);
     // Temporary files are created 0600; an artifact is for everyone to read.
     std::fs::set_permissions(

@@ -331,6 +331,7 @@ pub(crate) fn write_data(
     out: &mut dyn Write,
     pos: u64,
     describe: &dyn Fn(usize) -> String,
+    progress: &dyn Fn(u64, u64),
 ) -> Result<DataOutput> {
     let bs = block_size as u64;
     let dup_of = find_duplicates(store, contents, threads, describe)?;
@@ -365,6 +366,7 @@ pub(crate) fn write_data(
             &sched,
             &mut res,
             describe,
+            progress,
         )?;
     }
     for (i, d) in dup_of.iter().enumerate() {
@@ -387,6 +389,7 @@ fn write_units(
     sched: &Schedule,
     res: &mut DataOutput,
     describe: &dyn Fn(usize) -> String,
+    progress: &dyn Fn(u64, u64),
 ) -> Result<()> {
     let threads = threads.clamp(1, sched.units.min(1024) as usize);
     let shared = Shared {
@@ -411,7 +414,7 @@ fn write_units(
         }
         drop(tx);
         let _stop = StopOnDrop(&shared);
-        write_in_order(&shared, &rx, out, bs, res, describe)
+        write_in_order(&shared, &rx, out, bs, res, describe, progress)
     })
 }
 
@@ -422,6 +425,7 @@ fn write_in_order(
     bs: u64,
     res: &mut DataOutput,
     describe: &dyn Fn(usize) -> String,
+    progress: &dyn Fn(u64, u64),
 ) -> Result<()> {
     let total = shared.sched.units;
     let mut next = 0u64;
@@ -453,6 +457,7 @@ fn write_in_order(
         if next != before {
             lock(&shared.state).written = next;
             shared.cond.notify_all();
+            progress(next, total);
         }
     }
     Ok(())
@@ -584,6 +589,7 @@ mod tests {
             &mut out,
             96,
             &|i| format!("/file{i}"),
+            &|_, _| {},
         )
         .err()
         .expect("the read fails");

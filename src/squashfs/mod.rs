@@ -200,6 +200,18 @@ pub fn write(
     opts: &Options,
     out: &mut File,
 ) -> Result<Summary> {
+    write_with_progress(tree, store, opts, out, &|_, _| {})
+}
+
+/// [`write`], calling `progress(done, total)` as data units (blocks and
+/// fragment blocks) are written, in order.
+pub fn write_with_progress(
+    tree: &FsTree,
+    store: &ContentStore,
+    opts: &Options,
+    out: &mut File,
+    progress: &dyn Fn(u64, u64),
+) -> Result<Summary> {
     opts.validate()?;
     let bs = opts.block_size;
     let t0 = Instant::now();
@@ -238,6 +250,7 @@ pub fn write(
         &mut sink.w,
         sink.pos,
         &|i| plan.path(tree, plan.files[i]),
+        progress,
     )?;
     sink.pos = data.end;
     tracing::debug!(

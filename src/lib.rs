@@ -8,6 +8,7 @@
 pub mod assemble;
 pub mod cache;
 pub mod cli;
+pub mod flavor;
 pub mod initramfs;
 pub mod oci;
 pub mod progress;

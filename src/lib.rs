@@ -8,8 +8,11 @@
 pub mod assemble;
 pub mod cache;
 pub mod cli;
+pub mod disk;
+pub mod fat;
 pub mod flavor;
 pub mod initramfs;
+pub mod kmod;
 pub mod oci;
 pub mod progress;
 pub mod squashfs;

@@ -173,3 +173,66 @@ pub fn debian_layout() -> (OciLayout, ImageDigests) {
     fs::write(&meta, serde_json::to_vec(&d).unwrap()).unwrap();
     (OciLayout::create(&dir), digests)
 }
+
+/// The current Debian bookworm kernel package for `arch` (`amd64`,
+/// `arm64`), downloaded once with `apt-get download` from the Debian
+/// archive into `target/test-fixtures/kernel-ARCH/`. The version is whatever
+/// `linux-image-ARCH` depends on today.
+pub fn debian_kernel_deb(arch: &str) -> PathBuf {
+    let dir = fixtures_dir().join(format!("kernel-{arch}"));
+    let find = |dir: &Path| -> Option<PathBuf> {
+        fs::read_dir(dir)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.extension().is_some_and(|e| e == "deb")
+                    && p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("linux-image-"))
+            })
+    };
+    if let Some(p) = find(&dir) {
+        return p;
+    }
+    let _lock = lock(&dir, Duration::from_secs(600));
+    if let Some(p) = find(&dir) {
+        return p;
+    }
+    require_tool("apt-get", "apt");
+    let partial = dir.with_extension("partial");
+    let _ = fs::remove_dir_all(&partial);
+    fs::create_dir_all(&partial).unwrap();
+    let depends = Command::new("apt-cache")
+        .args(["depends", &format!("linux-image-{arch}:{arch}")])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&depends.stdout);
+    let pkg = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Depends: "))
+        .filter(|p| p.starts_with("linux-image-"))
+        .unwrap_or_else(|| {
+            panic!(
+                "apt-cache cannot resolve linux-image-{arch} (run apt-get update; for a foreign \
+                 architecture, dpkg --add-architecture {arch} first):\n{text}{}",
+                String::from_utf8_lossy(&depends.stderr)
+            )
+        })
+        .trim()
+        .to_string();
+    let mut last = String::new();
+    for _ in 0..3 {
+        let out = Command::new("apt-get")
+            .args(["download", "-q", &pkg])
+            .current_dir(&partial)
+            .output()
+            .unwrap();
+        if out.status.success() && find(&partial).is_some() {
+            let _ = fs::remove_dir_all(&dir);
+            fs::rename(&partial, &dir).unwrap();
+            return find(&dir).unwrap();
+        }
+        last = String::from_utf8_lossy(&out.stderr).into_owned();
+    }
+    panic!("apt-get download {pkg} failed 3 times:\n{last}");
+}

@@ -1,0 +1,287 @@
+//! GPT disk images with the A/B layout (see docs/architecture.md, "On-disk
+//! contracts").
+//!
+//! A [`Layout`] fixes where every partition goes: 1 MiB aligned, in the
+//! contract's order, with the disk and partition GUIDs derived from a seed
+//! so the same inputs give the same bytes. [`write_image`] writes the
+//! protective MBR, the primary and backup GPT and splices each partition's
+//! content (a FAT writer's output, a squashfs file, any reader) at its
+//! offset. The image file stays sparse where nothing is written.
+//!
+//! The partition names are the contract with the device: `os-init` and
+//! `os-agent` find the slots by these names, never by number.
+
+mod gpt;
+mod write;
+
+use std::ops::Range;
+
+use anyhow::{bail, Result};
+
+pub use gpt::{Guid, ParseGuidError, SECTOR};
+pub use write::{
+    write_image, write_mbr_boot_code, PartitionWriter, Source, WriteFn, MBR_BOOT_CODE_SIZE,
+};
+
+/// Partition names: the contract with `os-agent` and `os-init`, defined
+/// once in `boot-contract`. `bios_grub` holds GRUB's i386-pc core.img (x86
+/// only); `ESP` holds GRUB, its config and env blocks and the kernels;
+/// `root_a`/`root_b` are raw squashfs slots; `persist` is created or grown
+/// on first boot.
+pub use boot_contract::partition::{BIOS_GRUB, ESP, PERSIST, ROOT_A, ROOT_B};
+
+/// Alignment (and size granularity) of every partition.
+pub const ALIGN: u64 = 1 << 20;
+/// Size of the BIOS boot partition.
+pub const BIOS_GRUB_SIZE: u64 = 1 << 20;
+/// Suggested ESP size.
+pub const DEFAULT_ESP_SIZE: u64 = 256 << 20;
+
+/// Partition type GUIDs.
+pub mod types {
+    use super::Guid;
+
+    pub const BIOS_BOOT: Guid = Guid::parse_const("21686148-6449-6E6F-744E-656564454649");
+    pub const EFI_SYSTEM: Guid = Guid::parse_const("C12A7328-F81F-11D2-BA4B-00A0C93EC93B");
+    pub const ROOT_X86_64: Guid = Guid::parse_const("4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709");
+    pub const ROOT_ARM64: Guid = Guid::parse_const("B921B045-1DF0-41C3-AF44-4C6F280D3FAE");
+    pub const LINUX_FILESYSTEM: Guid = Guid::parse_const("0FC63DAF-8483-4772-8E79-3D69D8477DE4");
+}
+
+/// The architecture a disk is laid out for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Arch {
+    X86_64,
+    Aarch64,
+}
+
+impl Arch {
+    /// The discoverable-partitions root type GUID for this architecture.
+    pub fn root_type(self) -> Guid {
+        match self {
+            Arch::X86_64 => types::ROOT_X86_64,
+            Arch::Aarch64 => types::ROOT_ARM64,
+        }
+    }
+}
+
+/// One partition of a [`Layout`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partition {
+    pub name: String,
+    pub type_guid: Guid,
+    pub guid: Guid,
+    /// First sector.
+    pub first_lba: u64,
+    /// Number of sectors.
+    pub sectors: u64,
+}
+
+impl Partition {
+    /// Byte offset from the start of the disk.
+    pub fn offset(&self) -> u64 {
+        self.first_lba * SECTOR
+    }
+
+    pub fn size(&self) -> u64 {
+        self.sectors * SECTOR
+    }
+
+    /// The bytes of the disk this partition covers.
+    pub fn range(&self) -> Range<u64> {
+        self.offset()..self.offset() + self.size()
+    }
+
+    fn entry(&self) -> gpt::Entry {
+        gpt::Entry {
+            type_guid: self.type_guid,
+            guid: self.guid,
+            first_lba: self.first_lba,
+            last_lba: self.first_lba + self.sectors - 1,
+            attributes: 0,
+            name: self.name.clone(),
+        }
+    }
+}
+
+/// What a partition is before it is placed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionSpec {
+    pub name: String,
+    pub type_guid: Guid,
+    /// Rounded up to a multiple of [`ALIGN`].
+    pub size: u64,
+}
+
+impl PartitionSpec {
+    pub fn new(name: &str, type_guid: Guid, size: u64) -> Self {
+        PartitionSpec {
+            name: name.to_string(),
+            type_guid,
+            size,
+        }
+    }
+}
+
+/// Where every partition of a disk image goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    pub disk_guid: Guid,
+    /// In disk (and GPT entry) order.
+    pub partitions: Vec<Partition>,
+    /// Size of the whole image in bytes.
+    pub size: u64,
+}
+
+impl Layout {
+    /// The A/B layout: `bios_grub` (x86_64 only), `ESP`, `root_a`, `root_b`
+    /// (both `slot_size`) and `persist`. Sizes are rounded up to MiB. GUIDs
+    /// derive from `seed` (e.g. a hash of the build's inputs).
+    pub fn ab(
+        arch: Arch,
+        esp_size: u64,
+        slot_size: u64,
+        persist_size: u64,
+        seed: &[u8],
+    ) -> Result<Layout> {
+        let mut specs = Vec::new();
+        if arch == Arch::X86_64 {
+            specs.push(PartitionSpec::new(
+                BIOS_GRUB,
+                types::BIOS_BOOT,
+                BIOS_GRUB_SIZE,
+            ));
+        }
+        specs.extend([
+            PartitionSpec::new(ESP, types::EFI_SYSTEM, esp_size),
+            PartitionSpec::new(ROOT_A, arch.root_type(), slot_size),
+            PartitionSpec::new(ROOT_B, arch.root_type(), slot_size),
+            PartitionSpec::new(PERSIST, types::LINUX_FILESYSTEM, persist_size),
+        ]);
+        Layout::new(&specs, seed)
+    }
+
+    /// Places `specs` one after the other from 1 MiB, each aligned to
+    /// [`ALIGN`], with 1 MiB after the last for the backup GPT.
+    pub fn new(specs: &[PartitionSpec], seed: &[u8]) -> Result<Layout> {
+        if specs.len() > gpt::ENTRY_COUNT {
+            bail!("a GPT holds at most {} partitions", gpt::ENTRY_COUNT);
+        }
+        let mut partitions: Vec<Partition> = Vec::with_capacity(specs.len());
+        let mut at = ALIGN;
+        for s in specs {
+            if s.size == 0 {
+                bail!("partition {} has size 0", s.name);
+            }
+            if s.name.is_empty() || s.name.encode_utf16().count() > gpt::MAX_NAME {
+                bail!(
+                    "bad partition name {:?}: expected 1 to {} characters",
+                    s.name,
+                    gpt::MAX_NAME
+                );
+            }
+            if partitions.iter().any(|p| p.name == s.name) {
+                bail!("two partitions are named {}", s.name);
+            }
+            let size = s
+                .size
+                .checked_next_multiple_of(ALIGN)
+                .filter(|sz| at.checked_add(*sz).is_some())
+                .ok_or_else(|| anyhow::anyhow!("partition {} is too large", s.name))?;
+            partitions.push(Partition {
+                name: s.name.clone(),
+                type_guid: s.type_guid,
+                guid: Guid::derive(seed, &format!("partition:{}", s.name)),
+                first_lba: at / SECTOR,
+                sectors: size / SECTOR,
+            });
+            at += size;
+        }
+        let size = at
+            .checked_add(ALIGN)
+            .ok_or_else(|| anyhow::anyhow!("the disk is too large"))?;
+        Ok(Layout {
+            disk_guid: Guid::derive(seed, "disk"),
+            partitions,
+            size,
+        })
+    }
+
+    /// The partition called `name`.
+    pub fn partition(&self, name: &str) -> Option<&Partition> {
+        self.partitions.iter().find(|p| p.name == name)
+    }
+
+    /// The bytes of the disk the partition called `name` covers.
+    pub fn range(&self, name: &str) -> Option<Range<u64>> {
+        self.partition(name).map(Partition::range)
+    }
+
+    pub fn total_sectors(&self) -> u64 {
+        self.size / SECTOR
+    }
+
+    fn entries(&self) -> Vec<gpt::Entry> {
+        self.partitions.iter().map(Partition::entry).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn ab_layout_x86_64() {
+        let l = Layout::ab(Arch::X86_64, 256 * MIB, 1000 * MIB + 1, 64 * MIB, b"s").unwrap();
+        let names: Vec<_> = l.partitions.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, [BIOS_GRUB, ESP, ROOT_A, ROOT_B, PERSIST]);
+        assert_eq!(l.range(BIOS_GRUB).unwrap(), MIB..2 * MIB);
+        assert_eq!(l.range(ESP).unwrap(), 2 * MIB..258 * MIB);
+        assert_eq!(l.range(ROOT_A).unwrap(), 258 * MIB..1259 * MIB);
+        assert_eq!(l.range(ROOT_B).unwrap(), 1259 * MIB..2260 * MIB);
+        assert_eq!(l.range(PERSIST).unwrap(), 2260 * MIB..2324 * MIB);
+        assert_eq!(l.size, 2325 * MIB);
+        assert_eq!(l.partition(ROOT_A).unwrap().type_guid, types::ROOT_X86_64);
+        assert!(l.partition("nope").is_none());
+    }
+
+    #[test]
+    fn ab_layout_arm64_has_no_bios_grub() {
+        let l = Layout::ab(Arch::Aarch64, 64 * MIB, 64 * MIB, 16 * MIB, b"s").unwrap();
+        let names: Vec<_> = l.partitions.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, [ESP, ROOT_A, ROOT_B, PERSIST]);
+        assert_eq!(l.partition(ROOT_B).unwrap().type_guid, types::ROOT_ARM64);
+        assert_eq!(l.range(ESP).unwrap().start, MIB);
+    }
+
+    #[test]
+    fn guids_follow_the_seed() {
+        let a = Layout::ab(Arch::X86_64, MIB, MIB, MIB, b"one").unwrap();
+        let b = Layout::ab(Arch::X86_64, MIB, MIB, MIB, b"one").unwrap();
+        let c = Layout::ab(Arch::X86_64, MIB, MIB, MIB, b"two").unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a.disk_guid, c.disk_guid);
+        let mut all: Vec<Guid> = a.partitions.iter().map(|p| p.guid).collect();
+        all.push(a.disk_guid);
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 6);
+    }
+
+    #[test]
+    fn bad_specs_rejected() {
+        assert!(Layout::ab(Arch::X86_64, 0, MIB, MIB, b"s").is_err());
+        let dup = [
+            PartitionSpec::new("x", types::EFI_SYSTEM, MIB),
+            PartitionSpec::new("x", types::EFI_SYSTEM, MIB),
+        ];
+        assert!(Layout::new(&dup, b"s").is_err());
+        assert!(Layout::new(
+            &[PartitionSpec::new("x", types::EFI_SYSTEM, u64::MAX)],
+            b"s"
+        )
+        .is_err());
+    }
+}

@@ -5,6 +5,7 @@
 //! [`oci`] fetches images, [`cache`] keeps verified blobs, [`assemble`]
 //! merges layers into a [`tree`], [`squashfs`] writes it out.
 
+pub mod apt;
 pub mod assemble;
 pub mod cache;
 pub mod cli;

@@ -1,0 +1,186 @@
+//! `os-init`: PID 1 of the initramfs build-image writes.
+//!
+//! 1. mounts `/proc`, `/sys`, `/dev` (devtmpfs) and `/run`;
+//! 2. loads the kernel modules listed, in order, in
+//!    `/lib/modules/os-init.load` (written by build-image from the modules'
+//!    own dependency data);
+//! 3. waits for the partition whose GPT name the kernel command line gives
+//!    as `bi.root=NAME` (e.g. `bi.root=root_a`);
+//! 4. mounts it read-only as squashfs, puts a tmpfs overlay on top, moves
+//!    `/dev`, `/proc`, `/sys` and `/run` into it and switches root to it;
+//! 5. executes `/sbin/init` of the new root (`bi.init=PATH` overrides).
+//!
+//! On any failure it prints the cause on the console and reboots after a
+//! few seconds, so the boot loader's try-once logic can fall back to the
+//! other slot.
+
+use std::ffi::CString;
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rustix::mount::{mount, mount_move, MountFlags};
+
+type Result<T> = std::result::Result<T, String>;
+
+const LOAD_LIST: &str = "/lib/modules/os-init.load";
+const DEVICE_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn say(msg: &str) {
+    println!("os-init: {msg}");
+}
+
+fn mount_fs(src: &str, target: &str, fstype: &str, flags: MountFlags, data: &str) -> Result<()> {
+    fs::create_dir_all(target).map_err(|e| format!("creating {target}: {e}"))?;
+    let data = CString::new(data).map_err(|_| format!("mount options for {target} contain NUL"))?;
+    mount(src, target, fstype, flags, Some(data.as_c_str()))
+        .map_err(|e| format!("mounting {fstype} {src} on {target}: {e}"))
+}
+
+fn cmdline() -> Result<String> {
+    fs::read_to_string("/proc/cmdline").map_err(|e| format!("reading /proc/cmdline: {e}"))
+}
+
+/// The value of `key=` on the kernel command line.
+fn param<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
+    cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+}
+
+fn load_modules() -> Result<()> {
+    let list = match fs::read_to_string(LOAD_LIST) {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("reading {LOAD_LIST}: {e}")),
+    };
+    let empty = CString::default();
+    for path in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let file = fs::File::open(path).map_err(|e| format!("opening module {path}: {e}"))?;
+        match rustix::system::finit_module(&file, &empty, 0) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(format!("loading module {path}: {e}")),
+        }
+    }
+    Ok(())
+}
+
+/// `/dev/NAME` of the partition with GPT name `label`, from the kernel's
+/// uevent data.
+fn find_partition(label: &str) -> Option<String> {
+    for entry in fs::read_dir("/sys/class/block").ok()?.flatten() {
+        let Ok(uevent) = fs::read_to_string(entry.path().join("uevent")) else {
+            continue;
+        };
+        let field = |k: &str| {
+            uevent
+                .lines()
+                .find_map(|l| l.strip_prefix(k)?.strip_prefix('='))
+        };
+        if field("PARTNAME") == Some(label) {
+            return field("DEVNAME").map(|d| format!("/dev/{d}"));
+        }
+    }
+    None
+}
+
+fn wait_for_partition(label: &str) -> Result<String> {
+    let start = Instant::now();
+    loop {
+        if let Some(dev) = find_partition(label) {
+            if Path::new(&dev).exists() {
+                return Ok(dev);
+            }
+        }
+        if start.elapsed() > DEVICE_TIMEOUT {
+            return Err(format!(
+                "no partition named {label:?} appeared within {} s",
+                DEVICE_TIMEOUT.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn boot() -> Result<std::convert::Infallible> {
+    let none = MountFlags::empty();
+    let quiet = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+    mount_fs("proc", "/proc", "proc", quiet, "")?;
+    mount_fs("sysfs", "/sys", "sysfs", quiet, "")?;
+    if !Path::new("/dev/null").exists() {
+        mount_fs(
+            "devtmpfs",
+            "/dev",
+            "devtmpfs",
+            MountFlags::NOSUID,
+            "mode=0755",
+        )?;
+    }
+    mount_fs(
+        "tmpfs",
+        "/run",
+        "tmpfs",
+        MountFlags::NOSUID | MountFlags::NODEV,
+        "mode=0755",
+    )?;
+
+    let cmd = cmdline()?;
+    load_modules()?;
+    let label =
+        param(&cmd, "bi.root").ok_or("no bi.root=PARTITION-NAME on the kernel command line")?;
+    let dev = wait_for_partition(label)?;
+    say(&format!("root {label} is {dev}"));
+
+    mount_fs(&dev, "/run/os/lower", "squashfs", MountFlags::RDONLY, "")?;
+    mount_fs("tmpfs", "/run/os/upper", "tmpfs", none, "mode=0755")?;
+    for d in ["/run/os/upper/data", "/run/os/upper/work"] {
+        fs::create_dir_all(d).map_err(|e| format!("creating {d}: {e}"))?;
+    }
+    mount_fs(
+        "overlay",
+        "/sysroot",
+        "overlay",
+        none,
+        "lowerdir=/run/os/lower,upperdir=/run/os/upper/data,workdir=/run/os/upper/work",
+    )?;
+    for d in ["/dev", "/proc", "/sys", "/run"] {
+        let target = format!("/sysroot{d}");
+        fs::create_dir_all(&target).map_err(|e| format!("creating {target}: {e}"))?;
+        mount_move(d, &target).map_err(|e| format!("moving {d} to {target}: {e}"))?;
+    }
+    rustix::process::chdir("/sysroot").map_err(|e| format!("entering /sysroot: {e}"))?;
+    mount_move(".", "/").map_err(|e| format!("moving the new root to /: {e}"))?;
+    rustix::process::chroot(".").map_err(|e| format!("chroot into the new root: {e}"))?;
+    rustix::process::chdir("/").map_err(|e| format!("entering /: {e}"))?;
+
+    let init = param(&cmd, "bi.init").unwrap_or("/sbin/init");
+    say(&format!("switching to {init}"));
+    let err = std::process::Command::new(init).arg0(init).exec();
+    Err(format!("executing {init}: {err}"))
+}
+
+fn main() {
+    let e = match boot() {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    eprintln!("os-init: error: {e}");
+    eprintln!("os-init: rebooting in 5 s");
+    std::thread::sleep(Duration::from_secs(5));
+    let _ = rustix::system::reboot(rustix::system::RebootCommand::Restart);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_parameters() {
+        let c = "BOOT_IMAGE=/vmlinuz bi.root=root_b quiet bi.rootx=no bi.init=/bin/sh";
+        assert_eq!(param(c, "bi.root"), Some("root_b"));
+        assert_eq!(param(c, "bi.init"), Some("/bin/sh"));
+        assert_eq!(param(c, "root"), None);
+    }
+}

@@ -6,35 +6,13 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use build_image::kmod::{normalise, ModuleIndex};
-use build_image::tree::{merge_layer, ContentStore, FsTree, LayerSource};
+use build_image::tree::ContentStore;
+use common::boot::deb_tree;
 use common::fixtures::debian_kernel_deb;
 use common::require_tool;
-
-/// The package's files as a tree (the same merge the image build uses).
-fn tree_of(deb: &Path, store: &mut ContentStore) -> FsTree {
-    let mut child = Command::new("dpkg-deb")
-        .arg("--fsys-tarfile")
-        .arg(deb)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("dpkg-deb not found: apt-get install dpkg");
-    let mut tree = FsTree::new();
-    merge_layer(
-        &mut tree,
-        store,
-        &LayerSource {
-            name: deb.display().to_string(),
-        },
-        child.stdout.take().unwrap(),
-    )
-    .unwrap();
-    assert!(child.wait().unwrap().success());
-    tree
-}
 
 fn transitive(idx: &ModuleIndex, name: &str, out: &mut BTreeSet<String>) {
     for d in &idx.modules[name].info.depends {
@@ -51,7 +29,7 @@ fn dependencies_match_depmod_for_every_module() {
     let deb = debian_kernel_deb("amd64");
     let tmp = tempfile::tempdir().unwrap();
     let mut store = ContentStore::new_in(tmp.path()).unwrap();
-    let tree = tree_of(&deb, &mut store);
+    let tree = deb_tree(&deb, &mut store);
 
     let versions = ModuleIndex::versions(&tree);
     assert_eq!(versions.len(), 1, "{versions:?}");
@@ -129,7 +107,7 @@ fn initramfs_closure_loads_dependencies_first() {
     let deb = debian_kernel_deb("amd64");
     let tmp = tempfile::tempdir().unwrap();
     let mut store = ContentStore::new_in(tmp.path()).unwrap();
-    let tree = tree_of(&deb, &mut store);
+    let tree = deb_tree(&deb, &mut store);
     let version = ModuleIndex::versions(&tree).remove(0);
     let idx = ModuleIndex::scan(&tree, &store, &version).unwrap();
 

@@ -175,37 +175,13 @@ pub fn debian_layout() -> (OciLayout, ImageDigests) {
 }
 
 /// The current Debian bookworm kernel package for `arch` (`amd64`,
-/// `arm64`), downloaded once with `apt-get download` from the Debian
-/// archive into `target/test-fixtures/kernel-ARCH/`. The version is whatever
-/// `linux-image-ARCH` depends on today.
+/// `arm64`): whatever `linux-image-ARCH` depends on today, downloaded once
+/// (see [`debian_package_deb`]).
 pub fn debian_kernel_deb(arch: &str) -> PathBuf {
-    let dir = fixtures_dir().join(format!("kernel-{arch}"));
-    let find = |dir: &Path| -> Option<PathBuf> {
-        fs::read_dir(dir)
-            .ok()?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                p.extension().is_some_and(|e| e == "deb")
-                    && p.file_name()
-                        .is_some_and(|n| n.to_string_lossy().starts_with("linux-image-"))
-            })
-    };
-    if let Some(p) = find(&dir) {
-        return p;
-    }
-    let _lock = lock(&dir, Duration::from_secs(600));
-    if let Some(p) = find(&dir) {
-        return p;
-    }
-    require_tool("apt-get", "apt");
-    let partial = dir.with_extension("partial");
-    let _ = fs::remove_dir_all(&partial);
-    fs::create_dir_all(&partial).unwrap();
     let depends = Command::new("apt-cache")
         .args(["depends", &format!("linux-image-{arch}:{arch}")])
         .output()
-        .unwrap();
+        .expect("apt-cache not found");
     let text = String::from_utf8_lossy(&depends.stdout);
     let pkg = text
         .lines()
@@ -220,19 +196,53 @@ pub fn debian_kernel_deb(arch: &str) -> PathBuf {
         })
         .trim()
         .to_string();
+    debian_package_deb(&pkg, arch)
+}
+
+/// A Debian bookworm package (`grub-efi-amd64-signed`, …) downloaded once
+/// with `apt-get download` into `target/test-fixtures/debs-ARCH/`.
+pub fn debian_package_deb(package: &str, arch: &str) -> PathBuf {
+    let dir = fixtures_dir().join(format!("debs-{arch}"));
+    fs::create_dir_all(&dir).unwrap();
+    let prefix = format!("{package}_");
+    let find = |dir: &Path| -> Option<PathBuf> {
+        fs::read_dir(dir)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.extension().is_some_and(|e| e == "deb")
+                    && p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+            })
+    };
+    if let Some(p) = find(&dir) {
+        return p;
+    }
+    let _lock = lock(&dir.join(package), Duration::from_secs(600));
+    if let Some(p) = find(&dir) {
+        return p;
+    }
+    require_tool("apt-get", "apt");
+    let partial = dir.join(format!("{package}.partial"));
+    let _ = fs::remove_dir_all(&partial);
+    fs::create_dir_all(&partial).unwrap();
     let mut last = String::new();
     for _ in 0..3 {
         let out = Command::new("apt-get")
-            .args(["download", "-q", &pkg])
+            .args(["download", "-q", &format!("{package}:{arch}")])
             .current_dir(&partial)
             .output()
             .unwrap();
-        if out.status.success() && find(&partial).is_some() {
-            let _ = fs::remove_dir_all(&dir);
-            fs::rename(&partial, &dir).unwrap();
-            return find(&dir).unwrap();
+        if out.status.success() {
+            if let Some(p) = find(&partial) {
+                let dest = dir.join(p.file_name().unwrap());
+                fs::rename(&p, &dest).unwrap();
+                let _ = fs::remove_dir_all(&partial);
+                return dest;
+            }
         }
         last = String::from_utf8_lossy(&out.stderr).into_owned();
     }
-    panic!("apt-get download {pkg} failed 3 times:\n{last}");
+    panic!("apt-get download {package}:{arch} failed 3 times:\n{last}");
 }

@@ -1,0 +1,221 @@
+//! GRUB's try-once slot selection, booted for real under UEFI (OVMF):
+//! Debian's signed GRUB on an ESP written by the project's FAT writer,
+//! bootloader/grub.cfg, a GRUB environment block written by
+//! boot-contract, and two root slots whose inits say which slot they are.
+//!
+//! 1. default_slot=a boots slot a;
+//! 2. trial_slot=b boots slot b once — GRUB clears trial_slot before it
+//!    boots, so
+//! 3. the next boot (same disk, nothing else changed) is slot a again;
+//! 4. with the primary block /grubenv corrupted, GRUB uses /grubenv.bak.
+
+mod common;
+
+use std::fs::{self, File};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use boot_contract::grubenv::GrubEnv;
+use build_image::disk::{self, Arch, Layout, Source};
+use build_image::fat::{self, FatOptions};
+use build_image::tree::{ContentStore, FsTree};
+use common::boot::{busybox_root, deb_tree, file, file_bytes, kernel_and_initrd, run_qemu, tail};
+use common::fixtures::debian_package_deb;
+use common::require_tool;
+
+const ESP_SIZE: u64 = 64 << 20;
+const CMDLINE: &str = "console=ttyS0 panic=-1";
+
+fn grub_cfg() -> String {
+    let template =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("bootloader/grub.cfg"))
+            .unwrap();
+    template
+        .replace("@NAME@", "build-image test")
+        .replace("@CMDLINE@", CMDLINE)
+}
+
+/// Writes the A/B disk with the given GRUB environment.
+fn write_disk(
+    path: &Path,
+    esp_files: &[(&str, &[u8])],
+    env: &GrubEnv,
+    primary: Option<&[u8]>,
+    slot_a: &Path,
+    slot_b: &Path,
+    store: &mut ContentStore,
+) -> Layout {
+    let mut esp = FsTree::new();
+    for (p, data) in esp_files {
+        file(&mut esp, store, p, data, 0o644);
+    }
+    let block = env.encode().unwrap();
+    file(
+        &mut esp,
+        store,
+        "/grubenv",
+        primary.unwrap_or(&block),
+        0o644,
+    );
+    file(&mut esp, store, "/grubenv.bak", &block, 0o644);
+    let size = |p: &Path| fs::metadata(p).unwrap().len();
+    let slot = size(slot_a).max(size(slot_b)).max(16 << 20);
+    let layout = Layout::ab(Arch::X86_64, ESP_SIZE, slot, 16 << 20, b"grub-test").unwrap();
+    let out = File::create(path).unwrap();
+    let (a, b) = (File::open(slot_a).unwrap(), File::open(slot_b).unwrap());
+    let opts = FatOptions {
+        size_bytes: layout.partition(disk::ESP).unwrap().size(),
+        volume_label: "ESP".into(),
+        volume_id: 0x1234_5678,
+        timestamp: 1_700_000_000,
+    };
+    let store: &ContentStore = store;
+    disk::write_image(
+        &layout,
+        &out,
+        vec![
+            (
+                disk::ESP,
+                Source::Writer(Box::new(move |w| {
+                    fat::write(&esp, store, &opts, w, 0)?;
+                    Ok(())
+                })),
+            ),
+            (disk::ROOT_A, Source::File(&a)),
+            (disk::ROOT_B, Source::File(&b)),
+        ],
+    )
+    .unwrap();
+    layout
+}
+
+/// Reads /grubenv back out of the ESP with mtools.
+fn read_env(disk: &Path, layout: &Layout) -> GrubEnv {
+    require_tool("mcopy", "mtools");
+    let off = layout.partition(disk::ESP).unwrap().offset();
+    let out = Command::new("mcopy")
+        .arg("-i")
+        .arg(format!("{}@@{off}", disk.display()))
+        .args(["::/grubenv", "-"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    GrubEnv::parse(&out.stdout).unwrap()
+}
+
+fn boot(disk: &Path, vars: &Path) -> String {
+    let code = Path::new("/usr/share/OVMF/OVMF_CODE_4M.fd");
+    assert!(code.is_file(), "{} missing: install ovmf", code.display());
+    let args: Vec<String> = vec![
+        "-drive".into(),
+        format!("if=pflash,format=raw,readonly=on,file={}", code.display()),
+        "-drive".into(),
+        format!("if=pflash,format=raw,file={}", vars.display()),
+        "-drive".into(),
+        format!("file={},if=virtio,format=raw", disk.display()),
+    ];
+    let (status, console) = run_qemu(&args, Duration::from_secs(300));
+    assert!(
+        status.is_some(),
+        "QEMU did not power off:\n{}",
+        tail(&console, 40)
+    );
+    console
+}
+
+#[test]
+fn grub_boots_default_slot_and_a_trial_slot_exactly_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = ContentStore::new_in(tmp.path()).unwrap();
+    let k = kernel_and_initrd(
+        &mut store,
+        &["virtio_pci", "virtio_blk", "squashfs", "overlay"],
+    );
+    let grub = deb_tree(
+        &debian_package_deb("grub-efi-amd64-signed", "amd64"),
+        &mut store,
+    );
+    let grub_efi = file_bytes(
+        &grub,
+        &store,
+        "usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed",
+    );
+
+    let (slot_a, slot_b) = (tmp.path().join("a.squashfs"), tmp.path().join("b.squashfs"));
+    busybox_root(
+        &mut store,
+        "echo \"root-init: slot a $(cat /proc/cmdline)\"",
+        &slot_a,
+    );
+    busybox_root(
+        &mut store,
+        "echo \"root-init: slot b $(cat /proc/cmdline)\"",
+        &slot_b,
+    );
+
+    let cfg = grub_cfg();
+    let esp_files: Vec<(&str, &[u8])> = vec![
+        ("/EFI/BOOT/BOOTX64.EFI", &grub_efi),
+        // Debian's signed GRUB reads $prefix/grub.cfg, prefix /EFI/debian.
+        ("/EFI/debian/grub.cfg", cfg.as_bytes()),
+        ("/EFI/BOOT/grub.cfg", cfg.as_bytes()),
+        ("/a/vmlinuz", &k.vmlinuz),
+        ("/a/initrd", &k.initrd),
+        ("/b/vmlinuz", &k.vmlinuz),
+        ("/b/initrd", &k.initrd),
+    ];
+    let vars = tmp.path().join("OVMF_VARS.fd");
+    fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).unwrap();
+    let disk_path = tmp.path().join("disk.img");
+
+    // 1. The default slot.
+    let mut env = GrubEnv::new();
+    env.set("default_slot", "a").unwrap();
+    env.set("trial_slot", "").unwrap();
+    write_disk(
+        &disk_path, &esp_files, &env, None, &slot_a, &slot_b, &mut store,
+    );
+    let c = boot(&disk_path, &vars);
+    assert!(c.contains("os-init: root root_a is"), "{}", tail(&c, 40));
+    assert!(c.contains("root-init: slot a"), "{}", tail(&c, 40));
+    assert!(c.contains("bi.slot=a"), "{}", tail(&c, 40));
+
+    // 2. A trial of slot b: booted once, and the trial is consumed.
+    env.set("trial_slot", "b").unwrap();
+    let layout = write_disk(
+        &disk_path, &esp_files, &env, None, &slot_a, &slot_b, &mut store,
+    );
+    let c = boot(&disk_path, &vars);
+    assert!(c.contains("os-init: root root_b is"), "{}", tail(&c, 40));
+    assert!(c.contains("root-init: slot b"), "{}", tail(&c, 40));
+    let after = read_env(&disk_path, &layout);
+    assert_eq!(after.get("trial_slot"), Some(""), "GRUB left {after:?}");
+    assert_eq!(after.get("default_slot"), Some("a"));
+
+    // 3. Nothing committed the trial: back to slot a.
+    let c = boot(&disk_path, &vars);
+    assert!(c.contains("root-init: slot a"), "{}", tail(&c, 40));
+
+    // 4. A torn primary block: the backup copy decides (default b here).
+    let mut env = GrubEnv::new();
+    env.set("default_slot", "b").unwrap();
+    env.set("trial_slot", "").unwrap();
+    let mut torn = env.encode().unwrap();
+    torn[..8].copy_from_slice(b"\0\0\0\0\0\0\0\0");
+    write_disk(
+        &disk_path,
+        &esp_files,
+        &env,
+        Some(&torn),
+        &slot_a,
+        &slot_b,
+        &mut store,
+    );
+    let c = boot(&disk_path, &vars);
+    assert!(c.contains("root-init: slot b"), "{}", tail(&c, 40));
+}

@@ -1,0 +1,250 @@
+//! Pieces of a bootable test system built with the project's own writers:
+//! the Debian kernel as a tree, an initramfs of os-init plus a module
+//! closure, small busybox roots as squashfs, and a QEMU runner.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use build_image::initramfs::cpio;
+use build_image::kmod::ModuleIndex;
+use build_image::squashfs;
+use build_image::tree::{
+    merge_layer, ContentStore, FsTree, InodeId, InodeKind, LayerSource, Metadata,
+};
+
+use super::fixtures::debian_kernel_deb;
+use super::require_tool;
+
+/// Builds os-init for x86_64 as a static musl binary.
+pub fn os_init_binary() -> PathBuf {
+    let target = "x86_64-unknown-linux-musl";
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args([
+            "build",
+            "-q",
+            "--release",
+            "-p",
+            "os-init",
+            "--target",
+            target,
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "building os-init (needs `rustup target add {target}`):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let bin = tmp.parent().unwrap().join(target).join("release/os-init");
+    assert!(bin.is_file(), "{} missing", bin.display());
+    bin
+}
+
+pub fn mkdirs(t: &mut FsTree, path: &str) -> InodeId {
+    let mut cur = t.root();
+    for c in path.split('/').filter(|c| !c.is_empty()) {
+        cur = match t.lookup(cur, c.as_bytes()) {
+            Some(id) => id,
+            None => {
+                let id = t.add_inode(
+                    InodeKind::Directory {
+                        children: BTreeMap::new(),
+                    },
+                    Metadata::new(0o755, 0, 0, 0),
+                );
+                t.link(cur, c.as_bytes().to_vec(), id);
+                id
+            }
+        };
+    }
+    cur
+}
+
+pub fn file(t: &mut FsTree, store: &mut ContentStore, path: &str, data: &[u8], mode: u16) {
+    let (parent, name) = path.rsplit_once('/').unwrap();
+    let p = mkdirs(t, parent);
+    let content = store.append(data).unwrap();
+    let id = t.add_inode(InodeKind::File { content }, Metadata::new(mode, 0, 0, 0));
+    t.link(p, name.as_bytes().to_vec(), id);
+}
+
+pub fn symlink(t: &mut FsTree, path: &str, target: &str) {
+    let (parent, name) = path.rsplit_once('/').unwrap();
+    let p = mkdirs(t, parent);
+    let id = t.add_inode(
+        InodeKind::Symlink {
+            target: target.as_bytes().to_vec(),
+        },
+        Metadata::new(0o777, 0, 0, 0),
+    );
+    t.link(p, name.as_bytes().to_vec(), id);
+}
+
+/// Merges a .deb's files into a new tree (the same merge the image build
+/// uses for layers).
+pub fn deb_tree(deb: &Path, store: &mut ContentStore) -> FsTree {
+    require_tool("dpkg-deb", "dpkg");
+    let mut child = Command::new("dpkg-deb")
+        .arg("--fsys-tarfile")
+        .arg(deb)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut tree = FsTree::new();
+    merge_layer(
+        &mut tree,
+        store,
+        &LayerSource {
+            name: deb.display().to_string(),
+        },
+        child.stdout.take().unwrap(),
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success());
+    tree
+}
+
+pub fn file_bytes(tree: &FsTree, store: &ContentStore, path: &str) -> Vec<u8> {
+    let id = tree
+        .lookup_path(path.as_bytes())
+        .unwrap_or_else(|| panic!("{path} not in the tree"));
+    let InodeKind::File { content } = &tree.inode(id).kind else {
+        panic!("{path} is not a regular file");
+    };
+    store.read_all(content).unwrap()
+}
+
+/// The Debian amd64 kernel and an initramfs (os-init + the closure of
+/// `modules`), both as bytes.
+pub struct KernelAndInitrd {
+    pub version: String,
+    pub vmlinuz: Vec<u8>,
+    pub initrd: Vec<u8>,
+}
+
+pub fn kernel_and_initrd(store: &mut ContentStore, modules: &[&str]) -> KernelAndInitrd {
+    let kernel = deb_tree(&debian_kernel_deb("amd64"), store);
+    let version = ModuleIndex::versions(&kernel).remove(0);
+    let vmlinuz = file_bytes(&kernel, store, &format!("boot/vmlinuz-{version}"));
+    let idx = ModuleIndex::scan(&kernel, store, &version).unwrap();
+    let closure = idx.closure(modules).unwrap();
+    let mut initrd = FsTree::new();
+    let init = fs::read(os_init_binary()).unwrap();
+    file(&mut initrd, store, "/init", &init, 0o755);
+    let mut load = String::new();
+    for m in &closure {
+        let data = file_bytes(&kernel, store, &m.path);
+        let path = format!("/lib/modules/{version}/{}", m.rel_path);
+        file(&mut initrd, store, &path, &data, 0o644);
+        load.push_str(&path);
+        load.push('\n');
+    }
+    file(
+        &mut initrd,
+        store,
+        "/lib/modules/os-init.load",
+        load.as_bytes(),
+        0o644,
+    );
+    for d in ["/dev", "/proc", "/sys", "/run", "/sysroot"] {
+        mkdirs(&mut initrd, d);
+    }
+    let dev = mkdirs(&mut initrd, "/dev");
+    let console = initrd.add_inode(
+        InodeKind::CharDevice { major: 5, minor: 1 },
+        Metadata::new(0o600, 0, 0, 0),
+    );
+    initrd.link(dev, b"console".to_vec(), console);
+    let mut bytes = Vec::new();
+    cpio::write(&initrd, store, &mut bytes).unwrap();
+    KernelAndInitrd {
+        version,
+        vmlinuz,
+        initrd: bytes,
+    }
+}
+
+/// A squashfs root of busybox whose /sbin/init runs `script` (sh) and
+/// powers off.
+pub fn busybox_root(store: &mut ContentStore, script: &str, out: &Path) {
+    let busybox = Path::new("/bin/busybox");
+    assert!(
+        busybox.is_file(),
+        "/bin/busybox missing: apt-get install busybox-static"
+    );
+    let mut root = FsTree::new();
+    file(
+        &mut root,
+        store,
+        "/bin/busybox",
+        &fs::read(busybox).unwrap(),
+        0o755,
+    );
+    symlink(&mut root, "/bin/sh", "busybox");
+    let init = format!("#!/bin/sh\n{script}\n/bin/busybox poweroff -f\n");
+    file(&mut root, store, "/sbin/init", init.as_bytes(), 0o755);
+    for d in ["/dev", "/proc", "/sys", "/run", "/tmp"] {
+        mkdirs(&mut root, d);
+    }
+    let mut f = File::create(out).unwrap();
+    squashfs::write(&root, store, &squashfs::Options::default(), &mut f).unwrap();
+}
+
+/// Runs QEMU (x86_64, TCG) with `args` until it exits or `timeout` passes.
+/// Returns its exit status (`None` on timeout, after killing it) and the
+/// console output.
+pub fn run_qemu(args: &[String], timeout: Duration) -> (Option<ExitStatus>, String) {
+    require_tool(
+        "qemu-system-x86_64",
+        "qemu-system-x86 (from bookworm-backports, see .ci/run)",
+    );
+    let mut qemu = Command::new("qemu-system-x86_64")
+        .args([
+            "-accel",
+            "tcg",
+            "-m",
+            "768",
+            "-nographic",
+            "-no-reboot",
+            "-nodefaults",
+        ])
+        .args(["-serial", "stdio"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = qemu.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = stdout.read_to_end(&mut s);
+        String::from_utf8_lossy(&s).into_owned()
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = qemu.try_wait().unwrap() {
+            break Some(st);
+        }
+        if start.elapsed() > timeout {
+            let _ = qemu.kill();
+            let _ = qemu.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    (status, reader.join().unwrap())
+}
+
+/// The last `n` lines of console output, for assertion messages.
+pub fn tail(console: &str, n: usize) -> String {
+    let lines: Vec<&str> = console.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}

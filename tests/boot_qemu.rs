@@ -77,3 +77,54 @@ fn debian_kernel_boots_os_init_into_a_squashfs_slot() {
         );
     }
 }
+
+#[test]
+fn os_init_reports_a_missing_slot_and_reboots() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = ContentStore::new_in(tmp.path()).unwrap();
+    let k = kernel_and_initrd(
+        &mut store,
+        &["virtio_pci", "virtio_blk", "squashfs", "overlay"],
+    );
+    let vmlinuz = tmp.path().join("vmlinuz");
+    fs::write(&vmlinuz, &k.vmlinuz).unwrap();
+    let initrd = tmp.path().join("initrd.cpio");
+    fs::write(&initrd, &k.initrd).unwrap();
+    // A disk whose slots are empty: no squashfs named root_c anywhere.
+    let layout = Layout::ab(Arch::X86_64, 64 << 20, 16 << 20, 16 << 20, b"fail").unwrap();
+    let disk_path = tmp.path().join("disk.img");
+    let disk_file = File::create(&disk_path).unwrap();
+    disk::write_image(&layout, &disk_file, vec![]).unwrap();
+    drop(disk_file);
+    let args: Vec<String> = vec![
+        "-kernel".into(),
+        vmlinuz.display().to_string(),
+        "-initrd".into(),
+        initrd.display().to_string(),
+        "-append".into(),
+        "console=ttyS0 bi.root=root_c bi.timeout=3 panic=-1".into(),
+        "-drive".into(),
+        format!(
+            "file={},if=virtio,format=raw,snapshot=on",
+            disk_path.display()
+        ),
+    ];
+    // -no-reboot turns the reboot os-init asks for into QEMU exiting.
+    let (status, console) = run_qemu(&args, Duration::from_secs(240));
+    assert!(
+        status.is_some(),
+        "QEMU did not exit:\n{}",
+        tail(&console, 40)
+    );
+    for want in [
+        "os-init: error: no partition named \"root_c\" appeared within 3 s",
+        "os-init: rebooting in 5 s",
+    ] {
+        assert!(
+            console.contains(want),
+            "console lacks {want:?}:\n{}",
+            tail(&console, 40)
+        );
+    }
+    assert!(!console.contains("switching to"), "{}", tail(&console, 40));
+}

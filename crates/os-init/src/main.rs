@@ -5,7 +5,8 @@
 //!    `/lib/modules/os-init.load` (written by build-image from the modules'
 //!    own dependency data);
 //! 3. waits for the partition whose GPT name the kernel command line gives
-//!    as `bi.root=NAME` (e.g. `bi.root=root_a`);
+//!    as `bi.root=NAME` (e.g. `bi.root=root_a`), at most `bi.timeout=SECONDS`
+//!    (default 30);
 //! 4. mounts it read-only as squashfs, puts a tmpfs overlay on top, moves
 //!    `/dev`, `/proc`, `/sys` and `/run` into it and switches root to it;
 //! 5. executes `/sbin/init` of the new root (`bi.init=PATH` overrides).
@@ -25,7 +26,7 @@ use rustix::mount::{mount, mount_move, MountFlags};
 type Result<T> = std::result::Result<T, String>;
 
 const LOAD_LIST: &str = "/lib/modules/os-init.load";
-const DEVICE_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_DEVICE_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn say(msg: &str) {
     println!("os-init: {msg}");
@@ -86,7 +87,7 @@ fn find_partition(label: &str) -> Option<String> {
     None
 }
 
-fn wait_for_partition(label: &str) -> Result<String> {
+fn wait_for_partition(label: &str, timeout: Duration) -> Result<String> {
     let start = Instant::now();
     loop {
         if let Some(dev) = find_partition(label) {
@@ -94,10 +95,10 @@ fn wait_for_partition(label: &str) -> Result<String> {
                 return Ok(dev);
             }
         }
-        if start.elapsed() > DEVICE_TIMEOUT {
+        if start.elapsed() > timeout {
             return Err(format!(
                 "no partition named {label:?} appeared within {} s",
-                DEVICE_TIMEOUT.as_secs()
+                timeout.as_secs()
             ));
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -130,7 +131,14 @@ fn boot() -> Result<std::convert::Infallible> {
     load_modules()?;
     let label =
         param(&cmd, "bi.root").ok_or("no bi.root=PARTITION-NAME on the kernel command line")?;
-    let dev = wait_for_partition(label)?;
+    let timeout = match param(&cmd, "bi.timeout") {
+        Some(t) => Duration::from_secs(
+            t.parse()
+                .map_err(|_| format!("bi.timeout={t}: expected whole seconds"))?,
+        ),
+        None => DEFAULT_DEVICE_TIMEOUT,
+    };
+    let dev = wait_for_partition(label, timeout)?;
     say(&format!("root {label} is {dev}"));
 
     mount_fs(&dev, "/run/os/lower", "squashfs", MountFlags::RDONLY, "")?;

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod disk;
 pub mod fat;
 pub mod flavor;
+pub mod http;
 pub mod initramfs;
 pub mod kmod;
 pub mod oci;

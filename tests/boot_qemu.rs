@@ -8,25 +8,45 @@
 mod common;
 
 use std::fs::{self, File};
+use std::path::Path;
 use std::time::Duration;
 
 use build_image::disk::{self, Arch, Layout, Source};
 use build_image::tree::ContentStore;
 use common::boot::{busybox_root, kernel_and_initrd, run_qemu, tail};
 
+/// Boots the Debian kernel with os-init's initramfs (direct kernel boot,
+/// SeaBIOS) on `disk` with `cmdline`, and returns the console once QEMU
+/// exits (it must, within 240 s: `-no-reboot` turns reboots into exits).
+fn boot_direct(tmp: &Path, store: &mut ContentStore, disk: &Path, cmdline: &str) -> String {
+    let k = kernel_and_initrd(store, &["virtio_pci", "virtio_blk", "squashfs", "overlay"]);
+    let vmlinuz = tmp.join("vmlinuz");
+    fs::write(&vmlinuz, &k.vmlinuz).unwrap();
+    let initrd = tmp.join("initrd.cpio");
+    fs::write(&initrd, &k.initrd).unwrap();
+    let args: Vec<String> = vec![
+        "-kernel".into(),
+        vmlinuz.display().to_string(),
+        "-initrd".into(),
+        initrd.display().to_string(),
+        "-append".into(),
+        cmdline.into(),
+        "-drive".into(),
+        format!("file={},if=virtio,format=raw,snapshot=on", disk.display()),
+    ];
+    let (status, console) = run_qemu(&args, Duration::from_secs(240));
+    assert!(
+        status.is_some(),
+        "QEMU did not exit:\n{}",
+        tail(&console, 40)
+    );
+    console
+}
+
 #[test]
 fn debian_kernel_boots_os_init_into_a_squashfs_slot() {
     let tmp = tempfile::tempdir().unwrap();
     let mut store = ContentStore::new_in(tmp.path()).unwrap();
-    let k = kernel_and_initrd(
-        &mut store,
-        &["virtio_pci", "virtio_blk", "squashfs", "overlay"],
-    );
-    let vmlinuz = tmp.path().join("vmlinuz");
-    fs::write(&vmlinuz, &k.vmlinuz).unwrap();
-    let initrd = tmp.path().join("initrd.cpio");
-    fs::write(&initrd, &k.initrd).unwrap();
-
     let sqfs = tmp.path().join("root.squashfs");
     busybox_root(
         &mut store,
@@ -35,7 +55,6 @@ fn debian_kernel_boots_os_init_into_a_squashfs_slot() {
          /bin/busybox touch /written && echo 'root-init: / is writable'",
         &sqfs,
     );
-
     let slot = fs::metadata(&sqfs).unwrap().len().max(16 << 20);
     let layout = Layout::ab(Arch::X86_64, 64 << 20, slot, 16 << 20, b"boot-test").unwrap();
     let disk_path = tmp.path().join("disk.img");
@@ -44,24 +63,11 @@ fn debian_kernel_boots_os_init_into_a_squashfs_slot() {
     disk::write_image(&layout, &disk_file, vec![(disk::ROOT_A, Source::File(&sq))]).unwrap();
     drop(disk_file);
 
-    let args: Vec<String> = vec![
-        "-kernel".into(),
-        vmlinuz.display().to_string(),
-        "-initrd".into(),
-        initrd.display().to_string(),
-        "-append".into(),
-        "console=ttyS0 bi.root=root_a panic=-1".into(),
-        "-drive".into(),
-        format!(
-            "file={},if=virtio,format=raw,snapshot=on",
-            disk_path.display()
-        ),
-    ];
-    let (status, console) = run_qemu(&args, Duration::from_secs(240));
-    assert!(
-        status.is_some(),
-        "QEMU did not power off:\n{}",
-        tail(&console, 40)
+    let console = boot_direct(
+        tmp.path(),
+        &mut store,
+        &disk_path,
+        "console=ttyS0 bi.root=root_a panic=-1",
     );
     for want in [
         "os-init: root root_a is /dev/vda3",
@@ -82,39 +88,18 @@ fn debian_kernel_boots_os_init_into_a_squashfs_slot() {
 fn os_init_reports_a_missing_slot_and_reboots() {
     let tmp = tempfile::tempdir().unwrap();
     let mut store = ContentStore::new_in(tmp.path()).unwrap();
-    let k = kernel_and_initrd(
-        &mut store,
-        &["virtio_pci", "virtio_blk", "squashfs", "overlay"],
-    );
-    let vmlinuz = tmp.path().join("vmlinuz");
-    fs::write(&vmlinuz, &k.vmlinuz).unwrap();
-    let initrd = tmp.path().join("initrd.cpio");
-    fs::write(&initrd, &k.initrd).unwrap();
     // A disk whose slots are empty: no squashfs named root_c anywhere.
     let layout = Layout::ab(Arch::X86_64, 64 << 20, 16 << 20, 16 << 20, b"fail").unwrap();
     let disk_path = tmp.path().join("disk.img");
     let disk_file = File::create(&disk_path).unwrap();
     disk::write_image(&layout, &disk_file, vec![]).unwrap();
     drop(disk_file);
-    let args: Vec<String> = vec![
-        "-kernel".into(),
-        vmlinuz.display().to_string(),
-        "-initrd".into(),
-        initrd.display().to_string(),
-        "-append".into(),
-        "console=ttyS0 bi.root=root_c bi.timeout=3 panic=-1".into(),
-        "-drive".into(),
-        format!(
-            "file={},if=virtio,format=raw,snapshot=on",
-            disk_path.display()
-        ),
-    ];
-    // -no-reboot turns the reboot os-init asks for into QEMU exiting.
-    let (status, console) = run_qemu(&args, Duration::from_secs(240));
-    assert!(
-        status.is_some(),
-        "QEMU did not exit:\n{}",
-        tail(&console, 40)
+
+    let console = boot_direct(
+        tmp.path(),
+        &mut store,
+        &disk_path,
+        "console=ttyS0 bi.root=root_c bi.timeout=3 panic=-1",
     );
     for want in [
         "os-init: error: no partition named \"root_c\" appeared within 3 s",

@@ -1,14 +1,17 @@
 //! The cpio writer checked against GNU cpio: listing, extraction as root
 //! (owners, modes, devices, symlinks, hardlinks), and reproducibility.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use build_image::initramfs::cpio;
 use build_image::tree::{ContentStore, FsTree, InodeKind, Metadata};
+use common::require_tool;
 
 fn dir_inode(tree: &mut FsTree, mode: u16) -> build_image::tree::InodeId {
     tree.add_inode(
@@ -78,15 +81,6 @@ fn sample(store: &mut ContentStore) -> FsTree {
     t
 }
 
-fn need(tool: &str) {
-    let ok = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "{tool} not found: apt-get install cpio");
-}
-
 fn archive(dir: &Path) -> Vec<u8> {
     let mut store = ContentStore::new_in(dir).unwrap();
     let tree = sample(&mut store);
@@ -97,7 +91,7 @@ fn archive(dir: &Path) -> Vec<u8> {
 
 #[test]
 fn gnu_cpio_lists_and_extracts_everything() {
-    need("cpio");
+    require_tool("cpio", "cpio");
     let tmp = tempfile::tempdir().unwrap();
     let bytes = archive(tmp.path());
     let img = tmp.path().join("initrd.cpio");

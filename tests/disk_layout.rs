@@ -6,6 +6,8 @@
 //! Needs the `gdisk`, `fdisk`, `dosfstools`, `mtools` and `squashfs-tools`
 //! packages.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{Cursor, Read, Seek, SeekFrom, Write};
@@ -16,21 +18,12 @@ use std::process::Command;
 use build_image::disk::{self, types, Arch, Layout, Source};
 use build_image::fat::{self, FatOptions};
 use build_image::tree::{ContentStore, FsTree, InodeKind, Metadata};
+use common::require_tool;
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
 const MIB: u64 = 1 << 20;
 const T0: i64 = 1_700_000_040;
-
-fn require_tool(tool: &str, package: &str) {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false);
-    assert!(
-        found,
-        "`{tool}` is not installed: install the `{package}` package (apt-get install {package}) to run the disk layout tests"
-    );
-}
 
 fn tools() {
     for (tool, package) in [

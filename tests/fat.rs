@@ -5,6 +5,8 @@
 //!
 //! Needs the `dosfstools` and `mtools` packages.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom};
@@ -14,21 +16,12 @@ use std::process::Command;
 
 use build_image::fat::{self, FatOptions};
 use build_image::tree::{ContentStore, FsTree, InodeKind, Metadata};
+use common::require_tool;
 use sha2::{Digest, Sha256};
 
 const T0: i64 = 1_700_000_040; // 2023-11-14 22:14:00 UTC
 const MIB: u64 = 1 << 20;
 const OFFSET: u64 = MIB;
-
-fn require_tool(tool: &str, package: &str) {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false);
-    assert!(
-        found,
-        "`{tool}` is not installed: install the `{package}` package (apt-get install {package}) to run the FAT tests"
-    );
-}
 
 fn tools() {
     require_tool("fsck.vfat", "dosfstools");

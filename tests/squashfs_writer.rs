@@ -6,6 +6,8 @@
 //!
 //! Self-contained on purpose: it needs only the library and the tools.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -14,20 +16,11 @@ use std::process::Command;
 
 use build_image::squashfs::{self, Compression, Options, Summary};
 use build_image::tree::{ContentStore, FsTree, InodeId, InodeKind, Metadata};
+use common::require_tool;
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
 const T0: i64 = 1_700_000_040; // 2023-11-14 22:14:00 UTC
-
-fn require_tool(tool: &str, package: &str) {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false);
-    assert!(
-        found,
-        "`{tool}` is not installed: install the `{package}` package (apt-get install {package}) to run the SquashFS writer tests"
-    );
-}
 
 fn require_root() {
     let uid = fs::metadata("/proc/self").unwrap().uid();

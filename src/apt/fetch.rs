@@ -8,7 +8,6 @@
 
 use std::io::Read;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 
@@ -63,14 +62,8 @@ impl Default for Fetcher {
 
 impl Fetcher {
     pub fn new() -> Self {
-        let config = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(30)))
-            .timeout_recv_response(Some(Duration::from_secs(120)))
-            .user_agent(concat!("build-image/", env!("CARGO_PKG_VERSION")))
-            .build();
         Fetcher {
-            agent: config.new_agent(),
+            agent: crate::http::agent(),
             retry: RetryPolicy::default(),
         }
     }

@@ -61,14 +61,8 @@ impl RegistryClient {
     /// `insecure` lists `host[:port]` (or bare hosts) that may be reached
     /// over plain HTTP; loopback hosts always may.
     pub fn new(insecure: Vec<String>) -> Self {
-        let config = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(30)))
-            .timeout_recv_response(Some(Duration::from_secs(120)))
-            .user_agent(concat!("build-image/", env!("CARGO_PKG_VERSION")))
-            .build();
         RegistryClient {
-            agent: config.new_agent(),
+            agent: crate::http::agent(),
             insecure,
             retry: RetryPolicy::default(),
             tokens: Mutex::new(HashMap::new()),

@@ -9,7 +9,10 @@
 //!
 //! Entry points: [`ModuleIndex::scan`], then [`ModuleIndex::closure`].
 
+mod compat;
+pub mod depmod;
 mod elf;
+pub mod index;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;

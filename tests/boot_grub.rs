@@ -25,7 +25,7 @@ use common::fixtures::debian_package_deb;
 use common::require_tool;
 
 const ESP_SIZE: u64 = 64 << 20;
-const CMDLINE: &str = "console=ttyS0 panic=-1";
+const CMDLINE: &str = "console=ttyS0 panic=-1 bi.persist=off";
 
 fn grub_cfg() -> String {
     let template =

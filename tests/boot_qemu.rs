@@ -67,7 +67,7 @@ fn debian_kernel_boots_os_init_into_a_squashfs_slot() {
         tmp.path(),
         &mut store,
         &disk_path,
-        "console=ttyS0 bi.root=root_a panic=-1",
+        "console=ttyS0 bi.root=root_a panic=-1 bi.persist=off",
     );
     for want in [
         "os-init: root root_a is /dev/vda3",

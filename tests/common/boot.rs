@@ -248,3 +248,234 @@ pub fn tail(console: &str, n: usize) -> String {
     let lines: Vec<&str> = console.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
+
+/// The Rust musl target whose os-init runs on Debian architecture `arch`.
+pub fn musl_target(arch: &str) -> &'static str {
+    match arch {
+        "amd64" => "x86_64-unknown-linux-musl",
+        "arm64" => "aarch64-unknown-linux-musl",
+        _ => panic!("no musl target known for Debian architecture {arch:?}"),
+    }
+}
+
+/// Builds os-init for the Rust `target` (`aarch64-unknown-linux-musl`, …)
+/// as a static musl binary and returns its path.
+pub fn os_init_binary_for(target: &str) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args([
+            "build",
+            "-q",
+            "--release",
+            "-p",
+            "os-init",
+            "--target",
+            target,
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "building os-init for {target} (needs `rustup target add {target}`):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let bin = tmp.parent().unwrap().join(target).join("release/os-init");
+    assert!(bin.is_file(), "{} missing after the build", bin.display());
+    bin
+}
+
+/// Like [`kernel_and_initrd`], for the Debian kernel of `arch` (`amd64`,
+/// `arm64`) with an os-init built for that architecture.
+pub fn kernel_and_initrd_for(
+    arch: &str,
+    store: &mut ContentStore,
+    modules: &[&str],
+) -> KernelAndInitrd {
+    let kernel = deb_tree(&super::fixtures::debian_kernel_deb_for(arch), store);
+    let version = ModuleIndex::versions(&kernel).remove(0);
+    let vmlinuz = file_bytes(&kernel, store, &format!("boot/vmlinuz-{version}"));
+    let idx = ModuleIndex::scan(&kernel, store, &version).unwrap();
+    let closure = idx.closure(modules).unwrap();
+    let mut initrd = FsTree::new();
+    let init = fs::read(os_init_binary_for(musl_target(arch))).unwrap();
+    file(&mut initrd, store, "/init", &init, 0o755);
+    let mut load = String::new();
+    for m in &closure {
+        let data = file_bytes(&kernel, store, &m.path);
+        let path = format!("/lib/modules/{version}/{}", m.rel_path);
+        file(&mut initrd, store, &path, &data, 0o644);
+        load.push_str(&path);
+        load.push('\n');
+    }
+    file(
+        &mut initrd,
+        store,
+        "/lib/modules/os-init.load",
+        load.as_bytes(),
+        0o644,
+    );
+    for d in ["/dev", "/proc", "/sys", "/run", "/sysroot"] {
+        mkdirs(&mut initrd, d);
+    }
+    let dev = mkdirs(&mut initrd, "/dev");
+    let console = initrd.add_inode(
+        InodeKind::CharDevice { major: 5, minor: 1 },
+        Metadata::new(0o600, 0, 0, 0),
+    );
+    initrd.link(dev, b"console".to_vec(), console);
+    let mut bytes = Vec::new();
+    cpio::write(&initrd, store, &mut bytes).unwrap();
+    KernelAndInitrd {
+        version,
+        vmlinuz,
+        initrd: bytes,
+    }
+}
+
+/// The static busybox of Debian's `busybox-static` for `arch`.
+pub fn busybox_for(arch: &str, store: &mut ContentStore) -> Vec<u8> {
+    let deb = super::fixtures::debian_package_deb_for("busybox-static", arch);
+    let tree = deb_tree(&deb, store);
+    file_bytes(&tree, store, "bin/busybox")
+}
+
+/// Like [`busybox_root`], with the given busybox binary (see
+/// [`busybox_for`]) instead of the host's.
+pub fn busybox_root_with(store: &mut ContentStore, busybox: &[u8], script: &str, out: &Path) {
+    let mut root = FsTree::new();
+    file(&mut root, store, "/bin/busybox", busybox, 0o755);
+    symlink(&mut root, "/bin/sh", "busybox");
+    let init = format!("#!/bin/sh\n{script}\n/bin/busybox poweroff -f\n");
+    file(&mut root, store, "/sbin/init", init.as_bytes(), 0o755);
+    for d in ["/dev", "/proc", "/sys", "/run", "/tmp"] {
+        mkdirs(&mut root, d);
+    }
+    let mut f = File::create(out).unwrap();
+    squashfs::write(&root, store, &squashfs::Options::default(), &mut f).unwrap();
+}
+
+/// Runs `qemu-system-aarch64 -M virt` (TCG, 1 GiB, serial console on
+/// stdio) with `args` until it exits or `timeout` passes. Returns its exit
+/// status (`None` on timeout, after killing it) and the console output.
+pub fn run_qemu_aarch64(args: &[String], timeout: Duration) -> (Option<ExitStatus>, String) {
+    require_tool(
+        "qemu-system-aarch64",
+        "qemu-system-arm (from bookworm-backports, see .ci/run)",
+    );
+    let mut qemu = Command::new("qemu-system-aarch64")
+        .args([
+            "-M",
+            "virt",
+            "-cpu",
+            "max",
+            "-accel",
+            "tcg",
+            "-m",
+            "1024",
+            "-nographic",
+            "-no-reboot",
+            "-nodefaults",
+        ])
+        .args(["-serial", "stdio"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = qemu.stdout.take().unwrap();
+    let mut stderr = qemu.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = stdout.read_to_end(&mut s);
+        String::from_utf8_lossy(&s).into_owned()
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = stderr.read_to_end(&mut s);
+        String::from_utf8_lossy(&s).into_owned()
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = qemu.try_wait().unwrap() {
+            break Some(st);
+        }
+        if start.elapsed() > timeout {
+            let _ = qemu.kill();
+            let _ = qemu.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut console = reader.join().unwrap();
+    let err = err_reader.join().unwrap();
+    if !err.trim().is_empty() {
+        console.push_str("\n[qemu stderr]\n");
+        console.push_str(&err);
+    }
+    (status, console)
+}
+
+/// A squashfs root made of real Debian amd64 packages (`packages`, merged
+/// in order as the image build merges layers; shared libraries found
+/// through the multiarch paths Debian's ld.so searches) plus busybox for
+/// the shell. `files` are extra `(path, contents, mode)`; /sbin/init runs
+/// `script` (sh) and powers off.
+pub fn debian_packages_root(
+    store: &mut ContentStore,
+    packages: &[&str],
+    files: &[(&str, &[u8], u16)],
+    script: &str,
+    out: &Path,
+) {
+    require_tool("dpkg-deb", "dpkg");
+    let busybox = Path::new("/bin/busybox");
+    assert!(
+        busybox.is_file(),
+        "/bin/busybox missing: apt-get install busybox-static"
+    );
+    let mut root = FsTree::new();
+    for pkg in packages {
+        let deb = super::fixtures::debian_package_deb(pkg, "amd64");
+        let mut child = Command::new("dpkg-deb")
+            .arg("--fsys-tarfile")
+            .arg(&deb)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        merge_layer(
+            &mut root,
+            store,
+            &LayerSource {
+                name: deb.display().to_string(),
+            },
+            child.stdout.take().unwrap(),
+        )
+        .unwrap();
+        assert!(
+            child.wait().unwrap().success(),
+            "dpkg-deb {}",
+            deb.display()
+        );
+    }
+    file(
+        &mut root,
+        store,
+        "/bin/busybox",
+        &fs::read(busybox).unwrap(),
+        0o755,
+    );
+    symlink(&mut root, "/bin/sh", "busybox");
+    for (path, data, mode) in files {
+        file(&mut root, store, path, data, *mode);
+    }
+    let init = format!("#!/bin/sh\n{script}\n/bin/busybox poweroff -f\n");
+    file(&mut root, store, "/sbin/init", init.as_bytes(), 0o755);
+    for d in ["/dev", "/proc", "/sys", "/run", "/tmp"] {
+        mkdirs(&mut root, d);
+    }
+    let mut f = File::create(out).unwrap();
+    squashfs::write(&root, store, &squashfs::Options::default(), &mut f).unwrap();
+}

@@ -246,3 +246,175 @@ pub fn debian_package_deb(package: &str, arch: &str) -> PathBuf {
     }
     panic!("apt-get download {package}:{arch} failed 3 times:\n{last}");
 }
+
+/// Debian's architecture name for the machine the tests run on.
+pub fn host_debian_arch() -> String {
+    require_tool("dpkg", "dpkg");
+    let out = Command::new("dpkg")
+        .arg("--print-architecture")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "dpkg --print-architecture failed");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// apt options that read bookworm's package lists for `arch` from a private
+/// state directory, `target/test-fixtures/apt-ARCH/`, so packages of another
+/// architecture resolve without `dpkg --add-architecture` or any change to
+/// /etc/apt. The lists are fetched on first use, and again when `refresh`
+/// is set or they are older than a day (a point release removes the
+/// previous kernel from the archive).
+pub fn foreign_apt_options(arch: &str, refresh: bool) -> Vec<String> {
+    let dir = fixtures_dir().join(format!("apt-{arch}"));
+    let lists = dir.join("lists");
+    let sources = dir.join("sources.list");
+    let opts = vec![
+        "-o".to_string(),
+        format!("APT::Architecture={arch}"),
+        "-o".to_string(),
+        format!("APT::Architectures={arch}"),
+        "-o".to_string(),
+        format!("Dir::Etc::sourcelist={}", sources.display()),
+        "-o".to_string(),
+        "Dir::Etc::sourceparts=-".to_string(),
+        "-o".to_string(),
+        format!("Dir::State::Lists={}", lists.display()),
+        "-o".to_string(),
+        format!("Dir::Cache::archives={}", dir.join("archives").display()),
+        "-o".to_string(),
+        "Acquire::Retries=3".to_string(),
+    ];
+    let stamp = dir.join("updated");
+    let fresh = |stamp: &Path| {
+        fs::metadata(stamp)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age < Duration::from_secs(24 * 3600))
+    };
+    if !refresh && fresh(&stamp) {
+        return opts;
+    }
+    fs::create_dir_all(&dir).unwrap();
+    let _lock = lock(&dir, Duration::from_secs(600));
+    if !refresh && fresh(&stamp) {
+        return opts;
+    }
+    require_tool("apt-get", "apt");
+    for d in [lists.join("partial"), dir.join("archives/partial")] {
+        fs::create_dir_all(d).unwrap();
+    }
+    fs::write(
+        &sources,
+        "deb http://deb.debian.org/debian bookworm main\n\
+         deb http://deb.debian.org/debian bookworm-updates main\n\
+         deb http://deb.debian.org/debian-security bookworm-security main\n",
+    )
+    .unwrap();
+    let _ = fs::remove_file(&stamp);
+    let mut last = String::new();
+    for _ in 0..3 {
+        let out = Command::new("apt-get")
+            .args(&opts)
+            .args(["update", "-q"])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            fs::write(&stamp, b"").unwrap();
+            return opts;
+        }
+        last = String::from_utf8_lossy(&out.stderr).into_owned();
+    }
+    panic!(
+        "apt-get update of the {arch} package lists in {} failed 3 times:\n{last}",
+        dir.display()
+    );
+}
+
+/// Like [`debian_package_deb`], for any architecture: a package of the
+/// host's architecture comes through the host's apt, one of another
+/// architecture through [`foreign_apt_options`]. Cached in the same
+/// `target/test-fixtures/debs-ARCH/`.
+pub fn debian_package_deb_for(package: &str, arch: &str) -> PathBuf {
+    if arch == host_debian_arch() {
+        return debian_package_deb(package, arch);
+    }
+    let dir = fixtures_dir().join(format!("debs-{arch}"));
+    fs::create_dir_all(&dir).unwrap();
+    let prefix = format!("{package}_");
+    let find = |dir: &Path| -> Option<PathBuf> {
+        fs::read_dir(dir)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.extension().is_some_and(|e| e == "deb")
+                    && p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+            })
+    };
+    if let Some(p) = find(&dir) {
+        return p;
+    }
+    let _lock = lock(&dir.join(package), Duration::from_secs(600));
+    if let Some(p) = find(&dir) {
+        return p;
+    }
+    let partial = dir.join(format!("{package}.partial"));
+    let mut last = String::new();
+    for attempt in 0..3 {
+        let _ = fs::remove_dir_all(&partial);
+        fs::create_dir_all(&partial).unwrap();
+        // A failure may come from stale lists: fetch them again before the
+        // next try.
+        let opts = foreign_apt_options(arch, attempt > 0);
+        let out = Command::new("apt-get")
+            .args(&opts)
+            .args(["download", "-q", &format!("{package}:{arch}")])
+            .current_dir(&partial)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            if let Some(p) = find(&partial) {
+                let dest = dir.join(p.file_name().unwrap());
+                fs::rename(&p, &dest).unwrap();
+                let _ = fs::remove_dir_all(&partial);
+                return dest;
+            }
+        }
+        last = String::from_utf8_lossy(&out.stderr).into_owned();
+    }
+    panic!("apt-get download {package}:{arch} failed 3 times:\n{last}");
+}
+
+/// Like [`debian_kernel_deb`], for any architecture: the package
+/// `linux-image-ARCH` depends on today, resolved from the lists of
+/// [`foreign_apt_options`] when `arch` is not the host's.
+pub fn debian_kernel_deb_for(arch: &str) -> PathBuf {
+    if arch == host_debian_arch() {
+        return debian_kernel_deb(arch);
+    }
+    let opts = foreign_apt_options(arch, false);
+    let depends = Command::new("apt-cache")
+        .args(&opts)
+        .args(["depends", &format!("linux-image-{arch}:{arch}")])
+        .output()
+        .expect("apt-cache not found");
+    let text = String::from_utf8_lossy(&depends.stdout);
+    let pkg = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Depends: "))
+        .filter(|p| p.starts_with("linux-image-"))
+        .unwrap_or_else(|| {
+            panic!(
+                "apt-cache cannot resolve linux-image-{arch} from the lists in \
+                 target/test-fixtures/apt-{arch}:\n{text}{}",
+                String::from_utf8_lossy(&depends.stderr)
+            )
+        })
+        .trim()
+        .to_string();
+    // apt-cache may print the package as NAME:ARCH.
+    let pkg = pkg.split(':').next().unwrap().to_string();
+    debian_package_deb_for(&pkg, arch)
+}

@@ -3,6 +3,7 @@
 //! here once; the three programs depend on this crate and nothing heavier,
 //! so the device binaries stay small.
 
+pub mod gpt;
 pub mod grubenv;
 
 /// GPT partition names of the A/B disk layout. The agent and init find
@@ -13,4 +14,67 @@ pub mod partition {
     pub const ROOT_A: &str = "root_a";
     pub const ROOT_B: &str = "root_b";
     pub const PERSIST: &str = "persist";
+}
+
+/// The persistent partition: where os-init mounts it and which paths of
+/// the read-only root it makes persistent by bind mounts.
+pub mod persist {
+    /// Where the `persist` filesystem is mounted on the running system.
+    pub const MOUNT: &str = "/run/os/persist";
+    /// Directory on `persist` holding one directory per persistent path
+    /// (`state/var/log` is bound over `/var/log`).
+    pub const STATE_DIR: &str = "state";
+    /// The machine-id (32 lowercase hex digits and a newline) on `persist`,
+    /// copied to `/etc/machine-id` on every boot.
+    pub const MACHINE_ID: &str = "machine-id";
+    /// Filesystem label of `persist`.
+    pub const LABEL: &str = "persist";
+
+    /// A path of the root made persistent.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Path {
+        pub path: &'static str,
+        /// On first creation, the persistent copy starts as a copy of the
+        /// image's directory (configuration the system needs to work).
+        pub seed: bool,
+    }
+
+    const fn p(path: &'static str, seed: bool) -> Path {
+        Path { path, seed }
+    }
+
+    /// The paths bind-mounted from `persist`, in mount order.
+    pub const PATHS: &[Path] = &[
+        p("/var/lib/os-agent", false),
+        p("/var/lib/rancher", false),
+        p("/var/lib/kubelet", false),
+        p("/var/lib/cni", false),
+        p("/var/lib/containerd", false),
+        p("/var/log", false),
+        p("/home", false),
+        p("/root", true),
+        p("/etc/ssh", true),
+        p("/etc/rancher", false),
+    ];
+}
+
+/// The try-once boot state: where the GRUB environment blocks live on the
+/// ESP, the variables in them, and how the kernel command line names the
+/// running slot. `bootloader/grub.cfg` uses the same names.
+pub mod boot_env {
+    /// The primary environment block, at the root of the ESP.
+    pub const PRIMARY: &str = "grubenv";
+    /// The backup copy, written after the primary.
+    pub const BACKUP: &str = "grubenv.bak";
+    /// Variable: the slot GRUB boots normally (`a` or `b`).
+    pub const DEFAULT_SLOT: &str = "default_slot";
+    /// Variable: a slot to boot once (`a`, `b` or empty).
+    pub const TRIAL_SLOT: &str = "trial_slot";
+    /// The A/B slot names.
+    pub const SLOTS: [&str; 2] = ["a", "b"];
+    /// Kernel command line parameter naming the running slot: `a`, `b` or
+    /// [`LIVE_SLOT`].
+    pub const CMDLINE_SLOT: &str = "bi.slot";
+    /// `bi.slot` value of a live boot (ISO), which has no A/B state.
+    pub const LIVE_SLOT: &str = "live";
 }

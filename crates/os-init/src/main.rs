@@ -9,7 +9,12 @@
 //!    (default 30);
 //! 4. mounts it read-only as squashfs, puts a tmpfs overlay on top, moves
 //!    `/dev`, `/proc`, `/sys` and `/run` into it and switches root to it;
-//! 5. executes `/sbin/init` of the new root (`bi.init=PATH` overrides).
+//! 5. sets up the persistent partition (see [`persist`]): creates or grows
+//!    `persist` on the root slot's disk, formats it with the root's own
+//!    mkfs.ext4 the first time, mounts it on `/run/os/persist`, writes the
+//!    kept machine-id to `/etc/machine-id` and bind-mounts the persistent
+//!    paths; `bi.persist=off` or `bi.slot=live` skips this;
+//! 6. executes `/sbin/init` of the new root (`bi.init=PATH` overrides).
 //!
 //! On any failure it prints the cause on the console and reboots after a
 //! few seconds, so the boot loader's try-once logic can fall back to the
@@ -22,6 +27,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use rustix::mount::{mount, mount_move, MountFlags};
+
+mod persist;
 
 type Result<T> = std::result::Result<T, String>;
 
@@ -162,6 +169,8 @@ fn boot() -> Result<std::convert::Infallible> {
     mount_move(".", "/").map_err(|e| format!("moving the new root to /: {e}"))?;
     rustix::process::chroot(".").map_err(|e| format!("chroot into the new root: {e}"))?;
     rustix::process::chdir("/").map_err(|e| format!("entering /: {e}"))?;
+
+    persist::setup(&cmd, &dev)?;
 
     let init = param(&cmd, "bi.init").unwrap_or("/sbin/init");
     say(&format!("switching to {init}"));

@@ -1,0 +1,28 @@
+//! `os-agent`, the on-device agent of build-image systems.
+//!
+//! - `boot-config` ([`apply`]): applies the image's and the device's
+//!   configuration files ([`config`]) at every boot: hostname, users
+//!   ([`users`]), files, k3s ([`k3s`]), SSH host keys, the boot counter
+//!   ([`state`]).
+//! - `health` ([`health`]): waits for the boot to finish, commits a healthy
+//!   trial slot ([`bootenv`]) and reports one line on the console.
+//! - `status` ([`status`]) and `mark-good`.
+//!
+//! Every path goes through [`fsutil::Root`], so the same code runs on a
+//! directory tree in tests (`--root DIR`).
+
+pub mod error;
+
+pub mod apply;
+pub mod b64;
+pub mod bootenv;
+pub mod cli;
+pub mod config;
+pub mod fault;
+pub mod fsutil;
+pub mod health;
+pub mod k3s;
+pub mod state;
+pub mod status;
+pub mod system;
+pub mod users;

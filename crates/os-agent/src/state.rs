@@ -1,0 +1,78 @@
+//! The agent's persistent state, /var/lib/os-agent/state.json (on the
+//! persistent partition).
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Context, Result};
+use crate::fsutil::{create_dirs, read_optional, write_atomic, Owner, Root};
+
+pub const STATE_DIR: &str = "/var/lib/os-agent";
+pub const STATE_FILE: &str = "/var/lib/os-agent/state.json";
+pub const API_VERSION: &str = "os-agent/v1alpha1";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct State {
+    pub api_version: String,
+    /// Boots since the persistent partition was created, counted by
+    /// `os-agent boot-config`.
+    #[serde(default)]
+    pub boot_count: u64,
+    /// Slot and image version of the latest boot.
+    #[serde(default)]
+    pub last_slot: Option<String>,
+    #[serde(default)]
+    pub last_version: Option<String>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            api_version: API_VERSION.to_string(),
+            boot_count: 0,
+            last_slot: None,
+            last_version: None,
+        }
+    }
+}
+
+/// Reads the state; a missing file is the initial state.
+pub fn load(root: &Root) -> Result<State> {
+    let path = root.join(STATE_FILE);
+    match read_optional(&path)? {
+        None => Ok(State::default()),
+        Some(text) => serde_json::from_str(&text).with_context(|| {
+            format!(
+                "reading {}: not a valid state document (delete it to start counting anew)",
+                path.display()
+            )
+        }),
+    }
+}
+
+/// Writes the state: temporary file, fsync, rename, fsync of the directory.
+pub fn save(root: &Root, state: &State) -> Result<()> {
+    create_dirs(&root.join(STATE_DIR))?;
+    let mut text = serde_json::to_string_pretty(state).expect("state serializes");
+    text.push('\n');
+    write_atomic(
+        &root.join(STATE_FILE),
+        text.as_bytes(),
+        Some(Owner {
+            uid: 0,
+            gid: 0,
+            mode: 0o644,
+        }),
+    )
+}
+
+/// Counts this boot; returns the new state.
+pub fn record_boot(root: &Root, slot: Option<&str>, version: Option<&str>) -> Result<State> {
+    let mut st = load(root)?;
+    st.api_version = API_VERSION.to_string();
+    st.boot_count += 1;
+    st.last_slot = slot.map(str::to_string);
+    st.last_version = version.map(str::to_string);
+    save(root, &st)?;
+    Ok(st)
+}

@@ -1,0 +1,70 @@
+//! `os-agent health` with this machine's real systemctl: whatever state
+//! systemd is in here, the command must print exactly one report line in
+//! the documented format on the console and stdout, exit 0 only for "ok",
+//! and never commit a slot when the boot is not healthy.
+
+mod common;
+
+use std::fs;
+
+use common::*;
+
+#[test]
+fn reports_one_line_and_commits_only_when_healthy() {
+    let root = debian_root("b");
+    let r = root.path();
+    let esp = tempfile::tempdir().unwrap();
+    grub_env(esp.path(), "a", "");
+    write(
+        r,
+        "/var/lib/os-agent/state.json",
+        "{\"apiVersion\":\"os-agent/v1alpha1\",\"bootCount\":2}\n",
+    );
+    let console = r.join("console.log");
+    fs::write(&console, "").unwrap();
+    let o = agent(&[
+        "health",
+        "--root",
+        r.to_str().unwrap(),
+        "--esp",
+        esp.path().to_str().unwrap(),
+        "--console",
+        console.to_str().unwrap(),
+        "--timeout",
+        "20",
+        "--k3s-timeout",
+        "5",
+    ]);
+    let out = stdout(&o);
+    let lines: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("os-agent: boot "))
+        .collect();
+    assert_eq!(lines.len(), 1, "{out}");
+    let line = lines[0];
+    let prefix_ok =
+        "os-agent: boot ok slot=b version=1.2.3 k3s=v1.31.2+k3s1 boot_count=2 failed_units=0";
+    let prefix_bad =
+        "os-agent: boot degraded slot=b version=1.2.3 k3s=v1.31.2+k3s1 boot_count=2 failed_units=";
+    let env = editenv(&esp.path().join("grubenv"), &["list"]);
+    if line == prefix_ok {
+        assert_eq!(o.status.code(), Some(0));
+        assert!(env.contains("default_slot=b"), "{env}");
+    } else {
+        assert!(line.starts_with(prefix_bad), "{line}");
+        assert!(
+            line.ends_with(')'),
+            "a degraded line names its reasons: {line}"
+        );
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(
+            env.contains("default_slot=a"),
+            "no commit when degraded: {env}"
+        );
+    }
+    let console_text = fs::read_to_string(&console).unwrap();
+    assert!(
+        console_text.lines().any(|l| l == line),
+        "console: {console_text}"
+    );
+}

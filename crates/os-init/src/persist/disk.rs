@@ -1,0 +1,293 @@
+//! The disk under the root slot and the `persist` entry of its GPT.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use boot_contract::gpt::{self, Entry, Gpt, Guid};
+use boot_contract::partition::PERSIST;
+
+use super::blkpg;
+use crate::{say, Result};
+
+/// Partitions start on 1 MiB boundaries, as build-image places them.
+const ALIGN: u64 = 1 << 20;
+/// Less room than this after the last partition is not worth a filesystem.
+pub const MIN_SIZE: u64 = 32 << 20;
+
+/// A whole disk, as sysfs describes it.
+pub struct Disk {
+    /// `vda`, `nvme0n1`, `mmcblk0`
+    pub name: String,
+    pub sector_size: u64,
+    /// In `sector_size` units.
+    pub sectors: u64,
+}
+
+impl Disk {
+    pub fn dev(&self) -> String {
+        format!("/dev/{}", self.name)
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.sectors * self.sector_size
+    }
+
+    /// The disk holding the partition `/dev/PART`: its sysfs directory is
+    /// the parent of the partition's.
+    pub fn of_partition(dev: &str) -> Result<Disk> {
+        let part = dev
+            .strip_prefix("/dev/")
+            .ok_or_else(|| format!("{dev}: expected a /dev/ path"))?;
+        let sys = Path::new("/sys/class/block").join(part);
+        if !sys.join("partition").exists() {
+            return Err(format!(
+                "{dev} is not a partition ({} has no partition file)",
+                sys.display()
+            ));
+        }
+        let real =
+            fs::canonicalize(&sys).map_err(|e| format!("resolving {}: {e}", sys.display()))?;
+        let name = real
+            .parent()
+            .and_then(Path::file_name)
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| format!("no disk above {}", real.display()))?
+            .to_string();
+        let disk_sys = Path::new("/sys/class/block").join(&name);
+        // sysfs sizes are in 512-byte units whatever the sector size.
+        let bytes = read_number(&disk_sys.join("size"))? * 512;
+        let sector_size = read_number(&disk_sys.join("queue/logical_block_size"))?;
+        if sector_size == 0 || bytes % sector_size != 0 {
+            return Err(format!(
+                "{name}: {bytes} bytes is not a whole number of {sector_size}-byte sectors"
+            ));
+        }
+        Ok(Disk {
+            name,
+            sector_size,
+            sectors: bytes / sector_size,
+        })
+    }
+
+    /// `/dev/NAME` of partition number `pno` once the kernel and devtmpfs
+    /// show it (at most `timeout`).
+    pub fn wait_partition(&self, pno: u32, timeout: Duration) -> Result<String> {
+        let start = Instant::now();
+        loop {
+            if let Some(name) = self.partition_name(pno) {
+                let dev = format!("/dev/{name}");
+                if Path::new(&dev).exists() {
+                    return Ok(dev);
+                }
+            }
+            if start.elapsed() > timeout {
+                return Err(format!(
+                    "partition {pno} of {} did not appear within {} s",
+                    self.dev(),
+                    timeout.as_secs()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn partition_name(&self, pno: u32) -> Option<String> {
+        let dir = Path::new("/sys/class/block").join(&self.name);
+        fs::read_dir(dir).ok()?.flatten().find_map(|e| {
+            let n = read_number(&e.path().join("partition")).ok()?;
+            (n == u64::from(pno)).then(|| e.file_name().to_string_lossy().into_owned())
+        })
+    }
+}
+
+fn read_number(path: &Path) -> Result<u64> {
+    let s = fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    s.trim()
+        .parse()
+        .map_err(|_| format!("{}: {:?} is not a number", path.display(), s.trim()))
+}
+
+/// What happened to the `persist` entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// The entry was added this boot.
+    Created,
+    /// The entry was extended to the end of the disk this boot.
+    Grown {
+        old_bytes: u64,
+    },
+    Unchanged,
+}
+
+/// The `persist` partition as the kernel now knows it.
+pub struct Persist {
+    pub dev: String,
+    pub bytes: u64,
+    pub change: Change,
+}
+
+fn random_guid() -> Result<Guid> {
+    let mut b = [0u8; 16];
+    crate::persist::random(&mut b)?;
+    Ok(Guid::random_v4(b))
+}
+
+/// Makes the GPT of `disk` end at the disk's end, with a `persist` entry
+/// from the first free 1 MiB boundary to the last usable sector, and tells
+/// the kernel. Only the `persist` entry and the backup GPT's location
+/// change; the other entries are never touched. `Ok(None)` when there is no
+/// room for `persist` (the image was not written to a larger disk).
+pub fn ensure_persist(disk: &Disk) -> Result<Option<Persist>> {
+    let dev = disk.dev();
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&dev)
+        .map_err(|e| format!("opening {dev}: {e}"))?;
+    // A primary that fails its checks while the backup at the disk's end
+    // passes them is what a write cut off between the two copies leaves
+    // (the backup is written first): restore the primary from the backup.
+    let (mut gpt, restore) = match Gpt::read(&mut f, disk.sector_size, disk.sectors) {
+        Ok(gpt) => (gpt, false),
+        Err(primary) => match Gpt::read_backup(&mut f, disk.sector_size, disk.sectors) {
+            Ok(gpt) => {
+                say(&format!(
+                    "the primary GPT of {dev} is damaged ({primary}): restoring it from the backup"
+                ));
+                (gpt, true)
+            }
+            Err(backup) => {
+                return Err(format!(
+                    "reading the GPT of {dev}: {primary}; the backup at its end: {backup}"
+                ))
+            }
+        },
+    };
+    let ss = disk.sector_size;
+    let old_alternate = gpt.alternate_lba();
+    // The old backup header is wiped once the new one is written, if it
+    // lies beyond every partition (it always does in a table build-image or
+    // this function wrote).
+    let old_backup = gpt
+        .partitions()
+        .all(|(_, e)| e.last_lba < old_alternate)
+        .then_some(old_alternate);
+    let relocate = gpt.backup_misplaced(disk.sectors);
+    if relocate {
+        gpt.relocate_backup(disk.sectors)
+            .map_err(|e| format!("{dev}: {e}"))?;
+    }
+    let (index, change) = match gpt.find(PERSIST) {
+        None => {
+            let first = gpt.first_free_aligned(ALIGN / ss);
+            let last = gpt.last_usable();
+            if last < first || (last - first + 1) * ss < MIN_SIZE {
+                if relocate || restore {
+                    write_table(&mut f, &gpt, disk, old_backup.filter(|_| relocate))?;
+                }
+                if relocate {
+                    say(&format!("moved the backup GPT of {dev} to its end"));
+                }
+                return Ok(None);
+            }
+            let entry = Entry {
+                type_guid: gpt::types::LINUX_FILESYSTEM,
+                guid: random_guid()?,
+                first_lba: first,
+                last_lba: last,
+                attributes: 0,
+                name: PERSIST.into(),
+            };
+            let index = gpt.add(&entry).map_err(|e| format!("{dev}: {e}"))?;
+            (index, Change::Created)
+        }
+        Some((index, e)) => {
+            let last = gpt.last_usable();
+            let after = gpt.partitions().any(|(_, o)| o.first_lba > e.last_lba);
+            // Gains under 1 MiB are not worth a resize (build-image leaves
+            // just under 1 MiB after a persist it places itself).
+            if e.last_lba + ALIGN / ss <= last && !after {
+                gpt.set_last_lba(index, last)
+                    .map_err(|err| format!("{dev}: {err}"))?;
+                (
+                    index,
+                    Change::Grown {
+                        old_bytes: e.sectors() * ss,
+                    },
+                )
+            } else {
+                (index, Change::Unchanged)
+            }
+        }
+    };
+    if relocate || restore || change != Change::Unchanged {
+        write_table(&mut f, &gpt, disk, old_backup.filter(|_| relocate))?;
+    }
+    if relocate {
+        say(&format!(
+            "moved the backup GPT of {dev} to its end ({} MiB disk)",
+            disk.bytes() >> 20
+        ));
+    }
+    let e = gpt.entry(index).ok_or("the persist entry vanished")?;
+    let pno = index as u32 + 1;
+    let (start, bytes) = (e.first_lba * ss, e.sectors() * ss);
+    match change {
+        Change::Created => blkpg::add_partition(&f, pno, start, bytes).map_err(|err| {
+            format!("adding partition {pno} to the kernel's view of {dev} (BLKPG): {err}")
+        })?,
+        Change::Grown { .. } => blkpg::resize_partition(&f, pno, start, bytes).map_err(|err| {
+            format!("resizing partition {pno} in the kernel's view of {dev} (BLKPG): {err}")
+        })?,
+        Change::Unchanged => {}
+    }
+    let part = disk.wait_partition(pno, Duration::from_secs(10))?;
+    match change {
+        Change::Created => say(&format!(
+            "created persist {part} ({} MiB, sectors {}..={}) on {dev}",
+            bytes >> 20,
+            e.first_lba,
+            e.last_lba
+        )),
+        Change::Grown { old_bytes } => say(&format!(
+            "grew persist {part} from {} MiB to {} MiB",
+            old_bytes >> 20,
+            bytes >> 20
+        )),
+        Change::Unchanged => say(&format!("persist is {part} ({} MiB)", bytes >> 20)),
+    }
+    Ok(Some(Persist {
+        dev: part,
+        bytes,
+        change,
+    }))
+}
+
+/// Writes the table (backup, sync, primary, sync), then fits the protective
+/// MBR to the disk and wipes the old backup header if it moved, so no stale
+/// table is found inside `persist` later.
+fn write_table(f: &mut File, gpt: &Gpt, disk: &Disk, old_backup: Option<u64>) -> Result<()> {
+    let dev = disk.dev();
+    gpt.write(f, |f| f.sync_all())
+        .map_err(|e| format!("{dev}: {e}"))?;
+    let ss = disk.sector_size;
+    let io = |what: &str, e: std::io::Error| format!("{what} of {dev}: {e}");
+    let mut mbr = [0u8; 512];
+    f.seek(SeekFrom::Start(0))
+        .and_then(|_| f.read_exact(&mut mbr))
+        .map_err(|e| io("reading the MBR", e))?;
+    if gpt::fit_protective_mbr(&mut mbr, disk.sectors) {
+        f.seek(SeekFrom::Start(0))
+            .and_then(|_| f.write_all(&mbr))
+            .map_err(|e| io("writing the protective MBR", e))?;
+    }
+    if let Some(lba) = old_backup.filter(|&l| l != gpt.alternate_lba()) {
+        let zero = vec![0u8; ss as usize];
+        f.seek(SeekFrom::Start(lba * ss))
+            .and_then(|_| f.write_all(&zero))
+            .map_err(|e| io("wiping the old backup GPT header", e))?;
+    }
+    f.sync_all().map_err(|e| io("syncing", e))
+}

@@ -7,6 +7,8 @@
 
 pub mod apt;
 pub mod assemble;
+pub mod bootloader;
+pub mod build;
 pub mod cache;
 pub mod cli;
 pub mod disk;

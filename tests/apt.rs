@@ -698,6 +698,7 @@ fn local_repository_resolve_fetch_install() {
     let req = apt::InstallRequest {
         sources: &sources,
         packages: &["hello".into(), "sl".into()],
+        required: false,
         now,
         mtime: 1000,
     };

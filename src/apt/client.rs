@@ -21,6 +21,10 @@ pub struct InstallRequest<'a> {
     pub sources: &'a [(Source, &'a Keyring)],
     /// Package names, optionally `name=version`.
     pub packages: &'a [String],
+    /// Also install every `Priority: required` and `Essential: yes`
+    /// package: what debootstrap's minbase installs, to build a base
+    /// system from the archive alone.
+    pub required: bool,
     /// Seconds since the epoch, for signature and `Valid-Until` checks.
     pub now: i64,
     /// mtime of the dpkg database files (`SOURCE_DATE_EPOCH`).
@@ -63,7 +67,17 @@ pub fn install_packages(
         arch,
         source: names.join(", "),
     };
-    let plan = resolve(req.packages, &all, &installed, &opts)?;
+    let mut wanted: Vec<String> = req.packages.to_vec();
+    if req.required {
+        wanted.extend(
+            all.iter()
+                .filter(|p| p.essential || p.priority.as_deref() == Some("required"))
+                .map(|p| p.name.clone()),
+        );
+        wanted.sort();
+        wanted.dedup();
+    }
+    let plan = resolve(&wanted, &all, &installed, &opts)?;
     let mut debs = Vec::new();
     for p in &plan {
         let repo = repos

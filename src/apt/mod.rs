@@ -21,7 +21,7 @@ pub mod fetch;
 pub mod install;
 mod md5;
 pub mod packages;
-mod paths;
+pub(crate) mod paths;
 pub mod release;
 pub mod resolve;
 pub mod version;

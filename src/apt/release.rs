@@ -347,8 +347,9 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146097 + doe - 719468
 }
 
-/// `2025-01-11 10:15:32 UTC`, for messages.
-pub fn format_date(t: i64) -> String {
+/// Year, month, day, hour, minute, second (UTC) of a Unix time (Howard
+/// Hinnant's civil_from_days).
+pub fn civil(t: i64) -> (i64, i64, i64, i64, i64, i64) {
     let days = t.div_euclid(86400);
     let secs = t.rem_euclid(86400);
     let z = days + 719468;
@@ -360,12 +361,13 @@ pub fn format_date(t: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
+    (y, m, d, secs / 3600, secs % 3600 / 60, secs % 60)
+}
+
+/// `2025-01-11 10:15:32 UTC`, for messages.
+pub fn format_date(t: i64) -> String {
+    let (y, m, d, h, mi, s) = civil(t);
+    format!("{y:04}-{m:02}-{d:02} {h:02}:{mi:02}:{s:02} UTC")
 }
 
 #[cfg(test)]

@@ -31,6 +31,18 @@ pub fn assemble(
     store: &mut ContentStore,
 ) -> Result<(FsTree, MergeStats)> {
     let mut tree = FsTree::new();
+    let stats = assemble_into(puller, img, &mut tree, store)?;
+    Ok((tree, stats))
+}
+
+/// Merges the layers of `img` on top of `tree`, as if they were more
+/// layers of the image `tree` came from.
+pub fn assemble_into(
+    puller: &Puller<'_>,
+    img: &ResolvedImage,
+    tree: &mut FsTree,
+    store: &mut ContentStore,
+) -> Result<MergeStats> {
     let mut total = MergeStats::default();
 
     if img.layers.is_empty() {
@@ -40,10 +52,9 @@ pub fn assemble(
             puller.reporter.event(Event::Stage {
                 message: format!("merging {name}"),
             });
-            let s = merge_file(&mut tree, store, file, &name, None, puller.reporter)?;
-            return Ok((tree, s));
+            return merge_file(tree, store, file, &name, None, puller.reporter);
         }
-        return Ok((tree, total));
+        return Ok(total);
     }
 
     let n = img.layers.len();
@@ -78,7 +89,7 @@ pub fn assemble(
                     message: format!("merging layer {}/{n} {}", i + 1, desc.digest),
                 });
                 let s = merge_file(
-                    &mut tree,
+                    tree,
                     store,
                     &path,
                     desc.digest.as_str(),
@@ -96,7 +107,7 @@ pub fn assemble(
         }
         result
     })?;
-    Ok((tree, total))
+    Ok(total)
 }
 
 /// Compression of a layer, from its first bytes.

@@ -3,6 +3,8 @@
 mod inspect;
 mod rootfs;
 
+pub use rootfs::source_date_epoch;
+
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -14,13 +16,19 @@ use crate::progress::Reporter;
 
 /// Turn a Linux distribution's OCI image into a bootable, immutable,
 /// A/B-upgradable OS image.
+///
+/// Without a subcommand, builds the image: `build-image --flavor debian
+/// --arch arm64` writes an A/B disk image, its root filesystem and
+/// build-image.lock to ./out.
 #[derive(Debug, Parser)]
 #[command(name = "build-image", version, term_width = 80)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub build: crate::build::BuildArgs,
 }
 
 #[derive(Debug, Args)]
@@ -84,8 +92,9 @@ impl SourceArgs {
 /// Runs the parsed command line.
 pub fn run(cli: Cli, reporter: &dyn Reporter) -> Result<()> {
     match cli.command {
-        Command::Rootfs(a) => rootfs::run(&cli.global, a, reporter),
-        Command::Inspect(a) => inspect::run(&cli.global, a, reporter),
+        None => crate::build::run(&cli.global, cli.build, reporter),
+        Some(Command::Rootfs(a)) => rootfs::run(&cli.global, a, reporter),
+        Some(Command::Inspect(a)) => inspect::run(&cli.global, a, reporter),
     }
 }
 
@@ -119,7 +128,7 @@ mod tests {
         ])
         .unwrap();
         assert!(cli.global.quiet);
-        let Command::Rootfs(a) = cli.command else {
+        let Some(Command::Rootfs(a)) = cli.command else {
             panic!("expected rootfs");
         };
         assert_eq!(a.block_size, 1 << 20);
@@ -128,7 +137,41 @@ mod tests {
     }
 
     #[test]
+    fn parses_build() {
+        let cli = Cli::try_parse_from([
+            "build-image",
+            "--flavor",
+            "debian",
+            "--arch",
+            "arm64",
+            "--format",
+            "disk",
+            "--without",
+            "k3s",
+            "-o",
+            "dist",
+            "--slot-size",
+            "2G",
+        ])
+        .unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.build.arch.as_deref(), Some("arm64"));
+        assert_eq!(cli.build.slot_size, Some(2 << 30));
+        assert_eq!(cli.build.without, [crate::build::Optional::K3s]);
+        assert_eq!(cli.build.output, PathBuf::from("dist"));
+        let cli = Cli::try_parse_from(["build-image"]).unwrap();
+        assert_eq!(cli.build.flavor, "debian");
+        assert!(Cli::try_parse_from(["build-image", "--format", "floppy"]).is_err());
+        assert!(Cli::try_parse_from(["build-image", "--without", "kernel"]).is_err());
+    }
+
+    #[test]
     fn help_fits_80_columns() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        for line in cmd.render_long_help().to_string().lines() {
+            assert!(line.chars().count() <= 80, "build-image: {line:?}");
+        }
         for sub in ["rootfs", "inspect"] {
             let mut cmd = Cli::command();
             cmd.build();

@@ -135,8 +135,10 @@ pub struct Layout {
 
 impl Layout {
     /// The A/B layout: `bios_grub` (x86_64 only), `ESP`, `root_a`, `root_b`
-    /// (both `slot_size`) and `persist`. Sizes are rounded up to MiB. GUIDs
-    /// derive from `seed` (e.g. a hash of the build's inputs).
+    /// (both `slot_size`) and `persist`. A `persist_size` of 0 leaves
+    /// `persist` out: os-init creates it on first boot, grown to the end of
+    /// the disk. Sizes are rounded up to MiB. GUIDs derive from `seed` (e.g.
+    /// a hash of the build's inputs).
     pub fn ab(
         arch: Arch,
         esp_size: u64,
@@ -156,8 +158,14 @@ impl Layout {
             PartitionSpec::new(ESP, types::EFI_SYSTEM, esp_size),
             PartitionSpec::new(ROOT_A, arch.root_type(), slot_size),
             PartitionSpec::new(ROOT_B, arch.root_type(), slot_size),
-            PartitionSpec::new(PERSIST, types::LINUX_FILESYSTEM, persist_size),
         ]);
+        if persist_size > 0 {
+            specs.push(PartitionSpec::new(
+                PERSIST,
+                types::LINUX_FILESYSTEM,
+                persist_size,
+            ));
+        }
         Layout::new(&specs, seed)
     }
 

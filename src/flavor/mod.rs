@@ -19,7 +19,10 @@ use serde::Deserialize;
 pub const ARCHITECTURES: &[&str] = &["amd64", "arm64"];
 
 /// The flavors compiled into the binary: name, YAML text.
-const BUILTIN: &[(&str, &str)] = &[("debian", include_str!("../../flavors/debian.yaml"))];
+const BUILTIN: &[(&str, &str)] = &[
+    ("debian", include_str!("../../flavors/debian.yaml")),
+    ("ubuntu", include_str!("../../flavors/ubuntu.yaml")),
+];
 
 /// Keyrings the built-in flavors refer to, by their path under `flavors/`.
 const BUILTIN_KEYS: &[(&str, &[u8])] = &[
@@ -34,6 +37,10 @@ const BUILTIN_KEYS: &[(&str, &[u8])] = &[
     (
         "keys/debian-archive-bookworm-security-automatic.gpg",
         include_bytes!("../../flavors/keys/debian-archive-bookworm-security-automatic.gpg"),
+    ),
+    (
+        "keys/ubuntu-archive-2018.gpg",
+        include_bytes!("../../flavors/keys/ubuntu-archive-2018.gpg"),
     ),
 ];
 
@@ -78,6 +85,30 @@ pub struct Flavor {
 pub struct Base {
     /// The distribution's container image, multi-arch (`docker.io/library/debian:bookworm`).
     pub image: String,
+    /// What a build starts from without `--base`: `image` (the default), or
+    /// `archive` — a base bootstrapped from the flavor's signed package
+    /// archive (its `Priority: required` and `Essential` packages).
+    #[serde(default)]
+    pub default: BaseDefault,
+}
+
+/// [`Base::default`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BaseDefault {
+    #[default]
+    Image,
+    Archive,
+}
+
+impl Flavor {
+    /// The `--base` a build uses when none is given.
+    pub fn default_base(&self) -> String {
+        match self.base.default {
+            BaseDefault::Image => self.base.image.clone(),
+            BaseDefault::Archive => "archive".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -3,3 +3,147 @@
 //! reproducible newc archive the kernel reads.
 
 pub mod cpio;
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+
+use crate::kmod::ModuleIndex;
+use crate::tree::{ContentStore, FsTree, InodeId, InodeKind, Metadata};
+
+/// Modules os-init loads when the kernel has them (built-in or missing
+/// ones are skipped): storage controllers, USB and MMC storage, and the
+/// filesystems of the slots, the persistent partition, the ESP and a live
+/// ISO.
+pub const BOOT_MODULES: &[&str] = &[
+    // Storage: virtual, NVMe, SATA/SCSI, USB, SD/eMMC, CD.
+    "virtio_pci",
+    "virtio_mmio",
+    "virtio_blk",
+    "virtio_scsi",
+    "nvme",
+    "ahci",
+    "ata_piix",
+    "sd_mod",
+    "sr_mod",
+    "xhci_pci",
+    "xhci_plat_hcd",
+    "ehci_pci",
+    "ehci_platform",
+    "ohci_pci",
+    "uhci_hcd",
+    "usb_storage",
+    "uas",
+    "mmc_block",
+    "sdhci_pci",
+    "sdhci_acpi",
+    "sdhci_of_arasan",
+    "sdhci_iproc",
+    "dw_mmc_rockchip",
+    "mmc_spi",
+    // Filesystems.
+    "squashfs",
+    "overlay",
+    "ext4",
+    // ext4 asks the crypto API for crc32c by name, not by depends=.
+    "crc32c_generic",
+    "crc32c_intel",
+    "vfat",
+    "nls_cp437",
+    "nls_iso8859_1",
+    "isofs",
+    "loop",
+];
+
+/// The initramfs: os-init as /init, the closure of `wanted` modules (those
+/// the kernel has) and the load list os-init reads. Returns the newc
+/// archive and the modules it loads, in order.
+pub fn build(
+    kernel: &ModuleIndex,
+    tree: &FsTree,
+    store: &mut ContentStore,
+    os_init: &[u8],
+    wanted: &[&str],
+) -> Result<(Vec<u8>, Vec<String>)> {
+    let present: Vec<&str> = wanted
+        .iter()
+        .copied()
+        .filter(|m| {
+            let n = crate::kmod::normalise(m);
+            kernel.modules.contains_key(&n) || kernel.builtin.contains(&n)
+        })
+        .collect();
+    let closure = kernel.closure(&present)?;
+    let mut initrd = FsTree::new();
+    add_file(&mut initrd, store, "init", os_init, 0o755)?;
+    let mut load = String::new();
+    let mut names = Vec::new();
+    for m in &closure {
+        let InodeKind::File { content } = &tree.inode(m.inode).kind else {
+            anyhow::bail!("module {}: {} is not a regular file", m.info.name, m.path);
+        };
+        let data = store
+            .read_all(content)
+            .with_context(|| format!("reading module {}", m.path))?;
+        let path = format!("lib/modules/{}/{}", kernel.version, m.rel_path);
+        add_file(&mut initrd, store, &path, &data, 0o644)?;
+        load.push('/');
+        load.push_str(&path);
+        load.push('\n');
+        names.push(m.info.name.clone());
+    }
+    add_file(
+        &mut initrd,
+        store,
+        "lib/modules/os-init.load",
+        load.as_bytes(),
+        0o644,
+    )?;
+    for d in ["proc", "sys", "run", "sysroot", "tmp"] {
+        mkdirs(&mut initrd, d);
+    }
+    let dev = mkdirs(&mut initrd, "dev");
+    let console = initrd.add_inode(
+        InodeKind::CharDevice { major: 5, minor: 1 },
+        Metadata::new(0o600, 0, 0, 0),
+    );
+    initrd.link(dev, b"console".to_vec(), console);
+    let mut bytes = Vec::new();
+    cpio::write(&initrd, store, &mut bytes)?;
+    Ok((bytes, names))
+}
+
+fn mkdirs(t: &mut FsTree, path: &str) -> InodeId {
+    let mut cur = t.root();
+    for c in path.split('/').filter(|c| !c.is_empty()) {
+        cur = match t.lookup(cur, c.as_bytes()) {
+            Some(id) => id,
+            None => {
+                let id = t.add_inode(
+                    InodeKind::Directory {
+                        children: BTreeMap::new(),
+                    },
+                    Metadata::new(0o755, 0, 0, 0),
+                );
+                t.link(cur, c.as_bytes().to_vec(), id);
+                id
+            }
+        };
+    }
+    cur
+}
+
+fn add_file(
+    t: &mut FsTree,
+    store: &mut ContentStore,
+    path: &str,
+    data: &[u8],
+    mode: u16,
+) -> Result<()> {
+    let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
+    let p = mkdirs(t, parent);
+    let content = store.append(data).context("storing an initramfs file")?;
+    let id = t.add_inode(InodeKind::File { content }, Metadata::new(mode, 0, 0, 0));
+    t.link(p, name.as_bytes().to_vec(), id);
+    Ok(())
+}

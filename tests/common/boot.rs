@@ -130,44 +130,34 @@ pub struct KernelAndInitrd {
 }
 
 pub fn kernel_and_initrd(store: &mut ContentStore, modules: &[&str]) -> KernelAndInitrd {
-    let kernel = deb_tree(&debian_kernel_deb("amd64"), store);
+    let init = fs::read(os_init_binary()).unwrap();
+    kernel_and_initrd_from(&debian_kernel_deb("amd64"), &init, store, modules)
+}
+
+/// The kernel of a kernel package and the initramfs the image build makes
+/// (`initramfs::build`) from `init` and the closure of `modules`.
+fn kernel_and_initrd_from(
+    deb: &Path,
+    init: &[u8],
+    store: &mut ContentStore,
+    modules: &[&str],
+) -> KernelAndInitrd {
+    let kernel = deb_tree(deb, store);
     let version = ModuleIndex::versions(&kernel).remove(0);
     let vmlinuz = file_bytes(&kernel, store, &format!("boot/vmlinuz-{version}"));
     let idx = ModuleIndex::scan(&kernel, store, &version).unwrap();
-    let closure = idx.closure(modules).unwrap();
-    let mut initrd = FsTree::new();
-    let init = fs::read(os_init_binary()).unwrap();
-    file(&mut initrd, store, "/init", &init, 0o755);
-    let mut load = String::new();
-    for m in &closure {
-        let data = file_bytes(&kernel, store, &m.path);
-        let path = format!("/lib/modules/{version}/{}", m.rel_path);
-        file(&mut initrd, store, &path, &data, 0o644);
-        load.push_str(&path);
-        load.push('\n');
+    for m in modules {
+        let n = build_image::kmod::normalise(m);
+        assert!(
+            idx.modules.contains_key(&n) || idx.builtin.contains(&n),
+            "kernel {version} has no module {m}"
+        );
     }
-    file(
-        &mut initrd,
-        store,
-        "/lib/modules/os-init.load",
-        load.as_bytes(),
-        0o644,
-    );
-    for d in ["/dev", "/proc", "/sys", "/run", "/sysroot"] {
-        mkdirs(&mut initrd, d);
-    }
-    let dev = mkdirs(&mut initrd, "/dev");
-    let console = initrd.add_inode(
-        InodeKind::CharDevice { major: 5, minor: 1 },
-        Metadata::new(0o600, 0, 0, 0),
-    );
-    initrd.link(dev, b"console".to_vec(), console);
-    let mut bytes = Vec::new();
-    cpio::write(&initrd, store, &mut bytes).unwrap();
+    let (initrd, _) = build_image::initramfs::build(&idx, &kernel, store, init, modules).unwrap();
     KernelAndInitrd {
         version,
         vmlinuz,
-        initrd: bytes,
+        initrd,
     }
 }
 
@@ -293,45 +283,9 @@ pub fn kernel_and_initrd_for(
     store: &mut ContentStore,
     modules: &[&str],
 ) -> KernelAndInitrd {
-    let kernel = deb_tree(&super::fixtures::debian_kernel_deb_for(arch), store);
-    let version = ModuleIndex::versions(&kernel).remove(0);
-    let vmlinuz = file_bytes(&kernel, store, &format!("boot/vmlinuz-{version}"));
-    let idx = ModuleIndex::scan(&kernel, store, &version).unwrap();
-    let closure = idx.closure(modules).unwrap();
-    let mut initrd = FsTree::new();
     let init = fs::read(os_init_binary_for(musl_target(arch))).unwrap();
-    file(&mut initrd, store, "/init", &init, 0o755);
-    let mut load = String::new();
-    for m in &closure {
-        let data = file_bytes(&kernel, store, &m.path);
-        let path = format!("/lib/modules/{version}/{}", m.rel_path);
-        file(&mut initrd, store, &path, &data, 0o644);
-        load.push_str(&path);
-        load.push('\n');
-    }
-    file(
-        &mut initrd,
-        store,
-        "/lib/modules/os-init.load",
-        load.as_bytes(),
-        0o644,
-    );
-    for d in ["/dev", "/proc", "/sys", "/run", "/sysroot"] {
-        mkdirs(&mut initrd, d);
-    }
-    let dev = mkdirs(&mut initrd, "/dev");
-    let console = initrd.add_inode(
-        InodeKind::CharDevice { major: 5, minor: 1 },
-        Metadata::new(0o600, 0, 0, 0),
-    );
-    initrd.link(dev, b"console".to_vec(), console);
-    let mut bytes = Vec::new();
-    cpio::write(&initrd, store, &mut bytes).unwrap();
-    KernelAndInitrd {
-        version,
-        vmlinuz,
-        initrd: bytes,
-    }
+    let deb = super::fixtures::debian_kernel_deb_for(arch);
+    kernel_and_initrd_from(&deb, &init, store, modules)
 }
 
 /// The static busybox of Debian's `busybox-static` for `arch`.

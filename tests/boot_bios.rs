@@ -1,0 +1,438 @@
+//! GRUB for BIOS on the A/B disk, booted for real by SeaBIOS (QEMU's
+//! default firmware, no -kernel): core.img assembled from Debian's
+//! grub-pc-bin in `bios_grub`, boot.img in the MBR, and the same ESP and
+//! bootloader/grub.cfg as the UEFI path (tests/boot_grub.rs).
+//!
+//! 1. default_slot=a boots slot a;
+//! 2. trial_slot=b boots slot b once, and GRUB clears trial_slot on disk;
+//! 3. the next boot (same disk) is slot a again;
+//! 4. OVMF boots the same disk through the UEFI GRUB on the same ESP.
+//!
+//! The other tests check the installed bytes against what grub-install's
+//! setup writes, `sgdisk -v`, and the refusals.
+
+mod common;
+
+use std::fs::{self, File};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use boot_contract::grubenv::GrubEnv;
+use build_image::bootloader::bios::{self, BiosImages, InstallError};
+use build_image::disk::{self, Arch, Layout, Source};
+use build_image::fat::{self, FatOptions};
+use build_image::tree::{ContentStore, FsTree};
+use common::boot::{busybox_root, deb_tree, file, file_bytes, kernel_and_initrd, run_qemu, tail};
+use common::fixtures::debian_package_deb;
+use common::require_tool;
+
+const ESP_SIZE: u64 = 64 << 20;
+const ESP_VOLUME_ID: u32 = 0x2468_ace0;
+const PREFIX: &str = "/EFI/debian";
+/// `bi.persist=off`: these busybox roots have no mkfs.ext4 for os-init to
+/// format `persist` with; slot selection is what is under test.
+const CMDLINE: &str = "console=ttyS0 panic=-1 bi.persist=off";
+
+fn grub_cfg() -> String {
+    let template =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("bootloader/grub.cfg"))
+            .unwrap();
+    template
+        .replace("@NAME@", "build-image test")
+        .replace("@CMDLINE@", CMDLINE)
+}
+
+/// boot.img and core.img from Debian's grub-pc-bin, through the same path
+/// an image build takes (the package merged into a tree).
+fn grub_images(store: &mut ContentStore) -> BiosImages {
+    require_tool("grub-mkimage", "grub-common");
+    let tree = deb_tree(&debian_package_deb("grub-pc-bin", "amd64"), store);
+    bios::images_from_tree(&tree, store, &bios::fat_volume_uuid(ESP_VOLUME_ID), PREFIX).unwrap()
+}
+
+fn esp_options(layout: &Layout) -> FatOptions {
+    FatOptions {
+        size_bytes: layout.partition(disk::ESP).unwrap().size(),
+        volume_label: "ESP".into(),
+        volume_id: ESP_VOLUME_ID,
+        timestamp: 1_700_000_000,
+    }
+}
+
+/// Writes the A/B disk with the given GRUB environment and installs GRUB
+/// for BIOS into it.
+fn write_disk(
+    path: &Path,
+    esp_files: &[(&str, &[u8])],
+    env: &GrubEnv,
+    slots: (&Path, &Path),
+    grub: &BiosImages,
+    store: &mut ContentStore,
+) -> Layout {
+    let mut esp = FsTree::new();
+    for (p, data) in esp_files {
+        file(&mut esp, store, p, data, 0o644);
+    }
+    let block = env.encode().unwrap();
+    file(&mut esp, store, "/grubenv", &block, 0o644);
+    file(&mut esp, store, "/grubenv.bak", &block, 0o644);
+    let size = |p: &Path| fs::metadata(p).unwrap().len();
+    let slot = size(slots.0).max(size(slots.1)).max(16 << 20);
+    let layout = Layout::ab(Arch::X86_64, ESP_SIZE, slot, 16 << 20, b"bios-test").unwrap();
+    let out = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .unwrap();
+    let (a, b) = (File::open(slots.0).unwrap(), File::open(slots.1).unwrap());
+    let opts = esp_options(&layout);
+    let store: &ContentStore = store;
+    disk::write_image(
+        &layout,
+        &out,
+        vec![
+            (
+                disk::ESP,
+                Source::Writer(Box::new(move |w| {
+                    fat::write(&esp, store, &opts, w, 0)?;
+                    Ok(())
+                })),
+            ),
+            (disk::ROOT_A, Source::File(&a)),
+            (disk::ROOT_B, Source::File(&b)),
+        ],
+    )
+    .unwrap();
+    bios::install(&out, &layout, &grub.boot_img, &grub.core_img).unwrap();
+    layout
+}
+
+/// Reads /grubenv back out of the ESP with mtools.
+fn read_env(disk: &Path, layout: &Layout) -> GrubEnv {
+    require_tool("mcopy", "mtools");
+    let off = layout.partition(disk::ESP).unwrap().offset();
+    let out = Command::new("mcopy")
+        .arg("-i")
+        .arg(format!("{}@@{off}", disk.display()))
+        .args(["::/grubenv", "-"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    GrubEnv::parse(&out.stdout).unwrap()
+}
+
+/// Boots the disk with SeaBIOS: no -kernel, no pflash.
+fn boot(disk: &Path) -> String {
+    let args: Vec<String> = vec![
+        "-drive".into(),
+        format!("file={},if=virtio,format=raw", disk.display()),
+    ];
+    let (status, console) = run_qemu(&args, Duration::from_secs(300));
+    assert!(
+        status.is_some(),
+        "QEMU did not power off:\n{}",
+        tail(&console, 40)
+    );
+    console
+}
+
+/// Boots the disk with OVMF (UEFI), from a copy of the disk.
+fn boot_uefi(disk: &Path, tmp: &Path) -> String {
+    let code = Path::new("/usr/share/OVMF/OVMF_CODE_4M.fd");
+    assert!(code.is_file(), "{} missing: install ovmf", code.display());
+    let vars = tmp.join("OVMF_VARS.fd");
+    fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).unwrap();
+    let args: Vec<String> = vec![
+        "-drive".into(),
+        format!("if=pflash,format=raw,readonly=on,file={}", code.display()),
+        "-drive".into(),
+        format!("if=pflash,format=raw,file={}", vars.display()),
+        "-drive".into(),
+        format!("file={},if=virtio,format=raw", disk.display()),
+    ];
+    let (status, console) = run_qemu(&args, Duration::from_secs(300));
+    assert!(
+        status.is_some(),
+        "QEMU did not power off:\n{}",
+        tail(&console, 40)
+    );
+    console
+}
+
+fn sgdisk_verify(disk: &Path) {
+    require_tool("sgdisk", "gdisk");
+    let out = Command::new("sgdisk").arg("-v").arg(disk).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "sgdisk -v failed:\n{text}");
+    assert!(text.contains("No problems found"), "sgdisk -v:\n{text}");
+}
+
+#[test]
+fn seabios_boots_default_slot_and_a_trial_slot_exactly_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = ContentStore::new_in(tmp.path()).unwrap();
+    let k = kernel_and_initrd(
+        &mut store,
+        &["virtio_pci", "virtio_blk", "squashfs", "overlay"],
+    );
+    let grub = grub_images(&mut store);
+
+    let (slot_a, slot_b) = (tmp.path().join("a.squashfs"), tmp.path().join("b.squashfs"));
+    busybox_root(
+        &mut store,
+        "echo \"root-init: slot a $(cat /proc/cmdline)\"",
+        &slot_a,
+    );
+    busybox_root(
+        &mut store,
+        "echo \"root-init: slot b $(cat /proc/cmdline)\"",
+        &slot_b,
+    );
+    // The ESP also carries Debian's signed UEFI GRUB: one disk for both
+    // firmwares.
+    let efi = deb_tree(
+        &debian_package_deb("grub-efi-amd64-signed", "amd64"),
+        &mut store,
+    );
+    let grub_efi = file_bytes(
+        &efi,
+        &store,
+        "usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed",
+    );
+    let cfg = grub_cfg();
+    let esp_files: Vec<(&str, &[u8])> = vec![
+        ("/EFI/BOOT/BOOTX64.EFI", &grub_efi),
+        ("/EFI/debian/grub.cfg", cfg.as_bytes()),
+        ("/a/vmlinuz", &k.vmlinuz),
+        ("/a/initrd", &k.initrd),
+        ("/b/vmlinuz", &k.vmlinuz),
+        ("/b/initrd", &k.initrd),
+    ];
+    let disk_path = tmp.path().join("disk.img");
+    let slots = (slot_a.as_path(), slot_b.as_path());
+
+    // 1. The default slot.
+    let mut env = GrubEnv::new();
+    env.set("default_slot", "a").unwrap();
+    env.set("trial_slot", "").unwrap();
+    let layout = write_disk(&disk_path, &esp_files, &env, slots, &grub, &mut store);
+    sgdisk_verify(&disk_path);
+    let c = boot(&disk_path);
+    assert!(c.contains("os-init: root root_a is"), "{}", tail(&c, 40));
+    assert!(c.contains("root-init: slot a"), "{}", tail(&c, 40));
+    assert!(c.contains("bi.slot=a"), "{}", tail(&c, 40));
+    assert_eq!(read_env(&disk_path, &layout).get("trial_slot"), Some(""));
+
+    // 2. A trial of slot b: booted once, and the trial is consumed.
+    env.set("trial_slot", "b").unwrap();
+    let layout = write_disk(&disk_path, &esp_files, &env, slots, &grub, &mut store);
+    let c = boot(&disk_path);
+    assert!(c.contains("os-init: root root_b is"), "{}", tail(&c, 40));
+    assert!(c.contains("root-init: slot b"), "{}", tail(&c, 40));
+    let after = read_env(&disk_path, &layout);
+    assert_eq!(after.get("trial_slot"), Some(""), "GRUB left {after:?}");
+    assert_eq!(after.get("default_slot"), Some("a"));
+
+    // 3. Nothing committed the trial: back to slot a.
+    let c = boot(&disk_path);
+    assert!(c.contains("root-init: slot a"), "{}", tail(&c, 40));
+    sgdisk_verify(&disk_path);
+
+    // 4. The same disk under UEFI: the same grub.cfg and env decide.
+    let c = boot_uefi(&disk_path, tmp.path());
+    assert!(c.contains("root-init: slot a"), "{}", tail(&c, 40));
+}
+
+/// A small A/B image with nothing in its partitions, for install checks.
+fn empty_disk(path: &Path, arch: Arch) -> (File, Layout) {
+    let layout = Layout::ab(arch, 33 << 20, 1 << 20, 0, b"bios-install").unwrap();
+    let out = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .unwrap();
+    disk::write_image(&layout, &out, vec![]).unwrap();
+    (out, layout)
+}
+
+fn read_at(f: &File, offset: u64, len: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    f.read_exact_at(&mut buf, offset).unwrap();
+    buf
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+}
+
+#[test]
+fn install_writes_what_grub_setup_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = ContentStore::new_in(tmp.path()).unwrap();
+    let grub = grub_images(&mut store);
+    // Same inputs, same core.img.
+    assert_eq!(grub.core_img, grub_images(&mut store).core_img);
+    assert_eq!(grub.boot_img.len(), 512);
+
+    let path = tmp.path().join("disk.img");
+    let (out, layout) = empty_disk(&path, Arch::X86_64);
+    let mbr_before = read_at(&out, 0, 512);
+    bios::install(&out, &layout, &grub.boot_img, &grub.core_img).unwrap();
+    sgdisk_verify(&path);
+
+    let part = layout.partition(disk::BIOS_GRUB).unwrap();
+    assert_eq!(part.first_lba, 2048);
+    let mbr = read_at(&out, 0, 512);
+    // boot.img's code, with the protective MBR's BPB area, disk signature,
+    // partition records and boot signature kept.
+    assert_eq!(mbr[..bios::BPB_START], grub.boot_img[..bios::BPB_START]);
+    assert_eq!(
+        mbr[bios::BPB_START..bios::BPB_END],
+        mbr_before[bios::BPB_START..bios::BPB_END]
+    );
+    assert_eq!(mbr[0x5a..0x5c], [0x00, 0x80], "load address");
+    assert_eq!(u64_at(&mbr, bios::KERNEL_SECTOR_OFFSET), 2048);
+    assert_eq!(mbr[bios::BOOT_DRIVE_OFFSET], 0xff);
+    assert_eq!(
+        mbr[bios::DRIVE_CHECK_OFFSET..bios::DRIVE_CHECK_OFFSET + 2],
+        [0x90, 0x90]
+    );
+    assert_eq!(
+        mbr[bios::DRIVE_CHECK_OFFSET + 2..bios::WINDOWS_NT_MAGIC],
+        grub.boot_img[bios::DRIVE_CHECK_OFFSET + 2..bios::WINDOWS_NT_MAGIC]
+    );
+    assert_eq!(
+        mbr[bios::WINDOWS_NT_MAGIC..],
+        mbr_before[bios::WINDOWS_NT_MAGIC..]
+    );
+    assert_eq!(mbr[0x1c2], 0xee, "protective MBR record kept");
+
+    // core.img at the start of bios_grub; its blocklist covers the rest.
+    let sectors = grub.core_img.len().div_ceil(512);
+    let core = read_at(&out, part.offset(), sectors * 512);
+    let first = bios::FIRST_BLOCKLIST;
+    assert_eq!(u64_at(&core, first), 2049);
+    assert_eq!(usize::from(u16_at(&core, first + 8)), sectors - 1);
+    assert_eq!(u16_at(&core, first + 10), 0x820);
+    assert!(core[first - bios::BLOCKLIST_SIZE..first]
+        .iter()
+        .all(|&b| b == 0));
+    assert_eq!(
+        core[..first - bios::BLOCKLIST_SIZE],
+        grub.core_img[..first - bios::BLOCKLIST_SIZE]
+    );
+    assert_eq!(core[512..grub.core_img.len()], grub.core_img[512..]);
+    assert!(core[grub.core_img.len()..].iter().all(|&b| b == 0));
+}
+
+#[test]
+fn install_refuses_bad_inputs_without_touching_the_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = ContentStore::new_in(tmp.path()).unwrap();
+    let grub = grub_images(&mut store);
+    let refused = |path: &Path, layout: &Layout, boot: &[u8], core: &[u8]| {
+        let out = File::options().read(true).write(true).open(path).unwrap();
+        let before = fs::read(path).unwrap();
+        let err = bios::install(&out, layout, boot, core).unwrap_err();
+        assert_eq!(fs::read(path).unwrap(), before, "the image changed");
+        err.downcast::<InstallError>()
+            .unwrap_or_else(|e| panic!("not an InstallError: {e:#}"))
+    };
+
+    // An arm64 layout has no bios_grub.
+    let arm = tmp.path().join("arm.img");
+    let (_, layout) = empty_disk(&arm, Arch::Aarch64);
+    let e = refused(&arm, &layout, &grub.boot_img, &grub.core_img);
+    assert!(matches!(e, InstallError::NoBiosGrubPartition { .. }), "{e}");
+    assert!(e.to_string().contains("bios_grub"), "{e}");
+
+    let x86 = tmp.path().join("x86.img");
+    let (_, layout) = empty_disk(&x86, Arch::X86_64);
+    // core.img larger than the 1 MiB partition.
+    let mut big = grub.core_img.clone();
+    big.resize((1 << 20) + 1, 0xa5);
+    let e = refused(&x86, &layout, &grub.boot_img, &big);
+    assert_eq!(
+        e,
+        InstallError::CoreLargerThanPartition {
+            size: (1 << 20) + 1,
+            sectors: 2049,
+            partition: 1 << 20,
+        }
+    );
+    // Too big for GRUB's loader, though it fits the partition.
+    big.truncate(900 * 512);
+    let e = refused(&x86, &layout, &grub.boot_img, &big);
+    assert_eq!(e, InstallError::CoreTooLargeToLoad { sectors: 900 });
+    // boot.img truncated to the MBR code area; core.img and boot.img swapped.
+    let e = refused(&x86, &layout, &grub.boot_img[..440], &grub.core_img);
+    assert_eq!(e, InstallError::BootImgSize(440));
+    let e = refused(&x86, &layout, &grub.core_img[..512], &grub.core_img);
+    assert!(matches!(e, InstallError::BootImgLayout(_)), "{e}");
+    let mut not_core = grub.boot_img.repeat(4);
+    not_core[0x214..0x216].fill(0);
+    let e = refused(&x86, &layout, &grub.boot_img, &not_core);
+    assert!(matches!(e, InstallError::NotDiskboot { .. }), "{e}");
+    // An image without a partition table yet.
+    let blank = tmp.path().join("blank.img");
+    fs::write(&blank, vec![0u8; 4 << 20]).unwrap();
+    let e = refused(&blank, &layout, &grub.boot_img, &grub.core_img);
+    assert_eq!(e, InstallError::NoMbr);
+}
+
+#[test]
+fn core_image_names_what_is_missing() {
+    require_tool("grub-mkimage", "grub-common");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = ContentStore::new_in(tmp.path()).unwrap();
+    let tree = deb_tree(&debian_package_deb("grub-pc-bin", "amd64"), &mut store);
+    let dir = tmp.path().join("i386-pc");
+    fs::create_dir(&dir).unwrap();
+    let src = tree.lookup_path(bios::I386_PC_DIR.as_bytes()).unwrap();
+    for (name, _) in tree.children(src) {
+        let name = std::str::from_utf8(name).unwrap();
+        let p = format!("{}/{name}", bios::I386_PC_DIR);
+        fs::write(dir.join(name), common::boot::file_bytes(&tree, &store, &p)).unwrap();
+    }
+    let uuid = bios::fat_volume_uuid(ESP_VOLUME_ID);
+    // The directory as shipped works.
+    let core = bios::core_image(&dir, &uuid, PREFIX).unwrap();
+    assert_eq!(u16_at(&core, bios::FIRST_BLOCKLIST + 10), 0x820);
+
+    // Modules from another GRUB version are refused up front.
+    let modinfo = dir.join("modinfo.sh");
+    let text = fs::read_to_string(&modinfo).unwrap();
+    fs::write(
+        &modinfo,
+        text.replace("grub_version=\"2.06\"", "grub_version=\"2.12\""),
+    )
+    .unwrap();
+    let e = format!("{:#}", bios::core_image(&dir, &uuid, PREFIX).unwrap_err());
+    assert!(e.contains("2.12") && e.contains("2.06"), "{e}");
+    fs::write(&modinfo, text).unwrap();
+
+    // A missing module is named.
+    fs::remove_file(dir.join("loadenv.mod")).unwrap();
+    let e = format!("{:#}", bios::core_image(&dir, &uuid, PREFIX).unwrap_err());
+    assert!(
+        e.contains("loadenv.mod") && e.contains("grub-pc-bin"),
+        "{e}"
+    );
+    // A bad UUID or prefix never reaches the early config.
+    assert!(bios::core_image(&dir, "12 34", PREFIX).is_err());
+    assert!(bios::core_image(&dir, &uuid, "/EFI/a b").is_err());
+}

@@ -565,3 +565,64 @@ fn debian_arm64_builds_from_the_archive_and_boots_under_aavmf() {
         tail(&c, 80)
     );
 }
+
+#[test]
+fn a_package_whose_hash_does_not_match_its_index_is_refused() {
+    use common::aptrepo::{real_debs, serve, Repo};
+    let env = TestEnv::new();
+    let repo = Repo::new(&real_debs());
+    repo.publish("bookworm", "Sat, 11 Jul 2099 10:16:37 UTC", |_, s| s, |b| b);
+    // The signed index has the real hash; the pool now serves other bytes.
+    let pool = repo.dir.path().join("pool/main");
+    let hello = fs::read_dir(&pool)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("hello_")
+        })
+        .unwrap();
+    let mut bytes = fs::read(&hello).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    fs::write(&hello, &bytes).unwrap();
+    let url = serve(repo.dir.path().to_path_buf());
+    let dir = env.tmp.path().join("flavor");
+    fs::create_dir_all(dir.join("keys")).unwrap();
+    fs::write(dir.join("keys/test.asc"), repo.gpg.public_key()).unwrap();
+    let arch = &repo.arch;
+    let flavor = dir.join("test.yaml");
+    fs::write(
+        &flavor,
+        format!(
+            "name: test\ndescription: Test\nrelease: bookworm\npackage-format: deb\ninit: systemd\n\
+             architectures: [{arch}]\nbase:\n  image: docker.io/library/debian:bookworm\n\
+             repositories:\n  - name: test\n    url:\n      {arch}: {url}\n    suites: [bookworm]\n\
+             \x20   components: [main]\n    keyrings: [keys/test.asc]\n\
+             packages:\n  common: [hello]\n  kernel:\n    {arch}: [sl]\n  bootloader:\n    {arch}: [libncurses6]\n"
+        ),
+    )
+    .unwrap();
+    let base = common::fixtures::debian_minbase();
+    let out = env.tmp.path().join("dist");
+    let o = env.run(&[
+        "--flavor",
+        flavor.to_str().unwrap(),
+        "--arch",
+        arch,
+        "--base",
+        &format!("rootfs-tar:{}", base.display()),
+        "--without",
+        "k3s",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("package hello"), "{err}");
+    assert!(err.contains("sha256"), "{err}");
+    assert!(err.contains("signed index"), "{err}");
+    assert_no_output(&out);
+}

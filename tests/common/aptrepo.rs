@@ -1,0 +1,292 @@
+//! A local signed apt repository served over HTTP on 127.0.0.1, with real
+//! `.deb`s from Debian (downloaded once with `apt-get download` into
+//! target/test-fixtures/debs/) and a throwaway signing key.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use build_image::apt::{self, Keyring};
+use build_image::oci::Digest;
+
+/// A throwaway GnuPG home with one ed25519 signing key.
+pub struct Gpg {
+    pub home: tempfile::TempDir,
+}
+
+impl Gpg {
+    pub fn new() -> Gpg {
+        let home = tempfile::tempdir().unwrap();
+        let g = Gpg { home };
+        g.run(
+            &[
+                "--batch",
+                "--passphrase",
+                "",
+                "--quick-gen-key",
+                "Test Repo <repo@example.org>",
+                "ed25519",
+                "sign",
+                "0",
+            ],
+            b"",
+        );
+        g
+    }
+
+    pub fn run(&self, args: &[&str], input: &[u8]) -> Vec<u8> {
+        let mut child = Command::new("gpg")
+            .env("GNUPGHOME", self.home.path())
+            .args(["--quiet", "--no-tty", "--pinentry-mode", "loopback"])
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("gpg is needed: apt-get install gpg");
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "gpg {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    pub fn public_key(&self) -> Vec<u8> {
+        self.run(&["--armor", "--export"], b"")
+    }
+
+    pub fn clearsign(&self, text: &str) -> Vec<u8> {
+        self.run(
+            &[
+                "--batch",
+                "--passphrase",
+                "",
+                "--digest-algo",
+                "SHA256",
+                "--clearsign",
+            ],
+            text.as_bytes(),
+        )
+    }
+}
+
+pub fn host_arch() -> String {
+    let out = Command::new("dpkg")
+        .arg("--print-architecture")
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A lock between test processes: a directory made with `mkdir` (atomic),
+/// holding the owner's pid; a lock whose owner died is taken over.
+pub struct DirLock(PathBuf);
+
+impl DirLock {
+    pub fn take(path: &Path) -> DirLock {
+        let start = std::time::Instant::now();
+        loop {
+            match std::fs::create_dir(path) {
+                Ok(()) => {
+                    std::fs::write(path.join("pid"), std::process::id().to_string()).unwrap();
+                    return DirLock(path.to_path_buf());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    if !path.is_dir() {
+                        // Not ours (a stray file): clear it.
+                        let _ = std::fs::remove_file(path);
+                        continue;
+                    }
+                    let owner = std::fs::read_to_string(path.join("pid")).ok();
+                    let dead = match owner.as_deref().map(str::trim).map(str::parse::<u32>) {
+                        Some(Ok(pid)) => !Path::new(&format!("/proc/{pid}")).exists(),
+                        // No pid written yet: give the owner a moment.
+                        _ => start.elapsed() > std::time::Duration::from_secs(10),
+                    };
+                    if dead || start.elapsed() > std::time::Duration::from_secs(600) {
+                        let _ = std::fs::remove_dir_all(path);
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e) => panic!("cannot create {}: {e}", path.display()),
+            }
+        }
+    }
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub const DEBS: &[&str] = &["hello", "sl", "libncurses6"];
+
+/// Real .debs from Debian, downloaded once (under a lock) into
+/// target/test-fixtures/debs/.
+pub fn real_debs() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-fixtures/debs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let _lock = DirLock::take(&dir.join(".lock"));
+    let find = |name: &str| -> Option<PathBuf> {
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(&format!("{name}_"))
+            })
+    };
+    let missing: Vec<&str> = DEBS.iter().copied().filter(|n| find(n).is_none()).collect();
+    if !missing.is_empty() {
+        let download = || {
+            Command::new("apt-get")
+                .arg("download")
+                .args(&missing)
+                .current_dir(&dir)
+                .output()
+                .expect("apt-get is needed")
+        };
+        let mut out = download();
+        if !out.status.success() {
+            // A fresh machine has no package lists yet.
+            let st = Command::new("apt-get")
+                .args(["update", "-q"])
+                .status()
+                .expect("apt-get is needed");
+            assert!(st.success(), "apt-get update failed");
+            out = download();
+        }
+        assert!(
+            out.status.success(),
+            "apt-get download {missing:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    DEBS.iter().map(|n| find(n).unwrap()).collect()
+}
+
+/// Serves `root` over HTTP/1.1 on 127.0.0.1; returns the base URL.
+pub fn serve(root: PathBuf) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
+                    break;
+                }
+            }
+            let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+            let file = root.join(path.trim_start_matches('/'));
+            let resp = match std::fs::read(&file) {
+                Ok(body) if !path.contains("..") => {
+                    let mut r = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    )
+                    .into_bytes();
+                    r.extend_from_slice(&body);
+                    r
+                }
+                _ => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_vec(),
+            };
+            let _ = stream.write_all(&resp);
+        }
+    });
+    format!("http://{addr}")
+}
+
+pub struct Repo {
+    pub dir: tempfile::TempDir,
+    pub gpg: Gpg,
+    pub arch: String,
+}
+
+impl Repo {
+    /// A repository with the real debs; `tweak` may edit each index stanza.
+    pub fn new(debs: &[PathBuf]) -> Repo {
+        let repo = Repo {
+            dir: tempfile::tempdir().unwrap(),
+            gpg: Gpg::new(),
+            arch: host_arch(),
+        };
+        let pool = repo.dir.path().join("pool/main");
+        std::fs::create_dir_all(&pool).unwrap();
+        for d in debs {
+            std::fs::copy(d, pool.join(d.file_name().unwrap())).unwrap();
+        }
+        repo
+    }
+
+    /// Writes dists/SUITE with a Packages.gz for the pool (stanzas passed
+    /// through `tweak`) and a signed InRelease (then `tamper`ed).
+    pub fn publish(
+        &self,
+        suite: &str,
+        valid_until: &str,
+        tweak: impl Fn(&str, String) -> String,
+        tamper: impl Fn(Vec<u8>) -> Vec<u8>,
+    ) {
+        let mut index = String::new();
+        let pool = self.dir.path().join("pool/main");
+        let mut debs: Vec<PathBuf> = std::fs::read_dir(&pool)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        debs.sort();
+        for deb in debs {
+            let bytes = std::fs::read(&deb).unwrap();
+            let control = apt::read_deb(&bytes[..], "deb", |_| Ok(()))
+                .unwrap()
+                .control;
+            let name = control.get("Package").unwrap().to_string();
+            let stanza = format!(
+                "{}Filename: pool/main/{}\nSize: {}\nSHA256: {}\n",
+                control.render(),
+                deb.file_name().unwrap().to_string_lossy(),
+                bytes.len(),
+                Digest::of(&bytes).hex()
+            );
+            index.push_str(&tweak(&name, stanza));
+            index.push('\n');
+        }
+        let rel = format!("main/binary-{}/Packages.gz", self.arch);
+        let dists = self.dir.path().join("dists").join(suite);
+        std::fs::create_dir_all(dists.join(format!("main/binary-{}", self.arch))).unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(index.as_bytes()).unwrap();
+        let gz = gz.finish().unwrap();
+        std::fs::write(dists.join(&rel), &gz).unwrap();
+        let release = format!(
+            "Origin: Test\nSuite: {suite}\nCodename: {suite}\nDate: Sat, 11 Jul 2026 10:16:37 UTC\n\
+             Valid-Until: {valid_until}\nArchitectures: {}\nComponents: main\nSHA256:\n {} {} {rel}\n",
+            self.arch,
+            Digest::of(&gz).hex(),
+            gz.len()
+        );
+        std::fs::write(
+            dists.join("InRelease"),
+            tamper(self.gpg.clearsign(&release)),
+        )
+        .unwrap();
+    }
+
+    pub fn keyring(&self) -> Keyring {
+        Keyring::from_bytes(&self.gpg.public_key(), "test keyring").unwrap()
+    }
+}

@@ -68,11 +68,36 @@ fn load_modules() -> Result<()> {
         let file = fs::File::open(path).map_err(|e| format!("opening module {path}: {e}"))?;
         match rustix::system::finit_module(&file, &empty, 0) {
             Ok(()) => {}
-            Err(rustix::io::Errno::EXIST) => {}
-            Err(e) => return Err(format!("loading module {path}: {e}")),
+            Err(e) => match module_refusal(e) {
+                Refusal::Harmless => {}
+                Refusal::NotForThisMachine => {
+                    eprintln!("os-init: {path}: not for this machine ({e}), skipped")
+                }
+                Refusal::Fatal => return Err(format!("loading module {path}: {e}")),
+            },
         }
     }
     Ok(())
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Refusal {
+    /// Already loaded (built in, or pulled in earlier).
+    Harmless,
+    /// The module's hardware or CPU feature is absent: `crc32c-intel`
+    /// on a CPU without SSE4.2, a driver for a missing controller. The
+    /// list holds every driver the image may need, so this is expected.
+    NotForThisMachine,
+    Fatal,
+}
+
+fn module_refusal(e: rustix::io::Errno) -> Refusal {
+    use rustix::io::Errno;
+    match e {
+        Errno::EXIST => Refusal::Harmless,
+        Errno::NODEV | Errno::NXIO => Refusal::NotForThisMachine,
+        _ => Refusal::Fatal,
+    }
 }
 
 /// `/dev/NAME` of the partition with GPT name `label`, from the kernel's
@@ -199,5 +224,14 @@ mod tests {
         assert_eq!(param(c, "bi.root"), Some("root_b"));
         assert_eq!(param(c, "bi.init"), Some("/bin/sh"));
         assert_eq!(param(c, "root"), None);
+    }
+
+    #[test]
+    fn absent_hardware_does_not_stop_the_boot() {
+        use rustix::io::Errno;
+        assert_eq!(module_refusal(Errno::EXIST), Refusal::Harmless);
+        assert_eq!(module_refusal(Errno::NODEV), Refusal::NotForThisMachine);
+        assert_eq!(module_refusal(Errno::NOEXEC), Refusal::Fatal);
+        assert_eq!(module_refusal(Errno::NOKEY), Refusal::Fatal);
     }
 }

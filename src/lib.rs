@@ -16,6 +16,7 @@ pub mod fat;
 pub mod flavor;
 pub mod http;
 pub mod initramfs;
+pub mod iso;
 pub mod kmod;
 pub mod oci;
 pub mod progress;

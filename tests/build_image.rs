@@ -232,15 +232,32 @@ fn list_squashfs(path: &Path) -> String {
 /// Builds a `debian` image for `arch` from `base` with the k3s stand-in and
 /// the test config, `--json`; returns the output directory and the result.
 fn build(env: &TestEnv, arch: &str, base: &str, version: &str) -> (PathBuf, serde_json::Value) {
+    let config = config_file(env.tmp.path());
+    build_with(env, arch, base, version, &config, "dist", &[])
+}
+
+/// [`build`] with another config, into `env.tmp/out_name`, with `extra`
+/// arguments.
+fn build_with(
+    env: &TestEnv,
+    arch: &str,
+    base: &str,
+    version: &str,
+    config: &Path,
+    out_name: &str,
+    extra: &[&str],
+) -> (PathBuf, serde_json::Value) {
     let reg = Registry::start();
     let k3s = k3s_standin_layout(arch, env.tmp.path());
     reg.push(&k3s, K3S_TAG, "rancher/k3s");
     let comps = components();
-    let config = config_file(env.tmp.path());
-    let out = env.tmp.path().join("dist");
-    let o = env.run_raw(&[
+    let out = env.tmp.path().join(out_name);
+    let comps = format!("oci-layout:{}", comps.display());
+    let k3s_image = reg.image("rancher/k3s", K3S_TAG);
+    let cache = shared_cache();
+    let mut args: Vec<&str> = vec![
         "--cache-dir",
-        shared_cache().to_str().unwrap(),
+        cache.to_str().unwrap(),
         "--json",
         "--flavor",
         "debian",
@@ -249,16 +266,18 @@ fn build(env: &TestEnv, arch: &str, base: &str, version: &str) -> (PathBuf, serd
         "--base",
         base,
         "--k3s-image",
-        &reg.image("rancher/k3s", K3S_TAG),
+        &k3s_image,
         "--components",
-        &format!("oci-layout:{}", comps.display()),
+        &comps,
         "--config",
         config.to_str().unwrap(),
         "--image-version",
         version,
         "--output",
         out.to_str().unwrap(),
-    ]);
+    ];
+    args.extend(extra);
+    let o = env.run_raw(&args);
     assert!(
         o.status.success(),
         "build failed:\n{}",
@@ -573,6 +592,54 @@ fn debian_arm64_builds_from_the_archive_and_boots_under_aavmf() {
         "{}",
         tail(&c, 80)
     );
+
+    // The arm64 ISO: UEFI only, booted live from a (virtio-scsi) CD.
+    let iso = out.join("debian-bookworm-arm64.iso");
+    let o = Command::new("xorriso")
+        .arg("-indev")
+        .arg(&iso)
+        .args(["-report_el_torito", "plain"])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        report.contains("El Torito boot img :   1  UEFI") && !report.contains("BIOS"),
+        "{report}"
+    );
+    fs::copy("/usr/share/AAVMF/AAVMF_VARS.fd", &vars).unwrap();
+    let mut args = args[..8].to_vec();
+    args.extend([
+        "-device".into(),
+        "virtio-scsi-pci".into(),
+        "-drive".into(),
+        format!(
+            "if=none,id=cd,file={},media=cdrom,format=raw,readonly=on",
+            iso.display()
+        ),
+        "-device".into(),
+        "scsi-cd,drive=cd".into(),
+        "-netdev".into(),
+        "user,id=n0".into(),
+        "-device".into(),
+        "virtio-net-pci,netdev=n0".into(),
+    ]);
+    let c = boot_until(
+        "qemu-system-aarch64",
+        &args,
+        "os-agent: boot ",
+        Duration::from_secs(900),
+    );
+    let line = boot_line(&c).unwrap_or_else(|| panic!("ISO: no boot line:\n{}", tail(&c, 80)));
+    assert!(
+        line.starts_with("os-agent: boot ok slot=live version=1.0.0-arm"),
+        "{line}\n{}",
+        tail(&c, 80)
+    );
+    assert!(
+        c.contains("os-init: live medium DEBIAN_ARM64_1_0_0_ARM is /dev/sr0"),
+        "{}",
+        tail(&c, 60)
+    );
 }
 
 #[test]
@@ -637,7 +704,7 @@ fn a_package_whose_hash_does_not_match_its_index_is_refused() {
 }
 
 /// With SOURCE_DATE_EPOCH, two builds from the same inputs are
-/// byte-identical: disk, root filesystem and lock file.
+/// byte-identical: disk, ISO, root filesystem and lock file.
 #[test]
 fn builds_are_reproducible() {
     let _one = BUILD.lock().unwrap_or_else(|e| e.into_inner());
@@ -681,8 +748,169 @@ fn builds_are_reproducible() {
                 )
             })
             .collect();
-        assert_eq!(s.len(), 3, "{s:?}");
+        assert_eq!(s.len(), 4, "{s:?}");
         sums.push(s);
     }
     assert_eq!(sums[0], sums[1]);
+}
+
+/// How a live boot attaches the ISO and which firmware starts it.
+#[derive(Debug, Clone, Copy)]
+enum Medium {
+    Cd,
+    /// The ISO `dd`'d to a disk.
+    Disk,
+    /// The ISO `dd`'d to a USB stick.
+    Usb,
+}
+
+/// QEMU arguments booting `iso` as `medium`, with OVMF (`vars` given) or
+/// SeaBIOS, plus `extra` (e.g. a target disk).
+fn iso_args(iso: &Path, medium: Medium, vars: Option<&Path>) -> Vec<String> {
+    let mut a: Vec<String> = Vec::new();
+    match vars {
+        Some(vars) => a.extend([
+            "-drive".into(),
+            "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
+            "-drive".into(),
+            format!("if=pflash,format=raw,file={}", vars.display()),
+        ]),
+        None => a.extend(["-cpu".into(), "qemu64,-sse4.2".into()]),
+    }
+    let iso = iso.display();
+    match medium {
+        Medium::Cd => a.extend([
+            "-drive".into(),
+            format!("file={iso},if=ide,media=cdrom,format=raw,readonly=on"),
+        ]),
+        Medium::Disk => a.extend([
+            "-drive".into(),
+            format!("file={iso},if=virtio,format=raw,readonly=on"),
+        ]),
+        Medium::Usb => a.extend([
+            "-device".into(),
+            "qemu-xhci".into(),
+            "-drive".into(),
+            format!("if=none,id=stick,file={iso},format=raw,readonly=on"),
+            "-device".into(),
+            "usb-storage,drive=stick,removable=on".into(),
+        ]),
+    }
+    a.extend([
+        "-netdev".into(),
+        "user,id=n0".into(),
+        "-device".into(),
+        "virtio-net-pci,netdev=n0".into(),
+    ]);
+    a
+}
+
+fn check_iso_with_reference_tools(iso: &Path, label: &str) {
+    require_tool("xorriso", "xorriso");
+    let o = Command::new("xorriso")
+        .arg("-indev")
+        .arg(iso)
+        .args(["-report_el_torito", "plain"])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{report}");
+    for want in [
+        "El Torito boot img :   1  BIOS",
+        "El Torito boot img :   2  UEFI",
+        "boot-info-table grub2-boot-info",
+    ] {
+        assert!(report.contains(want), "no {want:?} in:\n{report}");
+    }
+    require_tool("isoinfo", "genisoimage");
+    let o = Command::new("isoinfo")
+        .arg("-d")
+        .arg("-i")
+        .arg(iso)
+        .output()
+        .unwrap();
+    let info = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{info}");
+    for want in [
+        format!("Volume id: {label}"),
+        "Application id: build-image".into(),
+        "Rock Ridge signatures".into(),
+        "Joliet".into(),
+    ] {
+        assert!(info.contains(&want), "no {want:?} in:\n{info}");
+    }
+    let o = Command::new("sgdisk").arg("-v").arg(iso).output().unwrap();
+    let v = String::from_utf8_lossy(&o.stdout);
+    assert!(v.contains("No problems found"), "{v}");
+}
+
+/// The live ISO boots from CD, a dd'd disk and a USB stick, with SeaBIOS
+/// and OVMF, and the live system reports `boot ok slot=live`.
+#[test]
+fn debian_amd64_iso_boots_live_from_cd_disk_and_usb_with_bios_and_uefi() {
+    let _one = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let env = TestEnv::new();
+    let config = config_file(env.tmp.path());
+    let (out, result) = build_with(
+        &env,
+        "amd64",
+        "archive",
+        "1.0.0-iso",
+        &config,
+        "live",
+        &["--format", "iso"],
+    );
+    let arts = result["artifacts"].as_array().unwrap();
+    let formats: Vec<&str> = arts.iter().map(|a| a["format"].as_str().unwrap()).collect();
+    assert_eq!(formats, ["squashfs", "iso", "lock"], "{result}");
+    assert!(!out.join("debian-bookworm-amd64.raw").exists());
+    let iso = out.join("debian-bookworm-amd64.iso");
+    let label = "DEBIAN_AMD64_1_0_0_ISO";
+    check_iso_with_reference_tools(&iso, label);
+
+    let o = env.run_raw(&["--json", "inspect", iso.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["volumeId"], label);
+    assert_eq!(
+        doc["applicationId"],
+        format!(
+            "build-image {} debian amd64 1.0.0-iso",
+            env!("CARGO_PKG_VERSION")
+        )
+    );
+    assert_eq!(doc["install"]["image"]["version"], "1.0.0-iso");
+
+    let cases = [
+        (Medium::Cd, false, "/dev/sr0"),
+        (Medium::Cd, true, "/dev/sr0"),
+        (Medium::Disk, false, "/dev/vda"),
+        (Medium::Disk, true, "/dev/vda"),
+        (Medium::Usb, true, "/dev/sda"),
+    ];
+    for (i, (medium, uefi, dev)) in cases.into_iter().enumerate() {
+        let vars = env.tmp.path().join(format!("VARS-{i}.fd"));
+        fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).unwrap();
+        let args = iso_args(&iso, medium, uefi.then_some(vars.as_path()));
+        let c = boot_until(
+            "qemu-system-x86_64",
+            &args,
+            "os-agent: boot ",
+            Duration::from_secs(600),
+        );
+        let what = format!("{medium:?} with {}", if uefi { "OVMF" } else { "SeaBIOS" });
+        let line =
+            boot_line(&c).unwrap_or_else(|| panic!("{what}: no boot line:\n{}", tail(&c, 80)));
+        assert!(
+            line.starts_with("os-agent: boot ok slot=live version=1.0.0-iso"),
+            "{what}: {line}\n{}",
+            tail(&c, 60)
+        );
+        assert!(line.contains("failed_units=0"), "{what}: {line}");
+        assert!(
+            c.contains(&format!("os-init: live medium {label} is {dev}")),
+            "{what}:\n{}",
+            tail(&c, 60)
+        );
+    }
 }

@@ -55,10 +55,16 @@ fn help_names_the_subcommands_and_options() {
     }
 }
 
+/// Without a subcommand, build-image builds: its flags are checked before
+/// anything is fetched or written.
 #[test]
-fn no_subcommand_is_a_usage_error() {
-    let o = TestEnv::new().run_raw(&[]);
-    assert_eq!(o.status.code(), Some(2), "{o:?}");
+fn no_subcommand_builds_and_names_a_bad_flavor() {
+    let env = TestEnv::new();
+    let out = env.out.join("dist");
+    let o = env.run(&["--flavor", "no-such-flavor", "-o", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert_mentions(&stderr(&o), "no-such-flavor");
+    assert!(!out.exists(), "the output directory was created");
 }
 
 #[test]

@@ -75,6 +75,8 @@ const REQUIRED_FILES: &[&str] = &[
 
 /// Size of boot.img and of one disk sector.
 pub const BOOT_IMG_SIZE: usize = 512;
+/// cdboot.img: one CD sector, loaded by the El Torito BIOS entry.
+pub const CDBOOT_SIZE: usize = 2048;
 const SECTOR_BYTES: usize = SECTOR as usize;
 
 // Offsets in boot.img (GRUB's include/grub/i386/pc/boot.h).
@@ -84,7 +86,7 @@ pub const BPB_START: usize = 0x03;
 pub const BPB_END: usize = 0x5a;
 /// The address boot.img loads the first sector of core.img to (0x8000,
 /// little-endian): a marker that this is GRUB's boot.img.
-const KERNEL_ADDRESS_OFFSET: usize = 0x5a;
+pub const KERNEL_ADDRESS_OFFSET: usize = 0x5a;
 /// LBA (u64, little-endian) of core.img's first sector.
 pub const KERNEL_SECTOR_OFFSET: usize = 0x5c;
 /// The BIOS drive to boot from; 0xff means "the drive the BIOS passed".
@@ -216,6 +218,41 @@ fn check_prefix(prefix: &str) -> Result<()> {
 /// modules.
 pub fn core_image(i386_pc_dir: &Path, esp_uuid: &str, prefix: &str) -> Result<Vec<u8>> {
     let config = early_config(esp_uuid, prefix)?;
+    core_image_with(i386_pc_dir, &config, prefix, MODULES)
+}
+
+/// The modules built into the core image of the live ISO: [`MODULES`]
+/// without the environment block, plus ISO 9660 and the MBR of a stick.
+pub const ISO_MODULES: &[&str] = &[
+    "biosdisk",
+    "part_gpt",
+    "part_msdos",
+    "iso9660",
+    "search",
+    "normal",
+    "configfile",
+    "linux",
+    "echo",
+    "test",
+    "halt",
+];
+
+/// The config built into the live ISO's core image: find the ISO by its
+/// volume label, on a CD or on a stick.
+pub fn iso_early_config(label: &str, prefix: &str) -> Result<String> {
+    crate::iso::check_volume_id(label)?;
+    check_prefix(prefix)?;
+    Ok(format!(
+        "search --no-floppy --label --set=root {label}\nset prefix=($root){prefix}\n"
+    ))
+}
+
+fn core_image_with(
+    i386_pc_dir: &Path,
+    config: &str,
+    prefix: &str,
+    modules: &[&str],
+) -> Result<Vec<u8>> {
     mkimage::find()?;
     check_i386_pc_dir(i386_pc_dir)?;
     let target = target_version(i386_pc_dir)?;
@@ -245,16 +282,18 @@ pub fn core_image(i386_pc_dir: &Path, esp_uuid: &str, prefix: &str) -> Result<Ve
         "-o".into(),
         out.clone().into(),
     ];
-    args.extend(MODULES.iter().map(OsString::from));
+    args.extend(modules.iter().map(OsString::from));
     mkimage::run(&args)?;
     fs::read(&out).with_context(|| format!("reading {}", out.display()))
 }
 
 fn check_i386_pc_dir(dir: &Path) -> Result<()> {
-    let required = REQUIRED_FILES
-        .iter()
-        .map(|f| f.to_string())
-        .chain(MODULES.iter().map(|m| format!("{m}.mod")));
+    let required = REQUIRED_FILES.iter().map(|f| f.to_string()).chain(
+        MODULES
+            .iter()
+            .chain(ISO_MODULES)
+            .map(|m| format!("{m}.mod")),
+    );
     for f in required {
         let p = dir.join(&f);
         if !p.is_file() {
@@ -294,6 +333,31 @@ pub fn images_from_tree(
     esp_uuid: &str,
     prefix: &str,
 ) -> Result<BiosImages> {
+    let config = early_config(esp_uuid, prefix)?;
+    images_with(tree, store, &config, prefix, MODULES)
+}
+
+/// The BIOS boot images of the live ISO, from an image tree with
+/// `grub-pc-bin`: boot.img for the MBR of a stick, and the El Torito image
+/// (cdboot.img followed by a core image whose early config finds the ISO
+/// labelled `label`).
+pub fn iso_images_from_tree(
+    tree: &FsTree,
+    store: &ContentStore,
+    label: &str,
+    prefix: &str,
+) -> Result<BiosImages> {
+    let config = iso_early_config(label, prefix)?;
+    images_with(tree, store, &config, prefix, ISO_MODULES)
+}
+
+fn images_with(
+    tree: &FsTree,
+    store: &ContentStore,
+    config: &str,
+    prefix: &str,
+    modules: &[&str],
+) -> Result<BiosImages> {
     let dir = tree.lookup_path(I386_PC_DIR.as_bytes()).with_context(|| {
         format!("/{I386_PC_DIR} is not in the image: install grub-pc-bin for BIOS boot")
     })?;
@@ -315,7 +379,25 @@ pub fn images_from_tree(
         let p = tmp.path().join(name);
         fs::write(&p, data).with_context(|| format!("writing {}", p.display()))?;
     }
-    let core_img = core_image(tmp.path(), esp_uuid, prefix)?;
+    let mut core_img = core_image_with(tmp.path(), config, prefix, modules)?;
+    if modules == ISO_MODULES {
+        let cd = tmp.path().join("cdboot.img");
+        let mut img = fs::read(&cd).with_context(|| {
+            format!(
+                "reading {}: the image's grub-pc-bin has no cdboot.img",
+                cd.display()
+            )
+        })?;
+        if img.len() != CDBOOT_SIZE {
+            bail!(
+                "{}: {} bytes, expected {CDBOOT_SIZE}",
+                cd.display(),
+                img.len()
+            );
+        }
+        img.extend_from_slice(&core_img);
+        core_img = img;
+    }
     let boot = tmp.path().join("boot.img");
     let boot_img = fs::read(&boot).with_context(|| format!("reading {}", boot.display()))?;
     Ok(BiosImages { boot_img, core_img })

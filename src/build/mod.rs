@@ -17,6 +17,7 @@
 pub mod finalise;
 pub mod fs;
 pub mod k3s;
+mod live;
 pub mod pam;
 pub mod systemd;
 
@@ -51,12 +52,16 @@ use fs::Editor;
 pub enum Format {
     /// GPT A/B raw disk image (`dd` it to a disk)
     Disk,
+    /// Hybrid live/installer ISO: boots as a CD and from a USB stick, BIOS
+    /// and UEFI; installs the A/B layout with `os-agent install`
+    Iso,
 }
 
 impl Format {
     fn name(self) -> &'static str {
         match self {
             Format::Disk => "disk",
+            Format::Iso => "iso",
         }
     }
 }
@@ -273,7 +278,7 @@ pub fn run(g: &Global, a: BuildArgs, reporter: &dyn Reporter) -> Result<()> {
     };
     let mut formats = a.format.clone();
     if formats.is_empty() {
-        formats = vec![Format::Disk];
+        formats = vec![Format::Disk, Format::Iso];
     }
     formats.sort();
     formats.dedup();
@@ -539,7 +544,7 @@ pub fn run(g: &Global, a: BuildArgs, reporter: &dyn Reporter) -> Result<()> {
     let root_size = staging.file(root_i).seek(SeekFrom::End(0))?;
 
     let mut artifacts_pending: Vec<(&'static str, usize)> = vec![("squashfs", root_i)];
-    if formats.contains(&Format::Disk) {
+    if formats.contains(&Format::Disk) || formats.contains(&Format::Iso) {
         stage("writing the A/B disk image".into());
         let efi = esp::efi_files(&arch)?;
         let ed = Editor {
@@ -600,7 +605,14 @@ pub fn run(g: &Global, a: BuildArgs, reporter: &dyn Reporter) -> Result<()> {
             None => (root_size * 2).max(1 << 30),
         };
         let layout = Layout::ab(disk_arch, a.esp_size, slot, 0, &seed)?;
-        let disk_i = staging.create(&out_dir, &format!("{base_name}.raw"))?;
+        // The ISO carries the disk image's head: without the disk format,
+        // the disk is written to the spool only.
+        let spool_disk;
+        let disk_i = if formats.contains(&Format::Disk) {
+            Some(staging.create(&out_dir, &format!("{base_name}.raw"))?)
+        } else {
+            None
+        };
         let opts = FatOptions {
             size_bytes: layout
                 .partition(disk::ESP)
@@ -611,7 +623,14 @@ pub fn run(g: &Global, a: BuildArgs, reporter: &dyn Reporter) -> Result<()> {
             timestamp: mtime,
         };
         let root_file = staging.files[root_i].0.reopen()?;
-        let disk_file = staging.files[disk_i].0.as_file().try_clone()?;
+        let disk_file = match disk_i {
+            Some(i) => staging.files[i].0.as_file().try_clone()?,
+            None => {
+                spool_disk = tempfile::tempfile_in(spool.path())
+                    .context("creating a spool file for the disk image")?;
+                spool_disk.try_clone()?
+            }
+        };
         let esp_store_ref = &esp_store;
         disk::write_image(
             &layout,
@@ -632,7 +651,54 @@ pub fn run(g: &Global, a: BuildArgs, reporter: &dyn Reporter) -> Result<()> {
             crate::bootloader::bios::install(&disk_file, &layout, &b.boot_img, &b.core_img)
                 .context("installing GRUB for BIOS boot")?;
         }
-        artifacts_pending.push(("disk", disk_i));
+        if let Some(i) = disk_i {
+            artifacts_pending.push(("disk", i));
+        }
+
+        if formats.contains(&Format::Iso) {
+            stage("writing the live/installer ISO".into());
+            let label = live::label(&flavor.name, &arch, &version);
+            let iso_bios = match bios_images {
+                Some(_) => {
+                    let ed = Editor {
+                        tree: &mut tree,
+                        store: &mut store,
+                        mtime,
+                    };
+                    Some(crate::bootloader::bios::iso_images_from_tree(
+                        ed.tree,
+                        ed.store,
+                        &label,
+                        "/boot/grub",
+                    )?)
+                }
+                None => None,
+            };
+            let iso_i = staging.create(&out_dir, &format!("{base_name}.iso"))?;
+            let iso_spool = tempfile::tempdir_in(spool.path())?;
+            let rootfs_path = staging.files[root_i].0.path().to_path_buf();
+            let title = format!("{} {version}", flavor.description);
+            let inputs = live::LiveInputs {
+                flavor: &flavor.name,
+                arch: &arch,
+                version: &version,
+                title: &title,
+                cmdline: &cmdline,
+                mtime,
+                vmlinuz: &vmlinuz,
+                initrd: &initrd,
+                rootfs: &rootfs_path,
+                disk: &disk_file,
+                layout: &layout,
+                efi: &efi,
+                grub: &grub,
+                shim: shim.as_deref().map(|s| (s, mm.as_deref())),
+                bios: iso_bios.as_ref(),
+                spool: iso_spool.path(),
+            };
+            live::write(&inputs, staging.file(iso_i)).context("writing the ISO")?;
+            artifacts_pending.push(("iso", iso_i));
+        }
     }
 
     // 7. Lock file, results.

@@ -10,14 +10,18 @@ use crate::progress::Reporter;
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// REGISTRY/REPO[:TAG][@DIGEST], oci-layout:DIR[:TAG] or
-    /// rootfs-tar:FILE
+    /// REGISTRY/REPO[:TAG][@DIGEST], oci-layout:DIR[:TAG],
+    /// rootfs-tar:FILE, or an ISO that build-image wrote
     pub image: String,
     #[command(flatten)]
     pub source: SourceArgs,
 }
 
 pub fn run(g: &Global, a: InspectArgs, reporter: &dyn Reporter) -> Result<()> {
+    let path = std::path::Path::new(&a.image);
+    if path.is_file() && crate::iso::is_iso(path) {
+        return inspect_iso(g, path);
+    }
     let src = ImageSource::parse(&a.image)?;
     let want = a.source.platform()?;
     let puller = a.source.puller(g, reporter)?;
@@ -77,6 +81,46 @@ pub fn run(g: &Global, a: InspectArgs, reporter: &dyn Reporter) -> Result<()> {
                 println!("{:<10} {}", format!("{key}:"), v);
             }
         }
+    }
+    Ok(())
+}
+
+fn inspect_iso(g: &Global, path: &std::path::Path) -> Result<()> {
+    let info = crate::iso::read_info(path)?;
+    if g.json {
+        let doc = json!({
+            "apiVersion": crate::API_VERSION,
+            "kind": "IsoInspect",
+            "path": path,
+            "volumeId": info.volume_id,
+            "applicationId": info.application_id,
+            "size": info.size,
+            "install": info.install,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    println!("ISO:         {}", path.display());
+    println!("Label:       {}", info.volume_id);
+    println!("Application: {}", info.application_id);
+    println!("Size:        {}", indicatif::HumanBytes(info.size));
+    match &info.install {
+        Some(m) => {
+            let image = &m["image"];
+            println!(
+                "Image:       {} {} {}",
+                image["id"].as_str().unwrap_or("?"),
+                image["version"].as_str().unwrap_or("?"),
+                image["arch"].as_str().unwrap_or("?")
+            );
+            if let Some(n) = m["min_device_size"].as_u64() {
+                println!(
+                    "Installs to: a disk of at least {}",
+                    indicatif::HumanBytes(n)
+                );
+            }
+        }
+        None => println!("Image:       (no install manifest: not a build-image ISO)"),
     }
     Ok(())
 }

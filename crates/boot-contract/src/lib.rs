@@ -29,6 +29,9 @@ pub mod persist {
     pub const MACHINE_ID: &str = "machine-id";
     /// Filesystem label of `persist`.
     pub const LABEL: &str = "persist";
+    /// The smallest `persist` os-init creates: a disk needs this much
+    /// free space after the root slots.
+    pub const MIN_SIZE: u64 = 32 << 20;
 
     /// A path of the root made persistent.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,4 +80,28 @@ pub mod boot_env {
     pub const CMDLINE_SLOT: &str = "bi.slot";
     /// `bi.slot` value of a live boot (ISO), which has no A/B state.
     pub const LIVE_SLOT: &str = "live";
+}
+
+/// The live/installer ISO: how os-init finds and mounts it, and the files
+/// `os-agent install` reads from it.
+pub mod live {
+    /// Kernel command line parameter naming the ISO's volume label
+    /// (`bi.live=DEBIAN_AMD64_...`): os-init looks for an ISO 9660 volume
+    /// with this label on every block device and boots from it.
+    pub const CMDLINE_LABEL: &str = "bi.live";
+    /// Where os-init mounts the ISO 9660 volume; it stays mounted on the
+    /// live system.
+    pub const MOUNT: &str = "/run/os/live";
+    /// The root filesystem on the ISO (also what `install` writes to
+    /// `root_a`).
+    pub const ROOTFS: &str = "rootfs.squashfs";
+    /// The install manifest on the ISO (JSON, see [`MANIFEST_FORMAT`]).
+    pub const MANIFEST: &str = "install/install.json";
+    /// `format` value of the install manifest.
+    pub const MANIFEST_FORMAT: &str = "build-image-install/1";
+    /// Byte offset of the primary volume descriptor's volume identifier
+    /// (32 bytes, space padded) in an ISO 9660 image.
+    pub const VOLUME_ID_OFFSET: u64 = 32768 + 40;
+    /// Magic of the primary volume descriptor, at byte 32768.
+    pub const PVD_MAGIC: &[u8; 6] = b"\x01CD001";
 }

@@ -6,7 +6,9 @@
 //!    own dependency data);
 //! 3. waits for the partition whose GPT name the kernel command line gives
 //!    as `bi.root=NAME` (e.g. `bi.root=root_a`), at most `bi.timeout=SECONDS`
-//!    (default 30);
+//!    (default 30); or, for a live boot with `bi.live=LABEL`, for the ISO
+//!    9660 volume with that label, which it mounts on `/run/os/live` and
+//!    whose `rootfs.squashfs` it attaches to a loop device (see [`live`]);
 //! 4. mounts it read-only as squashfs, puts a tmpfs overlay on top, moves
 //!    `/dev`, `/proc`, `/sys` and `/run` into it and switches root to it;
 //! 5. sets up the persistent partition (see [`persist`]): creates or grows
@@ -28,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use rustix::mount::{mount, mount_move, MountFlags};
 
+mod live;
 mod persist;
 
 type Result<T> = std::result::Result<T, String>;
@@ -161,8 +164,6 @@ fn boot() -> Result<std::convert::Infallible> {
 
     let cmd = cmdline()?;
     load_modules()?;
-    let label =
-        param(&cmd, "bi.root").ok_or("no bi.root=PARTITION-NAME on the kernel command line")?;
     let timeout = match param(&cmd, "bi.timeout") {
         Some(t) => Duration::from_secs(
             t.parse()
@@ -170,8 +171,16 @@ fn boot() -> Result<std::convert::Infallible> {
         ),
         None => DEFAULT_DEVICE_TIMEOUT,
     };
-    let dev = wait_for_partition(label, timeout)?;
-    say(&format!("root {label} is {dev}"));
+    let dev = match param(&cmd, boot_contract::live::CMDLINE_LABEL) {
+        Some(label) => live::attach(label, timeout)?,
+        None => {
+            let label = param(&cmd, "bi.root")
+                .ok_or("no bi.root=PARTITION-NAME or bi.live=LABEL on the kernel command line")?;
+            let dev = wait_for_partition(label, timeout)?;
+            say(&format!("root {label} is {dev}"));
+            dev
+        }
+    };
 
     mount_fs(&dev, "/run/os/lower", "squashfs", MountFlags::RDONLY, "")?;
     mount_fs("tmpfs", "/run/os/upper", "tmpfs", none, "mode=0755")?;

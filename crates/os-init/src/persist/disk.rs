@@ -14,7 +14,7 @@ use crate::{say, Result};
 /// Partitions start on 1 MiB boundaries, as build-image places them.
 const ALIGN: u64 = 1 << 20;
 /// Less room than this after the last partition is not worth a filesystem.
-pub const MIN_SIZE: u64 = 32 << 20;
+pub const MIN_SIZE: u64 = boot_contract::persist::MIN_SIZE;
 
 /// A whole disk, as sysfs describes it.
 pub struct Disk {

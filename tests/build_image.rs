@@ -358,6 +358,7 @@ fn debian_amd64_builds_and_boots_uefi_and_bios_with_persistence() {
         "/usr/local/bin/k3s",
         "/etc/os-agent/config.yaml",
         "/etc/systemd/system/multi-user.target.wants/os-agent-health.service",
+        "/etc/systemd/system/multi-user.target.wants/os-agent-install.service",
         "/etc/systemd/system/multi-user.target.wants/k3s.service",
         "/etc/systemd/system/multi-user.target.wants/ssh.service",
         "/modules.alias.bin",
@@ -913,4 +914,112 @@ fn debian_amd64_iso_boots_live_from_cd_disk_and_usb_with_bios_and_uefi() {
             tail(&c, 60)
         );
     }
+}
+
+/// The unattended install: a machine booted from the ISO with a blank disk
+/// and `install: {device: auto, reboot: true}` installs itself, reboots,
+/// and the disk alone then boots slot a. A disk too small for the image is
+/// refused and left without a partition table.
+#[test]
+fn debian_amd64_iso_installs_itself_to_a_blank_disk_and_refuses_a_small_one() {
+    let _one = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let env = TestEnv::new();
+    let config = config_file(env.tmp.path());
+    let mut text = fs::read_to_string(&config).unwrap();
+    text.push_str("install:\n  device: auto\n  reboot: true\n");
+    fs::write(&config, text).unwrap();
+    let (out, _) = build_with(
+        &env,
+        "amd64",
+        "archive",
+        "1.0.0-inst",
+        &config,
+        "inst",
+        &["--format", "iso"],
+    );
+    let iso = out.join("debian-bookworm-amd64.iso");
+    let o = env.run_raw(&["--json", "inspect", iso.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let needed = doc["install"]["min_device_size"].as_u64().unwrap();
+
+    let target_args = |disk: &Path| -> Vec<String> {
+        vec![
+            "-drive".into(),
+            format!("file={},if=virtio,format=raw", disk.display()),
+        ]
+    };
+
+    // Too small: refused before anything is written.
+    let small = env.tmp.path().join("small.raw");
+    fs::File::create(&small)
+        .unwrap()
+        .set_len((needed - (64 << 20)) & !0xfffff)
+        .unwrap();
+    let mut args = iso_args(&iso, Medium::Cd, None);
+    args.extend(target_args(&small));
+    let c = boot_until(
+        "qemu-system-x86_64",
+        &args,
+        "too small: needs",
+        Duration::from_secs(600),
+    );
+    let at = c
+        .find("os-agent: install failed: --device auto: no suitable disk")
+        .unwrap_or_else(|| panic!("no install failure:\n{}", tail(&c, 80)));
+    assert!(
+        c[at..].contains("vda ") && c[at..].contains("too small"),
+        "{}",
+        &c[at..]
+    );
+    let head = fs::read(&small).unwrap();
+    assert!(
+        head[..2 << 20].iter().all(|&b| b == 0),
+        "the small disk was written to"
+    );
+
+    // Big enough: installed, and QEMU exits on the reboot.
+    let target = env.tmp.path().join("target.raw");
+    fs::File::create(&target)
+        .unwrap()
+        .set_len(needed + (1 << 30))
+        .unwrap();
+    let mut args = iso_args(&iso, Medium::Cd, None);
+    args.extend(target_args(&target));
+    let c = boot_until(
+        "qemu-system-x86_64",
+        &args,
+        "os-agent: rebooting",
+        Duration::from_secs(900),
+    );
+    assert!(
+        c.contains("os-agent: installed debian 1.0.0-inst to /dev/vda"),
+        "{}",
+        tail(&c, 80)
+    );
+    let v = Command::new("sgdisk")
+        .arg("-v")
+        .arg(&target)
+        .output()
+        .unwrap();
+    let v = String::from_utf8_lossy(&v.stdout).into_owned();
+    assert!(v.contains("No problems found"), "{v}");
+
+    // The disk alone boots slot a (UEFI), creating persist.
+    let vars = env.tmp.path().join("VARS-installed.fd");
+    fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).unwrap();
+    let c = boot_until(
+        "qemu-system-x86_64",
+        &uefi_args(&target, &vars),
+        "os-agent: boot ",
+        Duration::from_secs(600),
+    );
+    let line = boot_line(&c).unwrap_or_else(|| panic!("no boot line:\n{}", tail(&c, 80)));
+    assert!(
+        line.starts_with("os-agent: boot ok slot=a version=1.0.0-inst"),
+        "{line}\n{}",
+        tail(&c, 60)
+    );
+    assert!(line.contains("failed_units=0"), "{line}");
+    assert!(c.contains("os-init: created persist"), "{}", tail(&c, 60));
 }

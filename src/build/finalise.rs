@@ -34,6 +34,7 @@ pub const PRESET: &str = "\
 # distribution's presets stay disabled.
 enable os-agent-config.service
 enable os-agent-health.service
+enable os-agent-install.service
 enable k3s.service
 enable k3s-agent.service
 enable ssh.service

@@ -30,8 +30,10 @@ pub struct Report {
     pub k3s_role: Option<Role>,
 }
 
-/// The whole `boot-config` command.
-pub fn boot_config(root: &Root) -> Result<Report> {
+/// The whole `boot-config` command. `esp` is the mounted ESP (`--esp`);
+/// None looks for it on an A/B boot of the running system (a live boot
+/// has none of its own).
+pub fn boot_config(root: &Root, esp: Option<&std::path::Path>) -> Result<Report> {
     let slot = system::running_slot(root)?;
     // A broken image.json must not stop the boot from being counted.
     let version = system::image_info(root).ok().and_then(|i| i.version);
@@ -41,7 +43,15 @@ pub fn boot_config(root: &Root) -> Result<Report> {
         ssh_host_keys_generated: ssh_host_keys(root)?,
         ..Report::default()
     };
-    let (cfg, files) = config::load(root)?;
+    let found = match (esp, slot.as_deref()) {
+        (None, Some(s)) if boot_contract::boot_env::SLOTS.contains(&s) => {
+            crate::bootenv::Esp::find_optional(root)?
+        }
+        _ => None,
+    };
+    let loaded = config::load(root, esp.or(found.as_ref().map(|e| e.dir())));
+    drop(found); // unmounts an ESP mounted for this
+    let (cfg, files) = loaded?;
     report.files_read = files;
     apply(root, &cfg, &mut report)?;
     Ok(report)

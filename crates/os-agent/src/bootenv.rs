@@ -185,7 +185,48 @@ impl Esp {
                 partition::ESP
             )
         })?;
-        let rdev = fs::metadata(&dev)
+        Esp::use_dev(&dev, write)
+    }
+
+    /// The ESP for reading the configuration at boot: by its GPT name, as
+    /// [`Esp::locate`] finds it, or, before udev made the by-partlabel
+    /// link, from sysfs (the partition named ESP on the disk that has a
+    /// mounted partition, or the only one). None when there is none;
+    /// mounted read-only when not mounted yet.
+    pub fn find_optional(root: &Root) -> Result<Option<Self>> {
+        if !root.is_host() {
+            return Ok(None);
+        }
+        let dev = match fs::canonicalize(by_partlabel()) {
+            Ok(d) => d,
+            Err(_) => {
+                use crate::install::disks::{self, Sys};
+                let sys = Sys::host();
+                let all = disks::partitions_named(&sys, partition::ESP);
+                let mounted = disks::mounted(&sys)?;
+                let on_mounted_disk: Vec<&(String, String)> = all
+                    .iter()
+                    .filter(|(_, d)| {
+                        disks::disk(&sys, d)
+                            .map(|d| d.parts.iter().any(|(_, dev)| mounted.contains(dev)))
+                            .unwrap_or(false)
+                    })
+                    .collect();
+                let pick: &(String, String) = match (&on_mounted_disk[..], &all[..]) {
+                    ([one], _) => one,
+                    ([], [one]) => one,
+                    _ => return Ok(None),
+                };
+                sys.dev.join(&pick.0)
+            }
+        };
+        Esp::use_dev(&dev, false).map(Some)
+    }
+
+    /// Uses the ESP device `dev`: its mount point when mounted, else
+    /// mounts it at /run/os-agent/esp until this value is dropped.
+    fn use_dev(dev: &Path, write: bool) -> Result<Self> {
+        let rdev = fs::metadata(dev)
             .with_context(|| format!("reading {}", dev.display()))?
             .rdev();
         let (maj, min) = (rustix::fs::major(rdev), rustix::fs::minor(rdev));
@@ -206,7 +247,7 @@ impl Esp {
         if !write {
             flags |= MountFlags::RDONLY;
         }
-        rustix::mount::mount(&dev, ESP_MOUNT, "vfat", flags, None)
+        rustix::mount::mount(dev, ESP_MOUNT, "vfat", flags, None)
             .with_context(|| format!("mounting the ESP {} (vfat) at {ESP_MOUNT}", dev.display()))?;
         Ok(Esp {
             dir: PathBuf::from(ESP_MOUNT),

@@ -8,9 +8,10 @@ use boot_contract::boot_env::{CMDLINE_SLOT, LIVE_SLOT, SLOTS};
 
 use crate::bail;
 use crate::bootenv::Commit;
+use crate::config::{self, Config};
 use crate::error::{Error, Result};
 use crate::fsutil::Root;
-use crate::{apply, health, status, system};
+use crate::{apply, health, install, status, system};
 
 pub const USAGE: &str = "\
 Usage: os-agent COMMAND [OPTIONS]
@@ -21,18 +22,30 @@ Commands:
                report one line on the console
   status       Show the running slot, boot state, image and boot count
   mark-good    Make the running slot the default boot slot
+  install      Write the image from the live ISO to a disk (live system)
 
 Options:
   --root DIR          Work on the tree at DIR instead of / (all commands)
-  --esp DIR           The ESP is mounted at DIR (health, status, mark-good;
-                      default: find the partition named ESP, mount it if
-                      needed)
+  --esp DIR           The ESP is mounted at DIR (default: find the partition
+                      named ESP, mount it if needed); install: the new
+                      disk's ESP is mounted at DIR (for a regular-file
+                      target)
   --json              status: print the versioned JSON document
   --timeout SECS      health: wait at most this long for the system to
                       finish booting (default 600)
   --k3s-timeout SECS  health: wait at most this long for k3s (default 600)
-  --console PATH      health: also write the report line here
-                      (default /dev/console)
+  --console PATH      health, install: also write the report line here
+                      (default /dev/console; install: with --unattended)
+  --device DEV|auto   install: the target disk (or an existing regular
+                      file); auto: the one fixed disk that is large enough,
+                      unused and not the live medium (default: the
+                      configuration's install.device)
+  --config FILE       install: put FILE on the new disk's ESP as
+                      build-image/config.yaml (checked first)
+  --reboot            install: reboot after a successful install
+  --source DIR        install: the live ISO (default /run/os/live)
+  --unattended        install: do nothing without an install section in
+                      the configuration; report on the console
   -h, --help          Print this help
   -V, --version       Print the version
 ";
@@ -43,6 +56,7 @@ pub enum Cmd {
     Health,
     Status,
     MarkGood,
+    Install,
     Help,
     Version,
 }
@@ -56,6 +70,13 @@ pub struct Args {
     pub timeout: Duration,
     pub k3s_timeout: Duration,
     pub console: Option<PathBuf>,
+    /// install: `--device`.
+    pub device: Option<String>,
+    /// install: `--config`.
+    pub config: Option<PathBuf>,
+    pub reboot: bool,
+    pub source: PathBuf,
+    pub unattended: bool,
 }
 
 fn secs(opt: &str, v: &str) -> Result<Duration> {
@@ -74,6 +95,11 @@ pub fn parse(argv: &[String]) -> Result<Args> {
         timeout: health::DEFAULT_TIMEOUT,
         k3s_timeout: health::DEFAULT_TIMEOUT,
         console: None,
+        device: None,
+        config: None,
+        reboot: false,
+        source: PathBuf::from(boot_contract::live::MOUNT),
+        unattended: false,
     };
     let mut cmd: Option<(Cmd, &str)> = None;
     let mut seen: Vec<&str> = Vec::new();
@@ -109,6 +135,14 @@ pub fn parse(argv: &[String]) -> Result<Args> {
             "--timeout" => args.timeout = secs(name, &value(name)?)?,
             "--k3s-timeout" => args.k3s_timeout = secs(name, &value(name)?)?,
             "--console" => args.console = Some(PathBuf::from(value(name)?)),
+            "--device" => args.device = Some(value(name)?),
+            "--config" => args.config = Some(PathBuf::from(value(name)?)),
+            "--source" => args.source = PathBuf::from(value(name)?),
+            "--reboot" | "--unattended" if inline.is_some() => {
+                bail!("{name} takes no value")
+            }
+            "--reboot" => args.reboot = true,
+            "--unattended" => args.unattended = true,
             _ if name.starts_with('-') => bail!("unknown option {name}; see os-agent --help"),
             _ => {
                 if let Some((_, prev)) = &cmd {
@@ -121,6 +155,7 @@ pub fn parse(argv: &[String]) -> Result<Args> {
                     "health" => Cmd::Health,
                     "status" => Cmd::Status,
                     "mark-good" => Cmd::MarkGood,
+                    "install" => Cmd::Install,
                     other => bail!("unknown command {other:?}; see os-agent --help"),
                 };
                 cmd = Some((c, a.as_str()));
@@ -133,10 +168,20 @@ pub fn parse(argv: &[String]) -> Result<Args> {
         bail!("no command given; see os-agent --help");
     };
     let allowed: &[&str] = match cmd {
-        Cmd::BootConfig => &["--root"],
+        Cmd::BootConfig => &["--root", "--esp"],
         Cmd::Health => &["--root", "--esp", "--timeout", "--k3s-timeout", "--console"],
         Cmd::Status => &["--root", "--esp", "--json"],
         Cmd::MarkGood => &["--root", "--esp"],
+        Cmd::Install => &[
+            "--root",
+            "--esp",
+            "--console",
+            "--device",
+            "--config",
+            "--reboot",
+            "--source",
+            "--unattended",
+        ],
         Cmd::Help | Cmd::Version => &[],
     };
     if let Some(bad) = seen.iter().find(|o| !allowed.contains(o)) {
@@ -153,7 +198,7 @@ pub fn run(args: &Args) -> Result<i32> {
         Cmd::Help => print!("{USAGE}"),
         Cmd::Version => println!("os-agent {}", env!("CARGO_PKG_VERSION")),
         Cmd::BootConfig => {
-            let r = apply::boot_config(&root)?;
+            let r = apply::boot_config(&root, args.esp.as_deref())?;
             let files: Vec<String> = r
                 .files_read
                 .iter()
@@ -211,6 +256,94 @@ pub fn run(args: &Args) -> Result<i32> {
                 Commit::AlreadyDefault => println!("os-agent: slot {slot} is already the default"),
             }
         }
+        Cmd::Install => return run_install(args, &root),
+    }
+    Ok(0)
+}
+
+/// The device and reboot flag of `install`: the command line's, else the
+/// configuration's `install` section. None: `--unattended` and nothing to
+/// install.
+pub fn install_plan(args: &Args, cfg: Option<&Config>) -> Result<Option<(String, bool)>> {
+    let section = cfg.and_then(|c| c.install.as_ref());
+    if args.unattended && section.is_none() && args.device.is_none() {
+        return Ok(None);
+    }
+    let from_config = section.and_then(|i| i.device.clone());
+    let use_config = args.device.is_none() || args.unattended;
+    let reboot = args.reboot || (use_config && section.and_then(|i| i.reboot) == Some(true));
+    match args.device.clone().or(from_config) {
+        Some(d) => Ok(Some((d, reboot))),
+        None => bail!("no --device and no install.device in the configuration"),
+    }
+}
+
+/// Kernel command line parameter of the ISO menu's install entry:
+/// `bi.install=DEVICE` (or `auto`) asks an unattended install to that
+/// device, with a reboot, even without an `install` section.
+pub const CMDLINE_INSTALL: &str = "bi.install";
+
+/// The `install` section that `bi.install=` on `cmdline` stands for.
+pub fn cmdline_install(cmdline: &str) -> Option<config::Install> {
+    system::cmdline_param(cmdline, CMDLINE_INSTALL)
+        .filter(|d| !d.is_empty())
+        .map(|d| config::Install {
+            device: Some(d.to_string()),
+            reboot: Some(true),
+        })
+}
+
+fn run_install(args: &Args, root: &Root) -> Result<i32> {
+    let cfg = if args.device.is_none() || args.unattended {
+        // The live system's own configuration: an ESP found by name could
+        // be another disk's.
+        let mut cfg = config::load(root, None)?.0;
+        if args.unattended {
+            let cmdline =
+                crate::fsutil::read_optional(&root.join(system::CMDLINE))?.unwrap_or_default();
+            if let Some(i) = cmdline_install(&cmdline) {
+                cfg.install = Some(i);
+            }
+        }
+        Some(cfg)
+    } else {
+        None
+    };
+    let Some((device, reboot)) = install_plan(args, cfg.as_ref())? else {
+        println!("os-agent: no install section in the configuration, nothing to install");
+        return Ok(0);
+    };
+    let console = args
+        .console
+        .clone()
+        .or_else(|| args.unattended.then(|| root.join("/dev/console")));
+    let report = |line: &str| match &console {
+        Some(c) => health::announce(c, line),
+        None => println!("{line}"),
+    };
+    let opts = install::Options {
+        source: args.source.clone(),
+        config: args.config.clone(),
+        esp: args.esp.clone(),
+        ..install::Options::new(install::Device::parse(&device))
+    };
+    match install::install(&opts) {
+        Ok(done) => report(&format!(
+            "os-agent: installed {} {} to {}",
+            done.id,
+            done.version,
+            done.device.display()
+        )),
+        Err(e) => {
+            if console.is_some() {
+                report(&format!("os-agent: install failed: {e}"));
+            }
+            return Err(e);
+        }
+    }
+    if reboot {
+        report("os-agent: rebooting");
+        install::reboot()?;
     }
     Ok(0)
 }
@@ -218,6 +351,15 @@ pub fn run(args: &Args) -> Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_install_menu_entry_asks_for_an_install_with_reboot() {
+        let i = cmdline_install("BOOT_IMAGE=/boot/vmlinuz bi.slot=live bi.install=auto").unwrap();
+        assert_eq!(i.device.as_deref(), Some("auto"));
+        assert_eq!(i.reboot, Some(true));
+        assert!(cmdline_install("bi.slot=live bi.installx=auto").is_none());
+        assert!(cmdline_install("bi.install=").is_none());
+    }
 
     fn p(a: &[&str]) -> Result<Args> {
         parse(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>())
@@ -258,6 +400,88 @@ mod tests {
             let e = p(a).unwrap_err().to_string();
             assert!(e.contains(want), "{a:?}: {e}");
         }
+    }
+
+    #[test]
+    fn parses_install() {
+        let a = p(&[
+            "install",
+            "--device",
+            "/dev/sda",
+            "--config=/tmp/c.yaml",
+            "--reboot",
+            "--source",
+            "/mnt/iso",
+        ])
+        .unwrap();
+        assert_eq!(a.cmd, Cmd::Install);
+        assert_eq!(a.device.as_deref(), Some("/dev/sda"));
+        assert_eq!(a.config, Some(PathBuf::from("/tmp/c.yaml")));
+        assert!(a.reboot && !a.unattended);
+        assert_eq!(a.source, PathBuf::from("/mnt/iso"));
+        let a = p(&["install", "--unattended", "--console", "/dev/ttyS0"]).unwrap();
+        assert!(a.unattended && !a.reboot && a.device.is_none());
+        assert_eq!(a.source, PathBuf::from("/run/os/live"));
+        assert_eq!(a.console, Some(PathBuf::from("/dev/ttyS0")));
+        assert_eq!(
+            p(&["boot-config", "--esp", "/e"]).unwrap().esp,
+            Some("/e".into())
+        );
+        for (a, want) in [
+            (&["install", "--reboot=yes"][..], "--reboot takes no value"),
+            (
+                &["install", "--unattended=1"][..],
+                "--unattended takes no value",
+            ),
+            (&["install", "--device"][..], "--device: needs a value"),
+            (
+                &["status", "--device", "auto"][..],
+                "--device is not an option",
+            ),
+            (&["health", "--reboot"][..], "--reboot is not an option"),
+            (&["install", "--json"][..], "--json is not an option"),
+        ] {
+            let e = p(a).unwrap_err().to_string();
+            assert!(e.contains(want), "{a:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn install_device_and_reboot_from_flags_or_config() {
+        let cfg = |t: &str| crate::config::parse(t, std::path::Path::new("c.yaml")).unwrap();
+        let plan = |a: &[&str], c: Option<&Config>| install_plan(&p(a).unwrap(), c);
+        let with = cfg("install: {device: auto, reboot: true}\n");
+        let without = cfg("hostname: x\n");
+        assert_eq!(
+            plan(&["install"], Some(&with)).unwrap(),
+            Some(("auto".into(), true))
+        );
+        assert_eq!(
+            plan(&["install", "--device", "/dev/vdb"], Some(&with)).unwrap(),
+            Some(("/dev/vdb".into(), false)),
+            "an explicit --device does not take reboot from the configuration"
+        );
+        assert_eq!(
+            plan(&["install", "--device", "/dev/vdb", "--reboot"], None).unwrap(),
+            Some(("/dev/vdb".into(), true))
+        );
+        assert_eq!(
+            plan(&["install", "--unattended"], Some(&with)).unwrap(),
+            Some(("auto".into(), true))
+        );
+        assert_eq!(
+            plan(&["install", "--unattended"], Some(&without)).unwrap(),
+            None
+        );
+        let e = plan(&["install"], Some(&without)).unwrap_err().to_string();
+        assert_eq!(e, "no --device and no install.device in the configuration");
+        let e = plan(
+            &["install", "--unattended"],
+            Some(&cfg("install: {reboot: true}\n")),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("no install.device"), "{e}");
     }
 
     #[test]

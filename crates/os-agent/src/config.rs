@@ -1,5 +1,13 @@
 //! The agent's configuration file (YAML, snake_case keys, cloud-config
 //! style) and how several files merge. See docs/config.md.
+//!
+//! Sources, in the order they apply (later wins, see [`merge`]):
+//! 1. [`IMAGE_CONFIG`], baked into the image by `build-image --config`;
+//! 2. [`ESP_CONFIG`] on the ESP, put there by `os-agent install --config`
+//!    (read on an A/B boot only, not on the live system);
+//! 3. [`DEVICE_CONFIG`], the device's own, on the persistent partition.
+//!
+//! A missing file (or a missing ESP) is skipped.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,6 +20,9 @@ use crate::fsutil::{check_abs_path, read_optional, Root};
 
 /// The configuration baked into the image by `build-image --config`.
 pub const IMAGE_CONFIG: &str = "/etc/os-agent/config.yaml";
+/// The configuration `os-agent install --config` put on the ESP (path
+/// relative to the ESP's root).
+pub const ESP_CONFIG: &str = "build-image/config.yaml";
 /// The device's own configuration, on the persistent partition.
 pub const DEVICE_CONFIG: &str = "/var/lib/os-agent/config.yaml";
 
@@ -102,11 +113,24 @@ impl K3s {
     }
 }
 
+/// `install:`, read by `os-agent install` on the live system (the
+/// `os-agent-install.service` runs `os-agent install --unattended` there):
+///
+/// ```yaml
+/// install:
+///   device: auto        # or /dev/sda, /dev/nvme0n1, ...
+///   reboot: true        # reboot after a successful install (default false)
+/// ```
+///
+/// `auto` picks the one fixed disk that is large enough, not in use and
+/// not the live medium, and fails when there is none or more than one.
+/// Unknown fields are rejected.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Install {
     /// Target disk (`/dev/...`) or `auto`.
     pub device: Option<String>,
+    /// Reboot after a successful install; false unless given.
     pub reboot: Option<bool>,
 }
 
@@ -342,21 +366,22 @@ pub fn merge(base: Config, over: Config) -> Config {
     out
 }
 
-/// The configuration files that exist, in the order they apply: image,
-/// then device.
-pub fn files(root: &Root) -> Vec<PathBuf> {
-    [IMAGE_CONFIG, DEVICE_CONFIG]
-        .iter()
-        .map(|p| root.join(p))
-        .collect()
+/// The configuration files, in the order they apply: image, ESP (when
+/// `esp`, the mounted ESP, is given), device.
+pub fn files(root: &Root, esp: Option<&Path>) -> Vec<PathBuf> {
+    let mut v = vec![root.join(IMAGE_CONFIG)];
+    v.extend(esp.map(|e| e.join(ESP_CONFIG)));
+    v.push(root.join(DEVICE_CONFIG));
+    v
 }
 
-/// Loads and merges the configuration files of `root`; missing files are
-/// skipped. Returns the merged configuration and the files read.
-pub fn load(root: &Root) -> Result<(Config, Vec<PathBuf>)> {
+/// Loads and merges the configuration files of `root` (and of the ESP
+/// mounted at `esp`); missing files are skipped. Returns the merged
+/// configuration and the files read.
+pub fn load(root: &Root, esp: Option<&Path>) -> Result<(Config, Vec<PathBuf>)> {
     let mut merged = Config::default();
     let mut read = Vec::new();
-    for path in files(root) {
+    for path in files(root, esp) {
         if let Some(text) = read_optional(&path)? {
             merged = merge(merged, parse(&text, &path)?);
             read.push(path);
@@ -369,6 +394,7 @@ pub fn load(root: &Root) -> Result<(Config, Vec<PathBuf>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     fn p(text: &str) -> Result<Config> {
         parse(text, Path::new("/etc/os-agent/config.yaml"))
@@ -480,6 +506,59 @@ install: {device: auto, reboot: true}
             .unwrap_err()
             .to_string()
             .contains("k3s.token"));
+    }
+
+    #[test]
+    fn esp_config_layers_between_image_and_device() {
+        let d = tempfile::tempdir().unwrap();
+        let root = Root::new(d.path().join("root"));
+        let esp = d.path().join("esp");
+        let none = load(&root, Some(&esp)).unwrap();
+        assert_eq!(
+            none,
+            (Config::default(), vec![]),
+            "missing files are skipped"
+        );
+        for (p, text) in [
+            (
+                root.join(IMAGE_CONFIG),
+                "hostname: image\ninstall: {device: auto}\n",
+            ),
+            (
+                esp.join(ESP_CONFIG),
+                "hostname: esp\ninstall: {reboot: true}\n",
+            ),
+        ] {
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, text).unwrap();
+        }
+        let (c, read) = load(&root, Some(&esp)).unwrap();
+        assert_eq!(read, [root.join(IMAGE_CONFIG), esp.join(ESP_CONFIG)]);
+        assert_eq!(c.hostname.as_deref(), Some("esp"));
+        let i = c.install.unwrap();
+        assert_eq!((i.device.as_deref(), i.reboot), (Some("auto"), Some(true)));
+        let p = root.join(DEVICE_CONFIG);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, "hostname: device\n").unwrap();
+        assert_eq!(
+            load(&root, Some(&esp)).unwrap().0.hostname.as_deref(),
+            Some("device")
+        );
+        assert_eq!(
+            load(&root, None).unwrap().0.hostname.as_deref(),
+            Some("device")
+        );
+        fs::remove_file(&p).unwrap();
+        assert_eq!(
+            load(&root, None).unwrap().0.hostname.as_deref(),
+            Some("image")
+        );
+        let e = p_err("install: {device: auto, rebot: true}\n");
+        assert!(e.contains("rebot"), "{e}");
+    }
+
+    fn p_err(text: &str) -> String {
+        p(text).unwrap_err().to_string()
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! - `health` ([`health`]): waits for the boot to finish, commits a healthy
 //!   trial slot ([`bootenv`]) and reports one line on the console.
 //! - `status` ([`status`]) and `mark-good`.
+//! - `install` ([`install`]): writes the A/B disk from the live ISO to a
+//!   disk.
 //!
 //! Every path goes through [`fsutil::Root`], so the same code runs on a
 //! directory tree in tests (`--root DIR`).
@@ -21,6 +23,7 @@ pub mod config;
 pub mod fault;
 pub mod fsutil;
 pub mod health;
+pub mod install;
 pub mod k3s;
 pub mod state;
 pub mod status;

@@ -27,7 +27,11 @@ fn values(text: &str, key: &str) -> Vec<String> {
 fn units_pass_systemd_analyze_verify() {
     let dir = tempfile::tempdir().unwrap();
     let mut paths = Vec::new();
-    for name in ["os-agent-config.service", "os-agent-health.service"] {
+    for name in [
+        "os-agent-config.service",
+        "os-agent-health.service",
+        "os-agent-install.service",
+    ] {
         let text = unit(name).replace("/usr/bin/os-agent", common::bin());
         let p = dir.path().join(name);
         fs::write(&p, text).unwrap();
@@ -79,4 +83,23 @@ fn health_unit_is_simple_and_not_after_multi_user() {
     assert_eq!(values(&u, "ExecStart"), ["/usr/bin/os-agent", "health"]);
     assert_eq!(values(&u, "WantedBy"), ["multi-user.target"]);
     assert!(!values(&u, "After").contains(&"multi-user.target".to_string()));
+}
+
+#[test]
+fn install_unit_runs_on_the_live_system_only() {
+    let u = unit("os-agent-install.service");
+    assert_eq!(values(&u, "Type"), ["oneshot"]);
+    assert_eq!(
+        values(&u, "ExecStart"),
+        ["/usr/bin/os-agent", "install", "--unattended"]
+    );
+    assert_eq!(values(&u, "ConditionKernelCommandLine"), ["bi.slot=live"]);
+    assert!(values(&u, "After").contains(&"os-agent-config.service".to_string()));
+    for key in ["After", "Wants", "Requires"] {
+        assert!(
+            !values(&u, key).iter().any(|v| v.contains("network")),
+            "{key}=: the install needs no network"
+        );
+    }
+    assert_eq!(values(&u, "WantedBy"), ["multi-user.target"]);
 }

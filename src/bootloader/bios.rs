@@ -334,7 +334,16 @@ pub fn images_from_tree(
     prefix: &str,
 ) -> Result<BiosImages> {
     let config = early_config(esp_uuid, prefix)?;
-    images_with(tree, store, &config, prefix, MODULES)
+    images_with(tree, store, &config, prefix, MODULES, Boot::Disk)
+}
+
+/// What the core image is loaded from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Boot {
+    /// The `bios_grub` partition, by boot.img.
+    Disk,
+    /// El Torito: cdboot.img goes in front.
+    ElTorito,
 }
 
 /// The BIOS boot images of the live ISO, from an image tree with
@@ -348,7 +357,7 @@ pub fn iso_images_from_tree(
     prefix: &str,
 ) -> Result<BiosImages> {
     let config = iso_early_config(label, prefix)?;
-    images_with(tree, store, &config, prefix, ISO_MODULES)
+    images_with(tree, store, &config, prefix, ISO_MODULES, Boot::ElTorito)
 }
 
 fn images_with(
@@ -357,6 +366,7 @@ fn images_with(
     config: &str,
     prefix: &str,
     modules: &[&str],
+    boot: Boot,
 ) -> Result<BiosImages> {
     let dir = tree.lookup_path(I386_PC_DIR.as_bytes()).with_context(|| {
         format!("/{I386_PC_DIR} is not in the image: install grub-pc-bin for BIOS boot")
@@ -380,7 +390,7 @@ fn images_with(
         fs::write(&p, data).with_context(|| format!("writing {}", p.display()))?;
     }
     let mut core_img = core_image_with(tmp.path(), config, prefix, modules)?;
-    if modules == ISO_MODULES {
+    if boot == Boot::ElTorito {
         let cd = tmp.path().join("cdboot.img");
         let mut img = fs::read(&cd).with_context(|| {
             format!(

@@ -659,19 +659,12 @@ pub fn run(g: &Global, a: BuildArgs, reporter: &dyn Reporter) -> Result<()> {
             stage("writing the live/installer ISO".into());
             let label = live::label(&flavor.name, &arch, &version);
             let iso_bios = match bios_images {
-                Some(_) => {
-                    let ed = Editor {
-                        tree: &mut tree,
-                        store: &mut store,
-                        mtime,
-                    };
-                    Some(crate::bootloader::bios::iso_images_from_tree(
-                        ed.tree,
-                        ed.store,
-                        &label,
-                        "/boot/grub",
-                    )?)
-                }
+                Some(_) => Some(crate::bootloader::bios::iso_images_from_tree(
+                    &tree,
+                    &store,
+                    &label,
+                    "/boot/grub",
+                )?),
                 None => None,
             };
             let iso_i = staging.create(&out_dir, &format!("{base_name}.iso"))?;

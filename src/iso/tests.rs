@@ -1,4 +1,5 @@
 use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::process::Command;
 
 use super::*;
@@ -18,6 +19,30 @@ fn tool(name: &str) -> bool {
         "{name} is not installed (apt-get install xorriso genisoimage gdisk)"
     );
     ok
+}
+
+fn create(p: &Path) -> File {
+    File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(p)
+        .unwrap()
+}
+
+/// `xorriso -report_el_torito plain` of the ISO at `p`.
+fn el_torito_report(p: &Path) -> String {
+    tool("xorriso");
+    let o = Command::new("xorriso")
+        .arg("-indev")
+        .arg(p)
+        .args(["-report_el_torito", "plain"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{text}");
+    text
 }
 
 /// boot.img as far as `patch_boot_img` checks it.
@@ -89,13 +114,7 @@ fn a_uefi_iso_reads_back_and_is_reproducible() {
     let mut sums = Vec::new();
     for name in ["one.iso", "two.iso"] {
         let p = dir.path().join(name);
-        let f = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&p)
-            .unwrap();
+        let f = create(&p);
         let size = write(&spec(None), &f).unwrap();
         assert_eq!(f.metadata().unwrap().len(), size);
         sums.push(std::fs::read(&p).unwrap());
@@ -124,17 +143,8 @@ fn a_uefi_iso_reads_back_and_is_reproducible() {
         assert!(text.contains("Rock Ridge"), "{text}");
         assert!(text.contains("Eltorito"), "{text}");
     }
-    if tool("xorriso") {
-        let o = Command::new("xorriso")
-            .args(["-indev"])
-            .arg(&p)
-            .args(["-report_el_torito", "plain"])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&o.stdout);
-        assert!(o.status.success(), "{text}");
-        assert!(text.contains("El Torito boot img :   1  UEFI"), "{text}");
-    }
+    let text = el_torito_report(&p);
+    assert!(text.contains("El Torito boot img :   1  UEFI"), "{text}");
 }
 
 #[test]
@@ -145,13 +155,7 @@ fn the_mbr_boot_code_points_at_the_core_image() {
     };
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("bios.iso");
-    let f = File::options()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&p)
-        .unwrap();
+    let f = create(&p);
     write(&spec(Some(&images)), &f).unwrap();
     let plan = {
         let s = spec(Some(&images));
@@ -174,17 +178,9 @@ fn the_mbr_boot_code_points_at_the_core_image() {
         let text = String::from_utf8_lossy(&o.stdout);
         assert!(text.contains("No problems found"), "{text}");
     }
-    if tool("xorriso") {
-        let o = Command::new("xorriso")
-            .args(["-indev"])
-            .arg(&p)
-            .args(["-report_el_torito", "plain"])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&o.stdout);
-        assert!(text.contains("El Torito boot img :   1  BIOS"), "{text}");
-        assert!(text.contains("El Torito boot img :   2  UEFI"), "{text}");
-    }
+    let text = el_torito_report(&p);
+    assert!(text.contains("El Torito boot img :   1  BIOS"), "{text}");
+    assert!(text.contains("El Torito boot img :   2  UEFI"), "{text}");
 }
 
 #[test]

@@ -20,7 +20,7 @@ use common::fixtures::{debian_layout, fixtures_dir};
 use common::layer::{Compression, LayerBuilder};
 use common::oci::{Image, OciLayout};
 use common::registry::Registry;
-use common::{require_tool, TestEnv};
+use common::{require_tool, sparse_copy, TestEnv};
 
 const K3S_TAG: &str = "v1.31.4-k3s1";
 
@@ -291,7 +291,7 @@ fn build_with(
 fn vm_disk(disk: &Path, vars_template: &str, work: &Path) -> (PathBuf, PathBuf) {
     fs::create_dir_all(work).unwrap();
     let vm = work.join("disk.raw");
-    fs::copy(disk, &vm).unwrap();
+    sparse_copy(disk, &vm);
     let f = fs::OpenOptions::new().write(true).open(&vm).unwrap();
     f.set_len(fs::metadata(disk).unwrap().len() + (1 << 30))
         .unwrap();

@@ -10,7 +10,9 @@
 //!    9660 volume with that label, which it mounts on `/run/os/live` and
 //!    whose `rootfs.squashfs` it attaches to a loop device (see [`live`]);
 //! 4. mounts it read-only as squashfs, puts a tmpfs overlay on top, moves
-//!    `/dev`, `/proc`, `/sys` and `/run` into it and switches root to it;
+//!    `/dev`, `/proc`, `/sys` and `/run` into it, deletes the initramfs's
+//!    own files (which would otherwise hold their RAM for the life of the
+//!    system; see [`free_initramfs`]) and switches root to it;
 //! 5. sets up the persistent partition (see [`persist`]): creates or grows
 //!    `persist` on the root slot's disk, formats it with the root's own
 //!    mkfs.ext4 the first time, mounts it on `/run/os/persist`, writes the
@@ -199,6 +201,7 @@ fn boot() -> Result<std::convert::Infallible> {
         fs::create_dir_all(&target).map_err(|e| format!("creating {target}: {e}"))?;
         mount_move(d, &target).map_err(|e| format!("moving {d} to {target}: {e}"))?;
     }
+    free_initramfs();
     rustix::process::chdir("/sysroot").map_err(|e| format!("entering /sysroot: {e}"))?;
     mount_move(".", "/").map_err(|e| format!("moving the new root to /: {e}"))?;
     rustix::process::chroot(".").map_err(|e| format!("chroot into the new root: {e}"))?;
@@ -210,6 +213,69 @@ fn boot() -> Result<std::convert::Infallible> {
     say(&format!("switching to {init}"));
     let err = std::process::Command::new(init).arg0(init).exec();
     Err(format!("executing {init}: {err}"))
+}
+
+/// Deletes the initramfs's files, as `switch_root` does: the root is a
+/// RAM filesystem, and what is left on it after the switch stays in
+/// memory, unreachable, until the machine stops. Only files on the root's
+/// own filesystem go (`/sysroot` and anything else mounted are kept); a
+/// root that is not RAM-backed is left alone. Best effort: a file that
+/// cannot be deleted costs memory, not the boot.
+fn free_initramfs() {
+    use std::os::unix::fs::MetadataExt;
+    const RAMFS_MAGIC: u64 = 0x8584_58f6;
+    const TMPFS_MAGIC: u64 = 0x0102_1994;
+    let ram = rustix::fs::statfs("/")
+        .map(|s| matches!(s.f_type as u64, RAMFS_MAGIC | TMPFS_MAGIC))
+        .unwrap_or(false);
+    if !ram {
+        return;
+    }
+    let Ok(root) = fs::symlink_metadata("/") else {
+        return;
+    };
+    let freed = remove_tree(Path::new("/"), &|m| m.dev() == root.dev());
+    say(&format!(
+        "freed the initramfs: {} files, {} KiB",
+        freed.files,
+        freed.bytes / 1024
+    ));
+}
+
+/// What [`remove_tree`] deleted.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Freed {
+    files: u64,
+    bytes: u64,
+}
+
+/// Deletes what is under `dir` (not `dir` itself), descending only into
+/// directories for which `ours` holds and deleting only entries for which
+/// it holds; errors are skipped.
+fn remove_tree(dir: &Path, ours: &dyn Fn(&fs::Metadata) -> bool) -> Freed {
+    let mut freed = Freed::default();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return freed;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        let Ok(m) = fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if !ours(&m) {
+            continue;
+        }
+        if m.is_dir() {
+            let inner = remove_tree(&p, ours);
+            freed.files += inner.files;
+            freed.bytes += inner.bytes;
+            let _ = fs::remove_dir(&p);
+        } else if fs::remove_file(&p).is_ok() {
+            freed.files += 1;
+            freed.bytes += m.len();
+        }
+    }
+    freed
 }
 
 fn main() {
@@ -226,6 +292,33 @@ fn main() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remove_tree_deletes_only_what_is_ours() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        fs::create_dir_all(root.join("lib/modules/6.1")).unwrap();
+        fs::write(root.join("init"), b"12345").unwrap();
+        fs::write(root.join("lib/modules/6.1/a.ko"), b"abc").unwrap();
+        std::os::unix::fs::symlink("/init", root.join("linuxrc")).unwrap();
+        // Stands in for a mount point (another filesystem).
+        fs::create_dir_all(root.join("sysroot/usr")).unwrap();
+        fs::write(root.join("sysroot/usr/keep"), b"x").unwrap();
+        let mount = root.join("sysroot");
+        let freed = remove_tree(root, &|m| {
+            use std::os::unix::fs::MetadataExt;
+            let sysroot = fs::symlink_metadata(&mount).unwrap();
+            !(m.dev() == sysroot.dev() && m.ino() == sysroot.ino())
+        });
+        assert_eq!(freed.files, 3);
+        assert_eq!(freed.bytes, 5 + 3 + "/init".len() as u64);
+        let left: Vec<_> = fs::read_dir(root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["sysroot"]);
+        assert!(root.join("sysroot/usr/keep").is_file());
+    }
 
     #[test]
     fn kernel_parameters() {

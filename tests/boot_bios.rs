@@ -24,8 +24,9 @@ use build_image::bootloader::bios::{self, BiosImages, InstallError};
 use build_image::disk::{self, Arch, Layout, Source};
 use build_image::fat::{self, FatOptions};
 use build_image::tree::{ContentStore, FsTree};
-use common::boot::{busybox_root, deb_tree, file, file_bytes, kernel_and_initrd, run_qemu, tail};
+use common::boot::{busybox_root, deb_tree, file, file_bytes, kernel_and_initrd};
 use common::fixtures::debian_package_deb;
+use common::qemu::{fresh_vars, tail, Vm, OVMF_VARS};
 use common::require_tool;
 
 const ESP_SIZE: u64 = 64 << 20;
@@ -49,7 +50,10 @@ fn grub_cfg() -> String {
 fn grub_images(store: &mut ContentStore) -> BiosImages {
     require_tool("grub-mkimage", "grub-common");
     let tree = deb_tree(&debian_package_deb("grub-pc-bin", "amd64"), store);
-    bios::images_from_tree(&tree, store, &bios::fat_volume_uuid(ESP_VOLUME_ID), PREFIX).unwrap()
+    bios::GrubPc::from_tree(&tree, store)
+        .unwrap()
+        .disk_images(&bios::fat_volume_uuid(ESP_VOLUME_ID), PREFIX)
+        .unwrap()
 }
 
 fn esp_options(layout: &Layout) -> FatOptions {
@@ -131,34 +135,18 @@ fn read_env(disk: &Path, layout: &Layout) -> GrubEnv {
 
 /// Boots the disk with SeaBIOS: no -kernel, no pflash.
 fn boot(disk: &Path) -> String {
-    let args: Vec<String> = vec![
-        "-drive".into(),
-        format!("file={},if=virtio,format=raw", disk.display()),
-    ];
-    let (status, console) = run_qemu(&args, Duration::from_secs(300));
-    assert!(
-        status.is_some(),
-        "QEMU did not power off:\n{}",
-        tail(&console, 40)
-    );
-    console
+    powered_off(Vm::x86_64(768).virtio_disk(disk))
 }
 
 /// Boots the disk with OVMF (UEFI), from a copy of the disk.
 fn boot_uefi(disk: &Path, tmp: &Path) -> String {
-    let code = Path::new("/usr/share/OVMF/OVMF_CODE_4M.fd");
-    assert!(code.is_file(), "{} missing: install ovmf", code.display());
     let vars = tmp.join("OVMF_VARS.fd");
-    fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).unwrap();
-    let args: Vec<String> = vec![
-        "-drive".into(),
-        format!("if=pflash,format=raw,readonly=on,file={}", code.display()),
-        "-drive".into(),
-        format!("if=pflash,format=raw,file={}", vars.display()),
-        "-drive".into(),
-        format!("file={},if=virtio,format=raw", disk.display()),
-    ];
-    let (status, console) = run_qemu(&args, Duration::from_secs(300));
+    fresh_vars(OVMF_VARS, &vars);
+    powered_off(Vm::x86_64(768).ovmf(&vars).virtio_disk(disk))
+}
+
+fn powered_off(vm: Vm) -> String {
+    let (status, console) = vm.run(Duration::from_secs(300));
     assert!(
         status.is_some(),
         "QEMU did not power off:\n{}",

@@ -20,8 +20,9 @@ use boot_contract::grubenv::GrubEnv;
 use build_image::disk::{self, Arch, Layout, Source};
 use build_image::fat::{self, FatOptions};
 use build_image::tree::{ContentStore, FsTree};
-use common::boot::{busybox_root, deb_tree, file, file_bytes, kernel_and_initrd, run_qemu, tail};
+use common::boot::{busybox_root, deb_tree, file, file_bytes, kernel_and_initrd};
 use common::fixtures::debian_package_deb;
+use common::qemu::{fresh_vars, tail, Vm, OVMF_VARS};
 use common::require_tool;
 
 const ESP_SIZE: u64 = 64 << 20;
@@ -109,17 +110,10 @@ fn read_env(disk: &Path, layout: &Layout) -> GrubEnv {
 }
 
 fn boot(disk: &Path, vars: &Path) -> String {
-    let code = Path::new("/usr/share/OVMF/OVMF_CODE_4M.fd");
-    assert!(code.is_file(), "{} missing: install ovmf", code.display());
-    let args: Vec<String> = vec![
-        "-drive".into(),
-        format!("if=pflash,format=raw,readonly=on,file={}", code.display()),
-        "-drive".into(),
-        format!("if=pflash,format=raw,file={}", vars.display()),
-        "-drive".into(),
-        format!("file={},if=virtio,format=raw", disk.display()),
-    ];
-    let (status, console) = run_qemu(&args, Duration::from_secs(300));
+    let (status, console) = Vm::x86_64(768)
+        .ovmf(vars)
+        .virtio_disk(disk)
+        .run(Duration::from_secs(300));
     assert!(
         status.is_some(),
         "QEMU did not power off:\n{}",
@@ -170,7 +164,7 @@ fn grub_boots_default_slot_and_a_trial_slot_exactly_once() {
         ("/b/initrd", &k.initrd),
     ];
     let vars = tmp.path().join("OVMF_VARS.fd");
-    fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).unwrap();
+    fresh_vars(OVMF_VARS, &vars);
     let disk_path = tmp.path().join("disk.img");
 
     // 1. The default slot.

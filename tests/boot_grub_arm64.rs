@@ -24,16 +24,14 @@ use build_image::fat::{self, FatOptions};
 use build_image::tree::{ContentStore, FsTree};
 use common::boot::{
     busybox_for, busybox_root_with, deb_tree, file, file_bytes, kernel_and_initrd_for,
-    run_qemu_aarch64, tail,
 };
 use common::fixtures::debian_package_deb_for;
+use common::qemu::{fresh_vars, tail, Vm, AAVMF_CODE, AAVMF_VARS};
 use common::require_tool;
 
 /// Two uncompressed arm64 kernels (~33 MB each) and their initrds.
 const ESP_SIZE: u64 = 128 << 20;
 const CMDLINE: &str = "console=ttyAMA0 panic=-1";
-const AAVMF_CODE: &str = "/usr/share/AAVMF/AAVMF_CODE.fd";
-const AAVMF_VARS: &str = "/usr/share/AAVMF/AAVMF_VARS.fd";
 /// One boot takes well under a minute under TCG on 2 busy cores; past this
 /// something is stuck (GRUB's menu, a kernel waiting for its root).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -135,21 +133,13 @@ fn boot(what: &str, disk: &Path, vars: &Path) -> String {
             "{f} missing: install qemu-efi-aarch64 (from bookworm-backports, see .ci/run)"
         );
     }
-    let args: Vec<String> = vec![
-        "-drive".into(),
-        format!("if=pflash,format=raw,readonly=on,file={AAVMF_CODE}"),
-        "-drive".into(),
-        format!("if=pflash,format=raw,file={}", vars.display()),
-        "-drive".into(),
-        format!("if=none,id=d,format=raw,file={}", disk.display()),
-        "-device".into(),
-        "virtio-blk-pci,drive=d".into(),
-        // No wait in the firmware's boot manager.
-        "-boot".into(),
-        "menu=on,splash-time=0".into(),
-    ];
     let start = Instant::now();
-    let (status, console) = run_qemu_aarch64(&args, BOOT_TIMEOUT);
+    let (status, console) = Vm::aarch64(1024)
+        .aavmf(vars)
+        .virtio_pci_disk(disk)
+        // No wait in the firmware's boot manager.
+        .args(["-boot", "menu=on,splash-time=0"])
+        .run(BOOT_TIMEOUT);
     let console = strip_ansi(&console);
     let took = start.elapsed();
     eprintln!("boot {what}: {:.1} s", took.as_secs_f64());
@@ -251,7 +241,7 @@ fn arm64_uefi_grub_boots_default_slot_and_a_trial_slot_exactly_once() {
         ("/b/initrd", &k.initrd),
     ];
     let vars = tmp.path().join("AAVMF_VARS.fd");
-    fs::copy(AAVMF_VARS, &vars).unwrap();
+    fresh_vars(AAVMF_VARS, &vars);
     let disk_path = tmp.path().join("disk.img");
 
     // 1. The default slot.

@@ -324,19 +324,6 @@ pub struct BiosImages {
     pub core_img: Vec<u8>,
 }
 
-/// [`core_image`] for an image tree that has `grub-pc-bin` installed: its
-/// [`I386_PC_DIR`] is copied to a temporary directory for `grub-mkimage`,
-/// and boot.img is read from it too.
-pub fn images_from_tree(
-    tree: &FsTree,
-    store: &ContentStore,
-    esp_uuid: &str,
-    prefix: &str,
-) -> Result<BiosImages> {
-    let config = early_config(esp_uuid, prefix)?;
-    images_with(tree, store, &config, prefix, MODULES, Boot::Disk)
-}
-
 /// What the core image is loaded from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Boot {
@@ -346,71 +333,85 @@ enum Boot {
     ElTorito,
 }
 
-/// The BIOS boot images of the live ISO, from an image tree with
-/// `grub-pc-bin`: boot.img for the MBR of a stick, and the El Torito image
-/// (cdboot.img followed by a core image whose early config finds the ISO
-/// labelled `label`).
-pub fn iso_images_from_tree(
-    tree: &FsTree,
-    store: &ContentStore,
-    label: &str,
-    prefix: &str,
-) -> Result<BiosImages> {
-    let config = iso_early_config(label, prefix)?;
-    images_with(tree, store, &config, prefix, ISO_MODULES, Boot::ElTorito)
+/// GRUB's i386-pc files of an image tree that has `grub-pc-bin` installed
+/// ([`I386_PC_DIR`]), copied once to a temporary directory for
+/// `grub-mkimage`; the disk's and the ISO's boot images are made from it.
+pub struct GrubPc {
+    dir: tempfile::TempDir,
 }
 
-fn images_with(
-    tree: &FsTree,
-    store: &ContentStore,
-    config: &str,
-    prefix: &str,
-    modules: &[&str],
-    boot: Boot,
-) -> Result<BiosImages> {
-    let dir = tree.lookup_path(I386_PC_DIR.as_bytes()).with_context(|| {
-        format!("/{I386_PC_DIR} is not in the image: install grub-pc-bin for BIOS boot")
-    })?;
-    if !tree.inode(dir).kind.is_dir() {
-        bail!("/{I386_PC_DIR} in the image is not a directory");
-    }
-    let tmp = tempfile::tempdir().context("creating a directory for GRUB's i386-pc files")?;
-    for (name, id) in tree.children(dir) {
-        let InodeKind::File { content } = &tree.inode(id).kind else {
-            continue;
-        };
-        let name = std::str::from_utf8(name)
-            .ok()
-            .filter(|n| !n.contains('/'))
-            .with_context(|| format!("odd file name {name:?} in /{I386_PC_DIR}"))?;
-        let data = store
-            .read_all(content)
-            .with_context(|| format!("reading /{I386_PC_DIR}/{name} from the image"))?;
-        let p = tmp.path().join(name);
-        fs::write(&p, data).with_context(|| format!("writing {}", p.display()))?;
-    }
-    let mut core_img = core_image_with(tmp.path(), config, prefix, modules)?;
-    if boot == Boot::ElTorito {
-        let cd = tmp.path().join("cdboot.img");
-        let mut img = fs::read(&cd).with_context(|| {
-            format!(
-                "reading {}: the image's grub-pc-bin has no cdboot.img",
-                cd.display()
-            )
+impl GrubPc {
+    pub fn from_tree(tree: &FsTree, store: &ContentStore) -> Result<GrubPc> {
+        let dir = tree.lookup_path(I386_PC_DIR.as_bytes()).with_context(|| {
+            format!("/{I386_PC_DIR} is not in the image: install grub-pc-bin for BIOS boot")
         })?;
-        if img.len() != CDBOOT_SIZE {
-            bail!(
-                "{}: {} bytes, expected {CDBOOT_SIZE}",
-                cd.display(),
-                img.len()
-            );
+        if !tree.inode(dir).kind.is_dir() {
+            bail!("/{I386_PC_DIR} in the image is not a directory");
         }
-        img.extend_from_slice(&core_img);
-        core_img = img;
+        let tmp = tempfile::tempdir().context("creating a directory for GRUB's i386-pc files")?;
+        for (name, id) in tree.children(dir) {
+            let InodeKind::File { content } = &tree.inode(id).kind else {
+                continue;
+            };
+            let name = std::str::from_utf8(name)
+                .ok()
+                .filter(|n| !n.contains('/'))
+                .with_context(|| format!("odd file name {name:?} in /{I386_PC_DIR}"))?;
+            let data = store
+                .read_all(content)
+                .with_context(|| format!("reading /{I386_PC_DIR}/{name} from the image"))?;
+            let p = tmp.path().join(name);
+            fs::write(&p, data).with_context(|| format!("writing {}", p.display()))?;
+        }
+        Ok(GrubPc { dir: tmp })
     }
-    let boot = tmp.path().join("boot.img");
-    let boot_img = fs::read(&boot).with_context(|| format!("reading {}", boot.display()))?;
-    Ok(BiosImages { boot_img, core_img })
+
+    /// boot.img and the [`core_image`] of the disk, whose early config
+    /// finds the ESP by `esp_uuid`.
+    pub fn disk_images(&self, esp_uuid: &str, prefix: &str) -> Result<BiosImages> {
+        let config = early_config(esp_uuid, prefix)?;
+        self.images(&config, prefix, MODULES, Boot::Disk)
+    }
+
+    /// The BIOS boot images of the live ISO: boot.img for the MBR of a
+    /// stick, and the El Torito image (cdboot.img followed by a core image
+    /// whose early config finds the ISO labelled `label`).
+    pub fn iso_images(&self, label: &str, prefix: &str) -> Result<BiosImages> {
+        let config = iso_early_config(label, prefix)?;
+        self.images(&config, prefix, ISO_MODULES, Boot::ElTorito)
+    }
+
+    fn images(
+        &self,
+        config: &str,
+        prefix: &str,
+        modules: &[&str],
+        boot: Boot,
+    ) -> Result<BiosImages> {
+        let dir = self.dir.path();
+        let mut core_img = core_image_with(dir, config, prefix, modules)?;
+        if boot == Boot::ElTorito {
+            let cd = dir.join("cdboot.img");
+            let mut img = fs::read(&cd).with_context(|| {
+                format!(
+                    "reading {}: the image's grub-pc-bin has no cdboot.img",
+                    cd.display()
+                )
+            })?;
+            if img.len() != CDBOOT_SIZE {
+                bail!(
+                    "{}: {} bytes, expected {CDBOOT_SIZE}",
+                    cd.display(),
+                    img.len()
+                );
+            }
+            img.extend_from_slice(&core_img);
+            core_img = img;
+        }
+        let boot = dir.join("boot.img");
+        let boot_img = fs::read(&boot).with_context(|| format!("reading {}", boot.display()))?;
+        Ok(BiosImages { boot_img, core_img })
+    }
 }
 
 /// Installs GRUB for BIOS into an image file that [`disk::write_image`]

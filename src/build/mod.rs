@@ -32,7 +32,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::apt;
 use crate::assemble::assemble_into;
-use crate::bootloader::esp;
+use crate::bootloader::{bios, esp};
 use crate::cache::hash_file;
 use crate::cli::Global;
 use crate::disk::{self, Layout, Source};
@@ -571,27 +571,25 @@ pub fn run(g: &Global, a: BuildArgs, reporter: &dyn Reporter) -> Result<()> {
         };
         let seed = Sha256::digest(serde_json::to_vec(&lock.doc)?);
         let volume_id = u32::from_le_bytes([seed[0], seed[1], seed[2], seed[3]]);
-        let bios_images = if disk_arch == disk::Arch::X86_64 {
-            if tree
-                .lookup_path(crate::bootloader::bios::I386_PC_DIR.as_bytes())
-                .is_some()
-            {
-                stage("BIOS boot: GRUB core.img".into());
-                Some(crate::bootloader::bios::images_from_tree(
-                    &tree,
-                    &store,
-                    &crate::bootloader::bios::fat_volume_uuid(volume_id),
-                    "/EFI/debian",
-                )?)
+        let grub_pc = if disk_arch == disk::Arch::X86_64 {
+            if tree.lookup_path(bios::I386_PC_DIR.as_bytes()).is_some() {
+                Some(bios::GrubPc::from_tree(&tree, &store)?)
             } else {
                 tracing::warn!(
                     "the image has no /{}: the flavor lacks grub-pc-bin, so the disk boots with UEFI only",
-                    crate::bootloader::bios::I386_PC_DIR
+                    bios::I386_PC_DIR
                 );
                 None
             }
         } else {
             None
+        };
+        let bios_images = match &grub_pc {
+            Some(g) => {
+                stage("BIOS boot: GRUB core.img".into());
+                Some(g.disk_images(&bios::fat_volume_uuid(volume_id), "/EFI/debian")?)
+            }
+            None => None,
         };
         let mut esp_store = ContentStore::new_in(spool.path())?;
         let esp_tree = esp::tree(&contents, &mut esp_store, mtime)?;
@@ -648,7 +646,7 @@ pub fn run(g: &Global, a: BuildArgs, reporter: &dyn Reporter) -> Result<()> {
         )
         .context("writing the disk image")?;
         if let Some(b) = &bios_images {
-            crate::bootloader::bios::install(&disk_file, &layout, &b.boot_img, &b.core_img)
+            bios::install(&disk_file, &layout, &b.boot_img, &b.core_img)
                 .context("installing GRUB for BIOS boot")?;
         }
         if let Some(i) = disk_i {
@@ -658,13 +656,8 @@ pub fn run(g: &Global, a: BuildArgs, reporter: &dyn Reporter) -> Result<()> {
         if formats.contains(&Format::Iso) {
             stage("writing the live/installer ISO".into());
             let label = live::label(&flavor.name, &arch, &version);
-            let iso_bios = match bios_images {
-                Some(_) => Some(crate::bootloader::bios::iso_images_from_tree(
-                    &tree,
-                    &store,
-                    &label,
-                    "/boot/grub",
-                )?),
+            let iso_bios = match &grub_pc {
+                Some(g) => Some(g.iso_images(&label, "/boot/grub")?),
                 None => None,
             };
             let iso_i = staging.create(&out_dir, &format!("{base_name}.iso"))?;

@@ -1,13 +1,12 @@
 //! Pieces of a bootable test system built with the project's own writers:
 //! the Debian kernel as a tree, an initramfs of os-init plus a module
-//! closure, small busybox roots as squashfs, and a QEMU runner.
+//! closure, small busybox roots as squashfs. QEMU itself: [`super::qemu`].
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use build_image::initramfs::cpio;
 use build_image::kmod::ModuleIndex;
@@ -17,6 +16,8 @@ use build_image::tree::{
 };
 
 use super::fixtures::debian_kernel_deb;
+pub use super::qemu::tail;
+use super::qemu::Vm;
 use super::require_tool;
 
 /// Builds os-init for x86_64 as a static musl binary.
@@ -187,56 +188,11 @@ pub fn busybox_root(store: &mut ContentStore, script: &str, out: &Path) {
     squashfs::write(&root, store, &squashfs::Options::default(), &mut f).unwrap();
 }
 
-/// Runs QEMU (x86_64, TCG) with `args` until it exits or `timeout` passes.
-/// Returns its exit status (`None` on timeout, after killing it) and the
-/// console output.
+/// Runs QEMU (x86_64, TCG, 768 MiB) with `args` until it exits or
+/// `timeout` passes. Returns its exit status (`None` on timeout, after
+/// killing it) and the console output.
 pub fn run_qemu(args: &[String], timeout: Duration) -> (Option<ExitStatus>, String) {
-    require_tool(
-        "qemu-system-x86_64",
-        "qemu-system-x86 (from bookworm-backports, see .ci/run)",
-    );
-    let mut qemu = Command::new("qemu-system-x86_64")
-        .args([
-            "-accel",
-            "tcg",
-            "-m",
-            "768",
-            "-nographic",
-            "-no-reboot",
-            "-nodefaults",
-        ])
-        .args(["-serial", "stdio"])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = qemu.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = stdout.read_to_end(&mut s);
-        String::from_utf8_lossy(&s).into_owned()
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(st) = qemu.try_wait().unwrap() {
-            break Some(st);
-        }
-        if start.elapsed() > timeout {
-            let _ = qemu.kill();
-            let _ = qemu.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    (status, reader.join().unwrap())
-}
-
-/// The last `n` lines of console output, for assertion messages.
-pub fn tail(console: &str, n: usize) -> String {
-    let lines: Vec<&str> = console.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+    Vm::x86_64(768).args(args.iter().cloned()).run(timeout)
 }
 
 /// The Rust musl target whose os-init runs on Debian architecture `arch`.
@@ -308,68 +264,6 @@ pub fn busybox_root_with(store: &mut ContentStore, busybox: &[u8], script: &str,
     }
     let mut f = File::create(out).unwrap();
     squashfs::write(&root, store, &squashfs::Options::default(), &mut f).unwrap();
-}
-
-/// Runs `qemu-system-aarch64 -M virt` (TCG, 1 GiB, serial console on
-/// stdio) with `args` until it exits or `timeout` passes. Returns its exit
-/// status (`None` on timeout, after killing it) and the console output.
-pub fn run_qemu_aarch64(args: &[String], timeout: Duration) -> (Option<ExitStatus>, String) {
-    require_tool(
-        "qemu-system-aarch64",
-        "qemu-system-arm (from bookworm-backports, see .ci/run)",
-    );
-    let mut qemu = Command::new("qemu-system-aarch64")
-        .args([
-            "-M",
-            "virt",
-            "-cpu",
-            "max",
-            "-accel",
-            "tcg",
-            "-m",
-            "1024",
-            "-nographic",
-            "-no-reboot",
-            "-nodefaults",
-        ])
-        .args(["-serial", "stdio"])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = qemu.stdout.take().unwrap();
-    let mut stderr = qemu.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = stdout.read_to_end(&mut s);
-        String::from_utf8_lossy(&s).into_owned()
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = stderr.read_to_end(&mut s);
-        String::from_utf8_lossy(&s).into_owned()
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(st) = qemu.try_wait().unwrap() {
-            break Some(st);
-        }
-        if start.elapsed() > timeout {
-            let _ = qemu.kill();
-            let _ = qemu.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let mut console = reader.join().unwrap();
-    let err = err_reader.join().unwrap();
-    if !err.trim().is_empty() {
-        console.push_str("\n[qemu stderr]\n");
-        console.push_str(&err);
-    }
-    (status, console)
 }
 
 /// A squashfs root made of real Debian amd64 packages (`packages`, merged

@@ -11,6 +11,7 @@ pub mod fixtures;
 pub mod layer;
 pub mod oci;
 pub mod proxy;
+pub mod qemu;
 pub mod registry;
 pub mod squash;
 pub mod tree;

@@ -21,10 +21,10 @@ use std::time::Duration;
 
 use boot_contract::grubenv::GrubEnv;
 use build_image::bootloader::bios::{self, BiosImages, InstallError};
-use build_image::disk::{self, Arch, Layout, Source};
-use build_image::fat::{self, FatOptions};
-use build_image::tree::{ContentStore, FsTree};
-use common::boot::{busybox_root, deb_tree, file, file_bytes, kernel_and_initrd};
+use build_image::disk::{self, Arch, Layout};
+use build_image::tree::ContentStore;
+use common::abdisk::{self, grub_cfg, read_env, AbDisk};
+use common::boot::{busybox_root, deb_tree, file_bytes, kernel_and_initrd};
 use common::fixtures::debian_package_deb;
 use common::qemu::{fresh_vars, tail, Vm, OVMF_VARS};
 use common::require_tool;
@@ -35,15 +35,6 @@ const PREFIX: &str = "/EFI/debian";
 /// `bi.persist=off`: these busybox roots have no mkfs.ext4 for os-init to
 /// format `persist` with; slot selection is what is under test.
 const CMDLINE: &str = "console=ttyS0 panic=-1 bi.persist=off";
-
-fn grub_cfg() -> String {
-    let template =
-        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("bootloader/grub.cfg"))
-            .unwrap();
-    template
-        .replace("@NAME@", "build-image test")
-        .replace("@CMDLINE@", CMDLINE)
-}
 
 /// boot.img and core.img from Debian's grub-pc-bin, through the same path
 /// an image build takes (the package merged into a tree).
@@ -56,15 +47,6 @@ fn grub_images(store: &mut ContentStore) -> BiosImages {
         .unwrap()
 }
 
-fn esp_options(layout: &Layout) -> FatOptions {
-    FatOptions {
-        size_bytes: layout.partition(disk::ESP).unwrap().size(),
-        volume_label: "ESP".into(),
-        volume_id: ESP_VOLUME_ID,
-        timestamp: 1_700_000_000,
-    }
-}
-
 /// Writes the A/B disk with the given GRUB environment and installs GRUB
 /// for BIOS into it.
 fn write_disk(
@@ -75,62 +57,20 @@ fn write_disk(
     grub: &BiosImages,
     store: &mut ContentStore,
 ) -> Layout {
-    let mut esp = FsTree::new();
-    for (p, data) in esp_files {
-        file(&mut esp, store, p, data, 0o644);
-    }
-    let block = env.encode().unwrap();
-    file(&mut esp, store, "/grubenv", &block, 0o644);
-    file(&mut esp, store, "/grubenv.bak", &block, 0o644);
-    let size = |p: &Path| fs::metadata(p).unwrap().len();
-    let slot = size(slots.0).max(size(slots.1)).max(16 << 20);
-    let layout = Layout::ab(Arch::X86_64, ESP_SIZE, slot, 16 << 20, b"bios-test").unwrap();
-    let out = File::options()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .unwrap();
-    let (a, b) = (File::open(slots.0).unwrap(), File::open(slots.1).unwrap());
-    let opts = esp_options(&layout);
-    let store: &ContentStore = store;
-    disk::write_image(
-        &layout,
-        &out,
-        vec![
-            (
-                disk::ESP,
-                Source::Writer(Box::new(move |w| {
-                    fat::write(&esp, store, &opts, w, 0)?;
-                    Ok(())
-                })),
-            ),
-            (disk::ROOT_A, Source::File(&a)),
-            (disk::ROOT_B, Source::File(&b)),
-        ],
-    )
-    .unwrap();
+    let spec = AbDisk {
+        arch: Arch::X86_64,
+        esp_size: ESP_SIZE,
+        persist_size: 16 << 20,
+        seed: b"bios-test",
+        volume_id: ESP_VOLUME_ID,
+        esp_files,
+        env,
+        primary: None,
+        slots,
+    };
+    let (layout, out) = abdisk::write(path, &spec, store);
     bios::install(&out, &layout, &grub.boot_img, &grub.core_img).unwrap();
     layout
-}
-
-/// Reads /grubenv back out of the ESP with mtools.
-fn read_env(disk: &Path, layout: &Layout) -> GrubEnv {
-    require_tool("mcopy", "mtools");
-    let off = layout.partition(disk::ESP).unwrap().offset();
-    let out = Command::new("mcopy")
-        .arg("-i")
-        .arg(format!("{}@@{off}", disk.display()))
-        .args(["::/grubenv", "-"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    GrubEnv::parse(&out.stdout).unwrap()
 }
 
 /// Boots the disk with SeaBIOS: no -kernel, no pflash.
@@ -195,7 +135,7 @@ fn seabios_boots_default_slot_and_a_trial_slot_exactly_once() {
         &store,
         "usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed",
     );
-    let cfg = grub_cfg();
+    let cfg = grub_cfg("build-image test", CMDLINE);
     let esp_files: Vec<(&str, &[u8])> = vec![
         ("/EFI/BOOT/BOOTX64.EFI", &grub_efi),
         ("/EFI/debian/grub.cfg", cfg.as_bytes()),

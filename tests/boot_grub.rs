@@ -11,102 +11,42 @@
 
 mod common;
 
-use std::fs::{self, File};
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use boot_contract::grubenv::GrubEnv;
-use build_image::disk::{self, Arch, Layout, Source};
-use build_image::fat::{self, FatOptions};
-use build_image::tree::{ContentStore, FsTree};
-use common::boot::{busybox_root, deb_tree, file, file_bytes, kernel_and_initrd};
+use build_image::disk::{Arch, Layout};
+use build_image::tree::ContentStore;
+use common::abdisk::{self, grub_cfg, read_env, AbDisk};
+use common::boot::{busybox_root, deb_tree, file_bytes, kernel_and_initrd};
 use common::fixtures::debian_package_deb;
 use common::qemu::{fresh_vars, tail, Vm, OVMF_VARS};
-use common::require_tool;
 
 const ESP_SIZE: u64 = 64 << 20;
 const CMDLINE: &str = "console=ttyS0 panic=-1 bi.persist=off";
 
-fn grub_cfg() -> String {
-    let template =
-        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("bootloader/grub.cfg"))
-            .unwrap();
-    template
-        .replace("@NAME@", "build-image test")
-        .replace("@CMDLINE@", CMDLINE)
-}
-
-/// Writes the A/B disk with the given GRUB environment.
+/// Writes the A/B disk with the given GRUB environment (`primary`: the
+/// bytes of /grubenv instead).
 fn write_disk(
     path: &Path,
     esp_files: &[(&str, &[u8])],
     env: &GrubEnv,
     primary: Option<&[u8]>,
-    slot_a: &Path,
-    slot_b: &Path,
+    slots: (&Path, &Path),
     store: &mut ContentStore,
 ) -> Layout {
-    let mut esp = FsTree::new();
-    for (p, data) in esp_files {
-        file(&mut esp, store, p, data, 0o644);
-    }
-    let block = env.encode().unwrap();
-    file(
-        &mut esp,
-        store,
-        "/grubenv",
-        primary.unwrap_or(&block),
-        0o644,
-    );
-    file(&mut esp, store, "/grubenv.bak", &block, 0o644);
-    let size = |p: &Path| fs::metadata(p).unwrap().len();
-    let slot = size(slot_a).max(size(slot_b)).max(16 << 20);
-    let layout = Layout::ab(Arch::X86_64, ESP_SIZE, slot, 16 << 20, b"grub-test").unwrap();
-    let out = File::create(path).unwrap();
-    let (a, b) = (File::open(slot_a).unwrap(), File::open(slot_b).unwrap());
-    let opts = FatOptions {
-        size_bytes: layout.partition(disk::ESP).unwrap().size(),
-        volume_label: "ESP".into(),
+    let spec = AbDisk {
+        arch: Arch::X86_64,
+        esp_size: ESP_SIZE,
+        persist_size: 16 << 20,
+        seed: b"grub-test",
         volume_id: 0x1234_5678,
-        timestamp: 1_700_000_000,
+        esp_files,
+        env,
+        primary,
+        slots,
     };
-    let store: &ContentStore = store;
-    disk::write_image(
-        &layout,
-        &out,
-        vec![
-            (
-                disk::ESP,
-                Source::Writer(Box::new(move |w| {
-                    fat::write(&esp, store, &opts, w, 0)?;
-                    Ok(())
-                })),
-            ),
-            (disk::ROOT_A, Source::File(&a)),
-            (disk::ROOT_B, Source::File(&b)),
-        ],
-    )
-    .unwrap();
-    layout
-}
-
-/// Reads /grubenv back out of the ESP with mtools.
-fn read_env(disk: &Path, layout: &Layout) -> GrubEnv {
-    require_tool("mcopy", "mtools");
-    let off = layout.partition(disk::ESP).unwrap().offset();
-    let out = Command::new("mcopy")
-        .arg("-i")
-        .arg(format!("{}@@{off}", disk.display()))
-        .args(["::/grubenv", "-"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    GrubEnv::parse(&out.stdout).unwrap()
+    abdisk::write(path, &spec, store).0
 }
 
 fn boot(disk: &Path, vars: &Path) -> String {
@@ -152,7 +92,7 @@ fn grub_boots_default_slot_and_a_trial_slot_exactly_once() {
         &slot_b,
     );
 
-    let cfg = grub_cfg();
+    let cfg = grub_cfg("build-image test", CMDLINE);
     let esp_files: Vec<(&str, &[u8])> = vec![
         ("/EFI/BOOT/BOOTX64.EFI", &grub_efi),
         // Debian's signed GRUB reads $prefix/grub.cfg, prefix /EFI/debian.
@@ -171,9 +111,8 @@ fn grub_boots_default_slot_and_a_trial_slot_exactly_once() {
     let mut env = GrubEnv::new();
     env.set("default_slot", "a").unwrap();
     env.set("trial_slot", "").unwrap();
-    write_disk(
-        &disk_path, &esp_files, &env, None, &slot_a, &slot_b, &mut store,
-    );
+    let slots = (slot_a.as_path(), slot_b.as_path());
+    write_disk(&disk_path, &esp_files, &env, None, slots, &mut store);
     let c = boot(&disk_path, &vars);
     assert!(c.contains("os-init: root root_a is"), "{}", tail(&c, 40));
     assert!(c.contains("root-init: slot a"), "{}", tail(&c, 40));
@@ -181,9 +120,7 @@ fn grub_boots_default_slot_and_a_trial_slot_exactly_once() {
 
     // 2. A trial of slot b: booted once, and the trial is consumed.
     env.set("trial_slot", "b").unwrap();
-    let layout = write_disk(
-        &disk_path, &esp_files, &env, None, &slot_a, &slot_b, &mut store,
-    );
+    let layout = write_disk(&disk_path, &esp_files, &env, None, slots, &mut store);
     let c = boot(&disk_path, &vars);
     assert!(c.contains("os-init: root root_b is"), "{}", tail(&c, 40));
     assert!(c.contains("root-init: slot b"), "{}", tail(&c, 40));
@@ -201,15 +138,7 @@ fn grub_boots_default_slot_and_a_trial_slot_exactly_once() {
     env.set("trial_slot", "").unwrap();
     let mut torn = env.encode().unwrap();
     torn[..8].copy_from_slice(b"\0\0\0\0\0\0\0\0");
-    write_disk(
-        &disk_path,
-        &esp_files,
-        &env,
-        Some(&torn),
-        &slot_a,
-        &slot_b,
-        &mut store,
-    );
+    write_disk(&disk_path, &esp_files, &env, Some(&torn), slots, &mut store);
     let c = boot(&disk_path, &vars);
     assert!(c.contains("root-init: slot b"), "{}", tail(&c, 40));
 }

@@ -13,21 +13,16 @@
 
 mod common;
 
-use std::fs::{self, File};
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use boot_contract::grubenv::GrubEnv;
-use build_image::disk::{self, Arch, Layout, Source};
-use build_image::fat::{self, FatOptions};
-use build_image::tree::{ContentStore, FsTree};
-use common::boot::{
-    busybox_for, busybox_root_with, deb_tree, file, file_bytes, kernel_and_initrd_for,
-};
+use build_image::disk::{self, Arch, Layout};
+use build_image::tree::ContentStore;
+use common::abdisk::{self, grub_cfg, read_esp_file, AbDisk};
+use common::boot::{busybox_for, busybox_root_with, deb_tree, file_bytes, kernel_and_initrd_for};
 use common::fixtures::debian_package_deb_for;
 use common::qemu::{fresh_vars, tail, Vm, AAVMF_CODE, AAVMF_VARS};
-use common::require_tool;
 
 /// Two uncompressed arm64 kernels (~33 MB each) and their initrds.
 const ESP_SIZE: u64 = 128 << 20;
@@ -35,15 +30,6 @@ const CMDLINE: &str = "console=ttyAMA0 panic=-1";
 /// One boot takes well under a minute under TCG on 2 busy cores; past this
 /// something is stuck (GRUB's menu, a kernel waiting for its root).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
-
-fn grub_cfg() -> String {
-    let template =
-        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("bootloader/grub.cfg"))
-            .unwrap();
-    template
-        .replace("@NAME@", "build-image arm64 test")
-        .replace("@CMDLINE@", CMDLINE)
-}
 
 /// Writes the arm64 A/B disk (no bios_grub, no persist) with the given
 /// GRUB environment in both env blocks, or with `primary` as the bytes of
@@ -53,75 +39,26 @@ fn write_disk(
     esp_files: &[(&str, &[u8])],
     env: &GrubEnv,
     primary: Option<&[u8]>,
-    slot_a: &Path,
-    slot_b: &Path,
+    slots: (&Path, &Path),
     store: &mut ContentStore,
 ) -> Layout {
-    let mut esp = FsTree::new();
-    for (p, data) in esp_files {
-        file(&mut esp, store, p, data, 0o644);
-    }
-    let block = env.encode().unwrap();
-    file(
-        &mut esp,
-        store,
-        "/grubenv",
-        primary.unwrap_or(&block),
-        0o644,
-    );
-    file(&mut esp, store, "/grubenv.bak", &block, 0o644);
-    let size = |p: &Path| fs::metadata(p).unwrap().len();
-    let slot = size(slot_a).max(size(slot_b)).max(16 << 20);
-    let layout = Layout::ab(Arch::Aarch64, ESP_SIZE, slot, 0, b"grub-arm64-test").unwrap();
+    let spec = AbDisk {
+        arch: Arch::Aarch64,
+        esp_size: ESP_SIZE,
+        persist_size: 0,
+        seed: b"grub-arm64-test",
+        volume_id: 0x0a64_0a64,
+        esp_files,
+        env,
+        primary,
+        slots,
+    };
+    let (layout, _) = abdisk::write(path, &spec, store);
     assert!(
         layout.partition(disk::BIOS_GRUB).is_none() && layout.partition(disk::PERSIST).is_none(),
         "the arm64 layout without persist has only ESP, root_a, root_b: {layout:?}"
     );
-    let out = File::create(path).unwrap();
-    let (a, b) = (File::open(slot_a).unwrap(), File::open(slot_b).unwrap());
-    let opts = FatOptions {
-        size_bytes: layout.partition(disk::ESP).unwrap().size(),
-        volume_label: "ESP".into(),
-        volume_id: 0x0a64_0a64,
-        timestamp: 1_700_000_000,
-    };
-    let store: &ContentStore = store;
-    disk::write_image(
-        &layout,
-        &out,
-        vec![
-            (
-                disk::ESP,
-                Source::Writer(Box::new(move |w| {
-                    fat::write(&esp, store, &opts, w, 0)?;
-                    Ok(())
-                })),
-            ),
-            (disk::ROOT_A, Source::File(&a)),
-            (disk::ROOT_B, Source::File(&b)),
-        ],
-    )
-    .unwrap();
     layout
-}
-
-/// Reads a file back out of the ESP with mtools.
-fn read_esp_file(disk: &Path, layout: &Layout, name: &str) -> Vec<u8> {
-    require_tool("mcopy", "mtools");
-    let off = layout.partition(disk::ESP).unwrap().offset();
-    let out = Command::new("mcopy")
-        .arg("-i")
-        .arg(format!("{}@@{off}", disk.display()))
-        .args([&format!("::{name}"), "-"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "mcopy of {name} from the ESP of {} failed: {}",
-        disk.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
 }
 
 /// Boots the disk once; panics with the console tail unless the guest
@@ -230,7 +167,7 @@ fn arm64_uefi_grub_boots_default_slot_and_a_trial_slot_exactly_once() {
         &slot_b,
     );
 
-    let cfg = grub_cfg();
+    let cfg = grub_cfg("build-image arm64 test", CMDLINE);
     let esp_files: Vec<(&str, &[u8])> = vec![
         ("/EFI/BOOT/BOOTAA64.EFI", &grub_efi),
         // Debian's signed GRUB reads $prefix/grub.cfg, prefix /EFI/debian.
@@ -248,9 +185,8 @@ fn arm64_uefi_grub_boots_default_slot_and_a_trial_slot_exactly_once() {
     let mut env = GrubEnv::new();
     env.set("default_slot", "a").unwrap();
     env.set("trial_slot", "").unwrap();
-    write_disk(
-        &disk_path, &esp_files, &env, None, &slot_a, &slot_b, &mut store,
-    );
+    let slots = (slot_a.as_path(), slot_b.as_path());
+    write_disk(&disk_path, &esp_files, &env, None, slots, &mut store);
     let c = boot("1 (default a)", &disk_path, &vars);
     assert_console("1", &c, "os-init: root root_a is");
     assert_console("1", &c, "root-init: slot a");
@@ -259,9 +195,7 @@ fn arm64_uefi_grub_boots_default_slot_and_a_trial_slot_exactly_once() {
 
     // 2. A trial of slot b: booted once, and the trial is consumed.
     env.set("trial_slot", "b").unwrap();
-    let layout = write_disk(
-        &disk_path, &esp_files, &env, None, &slot_a, &slot_b, &mut store,
-    );
+    let layout = write_disk(&disk_path, &esp_files, &env, None, slots, &mut store);
     let c = boot("2 (trial b)", &disk_path, &vars);
     assert_console("2", &c, "os-init: root root_b is");
     assert_console("2", &c, "root-init: slot b");
@@ -289,15 +223,7 @@ fn arm64_uefi_grub_boots_default_slot_and_a_trial_slot_exactly_once() {
     env.set("trial_slot", "").unwrap();
     let mut torn = env.encode().unwrap();
     torn[..8].copy_from_slice(&[0; 8]);
-    write_disk(
-        &disk_path,
-        &esp_files,
-        &env,
-        Some(&torn),
-        &slot_a,
-        &slot_b,
-        &mut store,
-    );
+    write_disk(&disk_path, &esp_files, &env, Some(&torn), slots, &mut store);
     let c = boot("4 (torn /grubenv, backup says b)", &disk_path, &vars);
     assert_console("4", &c, "os-init: root root_b is");
     assert_console("4", &c, "root-init: slot b");

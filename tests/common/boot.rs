@@ -22,30 +22,7 @@ use super::require_tool;
 
 /// Builds os-init for x86_64 as a static musl binary.
 pub fn os_init_binary() -> PathBuf {
-    let target = "x86_64-unknown-linux-musl";
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .args([
-            "build",
-            "-q",
-            "--release",
-            "-p",
-            "os-init",
-            "--target",
-            target,
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "building os-init (needs `rustup target add {target}`):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let bin = tmp.parent().unwrap().join(target).join("release/os-init");
-    assert!(bin.is_file(), "{} missing", bin.display());
-    bin
+    os_init_binary_for(musl_target("amd64"))
 }
 
 pub fn mkdirs(t: &mut FsTree, path: &str) -> InodeId {

@@ -5,6 +5,7 @@
 //! Every test binary uses only part of it.
 #![allow(dead_code, unused_imports)]
 
+pub mod abdisk;
 pub mod aptrepo;
 pub mod boot;
 pub mod fixtures;

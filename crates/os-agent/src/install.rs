@@ -75,6 +75,9 @@ pub struct Options {
     /// The new disk's ESP is mounted here (for a regular-file target).
     pub esp: Option<PathBuf>,
     pub sys: Sys,
+    /// This machine's architecture, as image manifests name it (`amd64`,
+    /// `arm64`); see [`machine_arch`].
+    pub arch: String,
     /// Tests: fail at this fault point (see [`fault::check`]).
     pub fail_at: Option<&'static str>,
 }
@@ -87,6 +90,7 @@ impl Options {
             config: None,
             esp: None,
             sys: Sys::host(),
+            arch: machine_arch().into(),
             fail_at: None,
         }
     }
@@ -98,6 +102,16 @@ pub struct Installed {
     pub id: String,
     pub version: String,
     pub device: PathBuf,
+}
+
+/// The architecture this program was built for (and so runs on), in the
+/// Debian names image manifests use.
+pub fn machine_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
 }
 
 fn progress(msg: impl std::fmt::Display) {
@@ -492,6 +506,14 @@ fn config_to_new_esp(sys: &Sys, disk: &str, text: &[u8]) -> Result<()> {
 /// The whole `install` command.
 pub fn install(opts: &Options) -> Result<Installed> {
     let (m, mpath) = manifest::load(&opts.source)?;
+    if m.image.arch != opts.arch {
+        bail!(
+            "{}: the image is for {}, this machine is {}: boot the ISO of its architecture",
+            mpath.display(),
+            m.image.arch,
+            opts.arch
+        );
+    }
     let head = open_input(
         &opts.source,
         &m.head.file,

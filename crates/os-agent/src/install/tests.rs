@@ -171,7 +171,7 @@ fn fixture() -> Fixture {
     fs::write(iso.join("rootfs.squashfs"), &rootfs).unwrap();
     let m = serde_json::json!({
         "format": "build-image-install/1",
-        "image": {"id": "debian", "version": "1.0.0", "arch": "amd64"},
+        "image": {"id": "debian", "version": "1.0.0", "arch": machine_arch()},
         "sector_size": 512,
         "image_size": IMAGE,
         "min_device_size": MIN,
@@ -288,6 +288,21 @@ fn bad_inputs_are_refused_before_any_write() {
             "touched: {e}"
         );
     };
+    // An image of another architecture.
+    let other = if machine_arch() == "arm64" {
+        "amd64"
+    } else {
+        "arm64"
+    };
+    let mut o = f.opts(&t);
+    o.arch = other.into();
+    let e = install(&o).unwrap_err().to_string();
+    let want = format!(
+        "the image is for {}, this machine is {other}",
+        machine_arch()
+    );
+    assert!(e.contains(&want), "{e}");
+    untouched(e, "install.json");
     // head.bin shorter than its chunks.
     let hb = f.source().join("install/head.bin");
     let stored = fs::read(&hb).unwrap();

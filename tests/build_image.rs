@@ -15,6 +15,8 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use boot_contract::grubenv::GrubEnv;
+use common::abdisk::read_fat_file;
 use common::fixtures::{debian_layout, fixtures_dir};
 use common::layer::{Compression, LayerBuilder};
 use common::oci::{Image, OciLayout};
@@ -221,6 +223,9 @@ fn vm_disk(disk: &Path, vars_template: &str, work: &Path) -> (PathBuf, PathBuf) 
     (vm, vars)
 }
 
+/// The amd64 disk image: built from a registry base, checked with the
+/// reference tools, booted with OVMF and then SeaBIOS (persist survives),
+/// then a failed trial of slot b is rolled back to slot a.
 #[test]
 fn debian_amd64_builds_and_boots_uefi_and_bios_with_persistence() {
     let _one = BUILD.lock().unwrap_or_else(|e| e.into_inner());
@@ -228,11 +233,16 @@ fn debian_amd64_builds_and_boots_uefi_and_bios_with_persistence() {
     let (base, digests) = debian_layout();
     reg.push(&base, "bookworm", "library/debian");
     let env = TestEnv::new();
-    let (out, result) = build(
+    let config = config_file(env.tmp.path());
+    let (out, result) = build_with(
         &env,
         "amd64",
         &reg.image("library/debian", "bookworm"),
         "1.0.0-test",
+        &config,
+        "dist",
+        // Boots of slot b fail their health check (tests/fixtures/k3s-standin.rs).
+        &["--cmdline", "standin.fail_slot=b"],
     );
     assert_eq!(result["kind"], "BuildResult");
     assert_eq!(result["k3sVersion"], "v1.31.4+k3s1");
@@ -361,6 +371,106 @@ fn debian_amd64_builds_and_boots_uefi_and_bios_with_persistence() {
         .unwrap();
     let text = String::from_utf8_lossy(&v.stdout);
     assert!(text.contains("No problems found"), "{text}");
+
+    // Boot 3: a trial of slot b (the same image, as an upgrade would write
+    // it) that fails its health check: the agent records it and reboots,
+    // and QEMU (-no-reboot) exits.
+    arm_trial_of_b(&vm_disk, &rootfs);
+    let (status, c3) = pc()
+        .ovmf(&vars)
+        .virtio_disk(&vm_disk)
+        .nic()
+        .run(Duration::from_secs(600));
+    assert!(c3.contains("os-init: root root_b is"), "{}", tail(&c3, 80));
+    let line = boot_line(&c3).unwrap_or_else(|| panic!("no boot line:\n{}", tail(&c3, 80)));
+    assert!(
+        line.starts_with("os-agent: boot degraded slot=b")
+            && line.contains("k3s-standin-fault.service"),
+        "{line}"
+    );
+    assert!(
+        c3.contains(
+            "os-agent: trial of slot b (version 1.0.0-test) failed its health check: rebooting into slot a"
+        ),
+        "{}",
+        tail(&c3, 80)
+    );
+    assert!(status.is_some(), "no reboot:\n{}", tail(&c3, 40));
+
+    // Boot 4: GRUB cleared the trial, so slot a, still the default.
+    let c4 = pc()
+        .ovmf(&vars)
+        .virtio_disk(&vm_disk)
+        .nic()
+        .run_until("os-agent: boot ", Duration::from_secs(600));
+    let line = boot_ok(&c4, "after the rollback", "os-agent: boot ok slot=a");
+    assert!(line.contains("boot_count=4"), "{line}");
+    let env = esp_env(&vm_disk);
+    assert_eq!(env.get("trial_slot"), Some(""), "{env:?}");
+    assert_eq!(env.get("default_slot"), Some("a"), "{env:?}");
+}
+
+/// The ESP's offset in `disk`, from its GPT.
+fn esp_offset(disk: &Path) -> u64 {
+    partition_offset(disk, "ESP")
+}
+
+/// The byte offset of the partition named `name` in `disk` (sgdisk).
+fn partition_offset(disk: &Path, name: &str) -> u64 {
+    let p = Command::new("sgdisk").arg("-p").arg(disk).output().unwrap();
+    let table = String::from_utf8_lossy(&p.stdout).into_owned();
+    let row = table
+        .lines()
+        .find(|l| l.split_whitespace().last() == Some(name))
+        .unwrap_or_else(|| panic!("no partition {name}:\n{table}"));
+    let first: u64 = row.split_whitespace().nth(1).unwrap().parse().unwrap();
+    first * 512
+}
+
+/// The primary GRUB environment block of the disk's ESP.
+fn esp_env(disk: &Path) -> GrubEnv {
+    GrubEnv::parse(&read_fat_file(disk, esp_offset(disk), "/grubenv")).unwrap()
+}
+
+/// Writes `rootfs` to root_b, slot a's kernel and initrd to the ESP as
+/// slot b's, and arms a trial of b in both environment blocks, as an
+/// upgrade would.
+fn arm_trial_of_b(disk: &Path, rootfs: &Path) {
+    use std::os::unix::fs::FileExt;
+    let f = fs::OpenOptions::new().write(true).open(disk).unwrap();
+    f.write_all_at(&fs::read(rootfs).unwrap(), partition_offset(disk, "root_b"))
+        .unwrap();
+    f.sync_all().unwrap();
+    let image = format!("{}@@{}", disk.display(), esp_offset(disk));
+    let mtools = |tool: &str, args: &[&str]| {
+        let o = Command::new(tool)
+            .arg("-i")
+            .arg(&image)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{tool} {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    // Slot b's kernel and initrd, beside slot a's.
+    let tmp = disk.parent().unwrap();
+    mtools("mmd", &["::/b"]);
+    for f in ["vmlinuz", "initrd"] {
+        let local = tmp.join(f);
+        let local = local.to_str().unwrap();
+        mtools("mcopy", &["-o", &format!("::/a/{f}"), local]);
+        mtools("mcopy", &["-o", local, &format!("::/b/{f}")]);
+    }
+    let mut env = esp_env(disk);
+    env.set("trial_slot", "b").unwrap();
+    let block = tmp.join("grubenv");
+    fs::write(&block, env.encode().unwrap()).unwrap();
+    for name in ["::/grubenv", "::/grubenv.bak"] {
+        mtools("mcopy", &["-o", block.to_str().unwrap(), name]);
+    }
 }
 
 fn write_flavor(dir: &Path, text: &str) -> PathBuf {

@@ -93,8 +93,12 @@ pub fn write(path: &Path, spec: &AbDisk, store: &mut ContentStore) -> (Layout, F
 
 /// Reads a file back out of the ESP of `disk` with mtools.
 pub fn read_esp_file(disk: &Path, layout: &Layout, name: &str) -> Vec<u8> {
+    read_fat_file(disk, layout.partition(disk::ESP).unwrap().offset(), name)
+}
+
+/// Reads `name` out of the FAT filesystem at byte `off` of `disk` (mtools).
+pub fn read_fat_file(disk: &Path, off: u64, name: &str) -> Vec<u8> {
     require_tool("mcopy", "mtools");
-    let off = layout.partition(disk::ESP).unwrap().offset();
     let out = Command::new("mcopy")
         .arg("-i")
         .arg(format!("{}@@{off}", disk.display()))

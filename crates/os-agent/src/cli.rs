@@ -224,6 +224,7 @@ pub fn run(args: &Args) -> Result<i32> {
                     .clone()
                     .unwrap_or_else(|| root.join("/dev/console")),
                 esp: args.esp.clone(),
+                reboot: root.is_host(),
             };
             if !health::run(&root, &opts)? {
                 return Ok(2);

@@ -1,5 +1,8 @@
 //! `os-agent health`: waits for the boot to finish, checks it, commits a
-//! healthy trial slot, and reports one line on the console.
+//! healthy trial slot, and reports one line on the console. A trial slot
+//! that fails the check is rolled back: the failure is recorded in the
+//! agent's state and the machine reboots, into the default slot (GRUB
+//! cleared the trial before booting it).
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -28,6 +31,8 @@ pub struct Options {
     pub console: PathBuf,
     /// Where the ESP is mounted; None finds it by its GPT name.
     pub esp: Option<PathBuf>,
+    /// Reboot out of a failed trial (tests turn it off).
+    pub reboot: bool,
 }
 
 /// The facts the report line is made of.
@@ -184,6 +189,25 @@ fn wait_active(unit: &str, timeout: Duration) -> Result<bool> {
     }
 }
 
+/// What an unhealthy boot of `running` leads to, given the default slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OnFailure {
+    /// A trial: reboot into the default slot `to`.
+    RollBack { to: String },
+    /// The default slot itself, a live boot, or no known default: report
+    /// only (rebooting would boot the same slot again).
+    Stay,
+}
+
+pub fn on_failure(running: Option<&str>, default: Option<&str>) -> OnFailure {
+    match (running, default) {
+        (Some(r), Some(d)) if SLOTS.contains(&r) && SLOTS.contains(&d) && r != d => {
+            OnFailure::RollBack { to: d.to_string() }
+        }
+        _ => OnFailure::Stay,
+    }
+}
+
 /// Writes `line` to the console (best effort) and stdout.
 pub fn announce(console: &std::path::Path, line: &str) {
     println!("{line}");
@@ -247,7 +271,62 @@ pub fn run(root: &Root, opts: &Options) -> Result<bool> {
         return Err(e);
     }
     announce(&opts.console, &verdict.line());
+    if !healthy {
+        roll_back_a_trial(root, opts, &verdict)?;
+    }
     Ok(healthy)
+}
+
+/// After a failed check: when this boot is a trial, records the rollback
+/// and reboots into the default slot. Anything unclear (no slot, an
+/// unreadable boot environment) means no reboot.
+fn roll_back_a_trial(root: &Root, opts: &Options, verdict: &Verdict) -> Result<()> {
+    if !SLOTS.contains(&verdict.slot.as_str()) {
+        return Ok(());
+    }
+    let env = match &opts.esp {
+        Some(d) => bootenv::read(d),
+        None => Esp::locate(root, false).and_then(|e| bootenv::read(e.dir())),
+    };
+    let default = match env {
+        Ok(env) => env.default_slot().map(str::to_string),
+        Err(e) => {
+            announce(
+                &opts.console,
+                &format!("os-agent: not rolling back: the boot environment is unreadable: {e}"),
+            );
+            return Ok(());
+        }
+    };
+    let OnFailure::RollBack { to } = on_failure(Some(&verdict.slot), default.as_deref()) else {
+        return Ok(());
+    };
+    let line = verdict.line();
+    let reason = line
+        .split_once("boot_count=")
+        .and_then(|(_, rest)| rest.split_once(' '))
+        .map(|(_, r)| r.to_string())
+        .unwrap_or_default();
+    let mut st = state::load(root)?;
+    st.last_rollback = Some(state::Rollback {
+        slot: verdict.slot.clone(),
+        version: verdict.version.clone(),
+        to: to.clone(),
+        boot_count: verdict.boot_count,
+        reason,
+    });
+    state::save(root, &st)?;
+    announce(
+        &opts.console,
+        &format!(
+            "os-agent: trial of slot {} (version {}) failed its health check: rebooting into slot {to}",
+            verdict.slot, verdict.version
+        ),
+    );
+    if opts.reboot {
+        crate::install::reboot()?;
+    }
+    Ok(())
 }
 
 /// Commits `slot` on the ESP (`esp`, or found and mounted for the call).
@@ -262,6 +341,19 @@ pub fn commit_running(root: &Root, esp: Option<&PathBuf>, slot: &str) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_failed_trial_is_rolled_back() {
+        let back = |to: &str| OnFailure::RollBack { to: to.into() };
+        assert_eq!(on_failure(Some("b"), Some("a")), back("a"));
+        assert_eq!(on_failure(Some("a"), Some("b")), back("b"));
+        // The default slot failing: rebooting would boot it again.
+        assert_eq!(on_failure(Some("a"), Some("a")), OnFailure::Stay);
+        assert_eq!(on_failure(Some("live"), Some("a")), OnFailure::Stay);
+        assert_eq!(on_failure(Some("b"), None), OnFailure::Stay);
+        assert_eq!(on_failure(Some("b"), Some("c")), OnFailure::Stay);
+        assert_eq!(on_failure(None, Some("a")), OnFailure::Stay);
+    }
 
     fn v(bad: &[&str], state: Option<&str>) -> Verdict {
         let notes = state

@@ -23,6 +23,25 @@ pub struct State {
     pub last_slot: Option<String>,
     #[serde(default)]
     pub last_version: Option<String>,
+    /// The latest trial that failed its health check and was rolled back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rollback: Option<Rollback>,
+}
+
+/// A trial slot that failed its health check: os-agent rebooted into the
+/// default slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rollback {
+    /// The slot that failed, and the image version in it.
+    pub slot: String,
+    pub version: String,
+    /// The slot booted instead (the default).
+    pub to: String,
+    /// The boot (by [`State::boot_count`]) of the failed trial.
+    pub boot_count: u64,
+    /// The health check's findings, as on its console line.
+    pub reason: String,
 }
 
 impl Default for State {
@@ -32,6 +51,7 @@ impl Default for State {
             boot_count: 0,
             last_slot: None,
             last_version: None,
+            last_rollback: None,
         }
     }
 }

@@ -33,6 +33,8 @@ pub struct Status {
     /// `server`, `agent`, or null when k3s does not run on this boot.
     pub k3s_role: Option<String>,
     pub boot_count: u64,
+    /// The latest trial that failed its health check and was rolled back.
+    pub last_rollback: Option<state::Rollback>,
     /// Why the boot environment could not be read, when it could not.
     pub boot_env_error: Option<String>,
 }
@@ -60,6 +62,7 @@ pub fn gather(root: &Root, esp: Option<&PathBuf>) -> Result<Status> {
             .to_string()
         }),
         boot_count: st.boot_count,
+        last_rollback: st.last_rollback,
         boot_env_error: None,
     };
     if slot.as_deref() == Some(LIVE_SLOT) {
@@ -115,6 +118,13 @@ impl Status {
                 .unwrap_or_default()
         );
         let _ = writeln!(t, "boot count:    {}", self.boot_count);
+        if let Some(r) = &self.last_rollback {
+            let _ = writeln!(
+                t,
+                "last rollback: slot {} (version {}) at boot {}, back to slot {}: {}",
+                r.slot, r.version, r.boot_count, r.to, r.reason
+            );
+        }
         if let Some(e) = &self.boot_env_error {
             let _ = writeln!(t, "boot env:      unreadable: {e}");
         }

@@ -188,6 +188,7 @@ fn status_json_shape() {
             "k3sVersion": "v1.31.2+k3s1",
             "k3sRole": "agent",
             "bootCount": 7,
+            "lastRollback": null,
             "bootEnvError": null
         })
     );

@@ -67,4 +67,43 @@ fn reports_one_line_and_commits_only_when_healthy() {
         console_text.lines().any(|l| l == line),
         "console: {console_text}"
     );
+    // A failed trial (b; the default is a) is rolled back: recorded, and
+    // announced (no reboot with --root).
+    let rollback =
+        "os-agent: trial of slot b (version 1.2.3) failed its health check: rebooting into slot a";
+    let state: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(r.join("var/lib/os-agent/state.json")).unwrap())
+            .unwrap();
+    if line == prefix_ok {
+        assert!(!console_text.contains(rollback), "{console_text}");
+        assert!(state.get("lastRollback").is_none(), "{state}");
+    } else {
+        assert!(console_text.contains(rollback), "{console_text}");
+        let rb = &state["lastRollback"];
+        assert_eq!(
+            (&rb["slot"], &rb["to"]),
+            (&"b".into(), &"a".into()),
+            "{state}"
+        );
+        assert_eq!(rb["version"], "1.2.3");
+        assert_eq!(rb["bootCount"], 2);
+        assert!(
+            line.ends_with(rb["reason"].as_str().unwrap()),
+            "{line} / {state}"
+        );
+        let o = agent(&[
+            "status",
+            "--root",
+            r.to_str().unwrap(),
+            "--esp",
+            esp.path().to_str().unwrap(),
+        ]);
+        assert!(
+            stdout(&o).contains(
+                "last rollback: slot b (version 1.2.3) at boot 2, back to slot a: failed_units="
+            ),
+            "{}",
+            stdout(&o)
+        );
+    }
 }

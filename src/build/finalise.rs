@@ -133,6 +133,20 @@ fn accounts(ed: &mut Editor<'_>, r: &mut Report) -> Result<()> {
             .collect();
         ed.write(dst, out.as_bytes(), 0o640)?;
         ed.chown(dst, 0, shadow_gid)?;
+        // As pwconv/grpconv leave them: "x" sends every lookup of a
+        // password to the shadow file (base-passwd's masters say "*",
+        // which no password set in /etc/shadow would ever match).
+        let shadowed: String = text
+            .lines()
+            .map(|l| {
+                let mut f: Vec<&str> = l.split(':').collect();
+                if f.len() > 2 && !l.starts_with('#') {
+                    f[1] = "x";
+                }
+                format!("{}\n", f.join(":"))
+            })
+            .collect();
+        ed.write(src, shadowed.as_bytes(), 0o644)?;
         r.steps.push(format!("/{dst} with every account locked"));
     }
     for (dot, file) in [("dot.profile", ".profile"), ("dot.bashrc", ".bashrc")] {

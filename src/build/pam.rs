@@ -67,8 +67,10 @@ pub fn parse_profile(name: &str, text: &str) -> Profile {
 
 /// The primary and additional blocks of one type, as pam-auth-update
 /// renders them: the first module of a block uses its `-Initial` lines,
-/// and `success=end` jumps past the rest of the primary block and the
-/// fallback `pam_deny` line.
+/// `success=end` jumps past the rest of the primary block and the
+/// fallback `pam_deny` line, and an empty primary block is a
+/// `[default=1] pam_permit.so` line that jumps past that fallback (without
+/// it every stack of that type ends in `pam_deny`: no session opens).
 pub fn blocks(profiles: &[Profile], ty: &str) -> (String, String) {
     let kind_of = if ty == "session-noninteractive" {
         "session"
@@ -77,20 +79,23 @@ pub fn blocks(profiles: &[Profile], ty: &str) -> (String, String) {
     };
     let mut out = Vec::new();
     for want in ["Primary", "Additional"] {
+        let members: Vec<&Profile> = profiles
+            .iter()
+            .filter(|p| !(ty == "session-noninteractive" && p.interactive_only))
+            .filter(|p| p.kinds.get(kind_of).map(String::as_str) == Some(want))
+            .collect();
         let mut lines: Vec<String> = Vec::new();
-        for p in profiles {
-            if ty == "session-noninteractive" && p.interactive_only {
-                continue;
-            }
-            if p.kinds.get(kind_of).map(String::as_str) != Some(want) {
-                continue;
-            }
-            let initial = p.lines.get(&format!("{kind_of}-initial"));
-            let body = match (lines.is_empty(), initial) {
-                (true, Some(i)) => i.clone(),
-                _ => p.lines.get(kind_of).cloned().unwrap_or_default(),
+        for (i, p) in members.iter().enumerate() {
+            let variant = |suffix: &str| p.lines.get(&format!("{kind_of}-{suffix}"));
+            let body = match (variant("initial"), variant("final")) {
+                (Some(first), _) if i == 0 => first,
+                (_, Some(last)) if i + 1 == members.len() => last,
+                _ => match p.lines.get(kind_of) {
+                    Some(l) => l,
+                    None => continue,
+                },
             };
-            lines.extend(body);
+            lines.extend(body.iter().cloned());
         }
         let n = lines.len();
         let text: String = lines
@@ -108,7 +113,10 @@ pub fn blocks(profiles: &[Profile], ty: &str) -> (String, String) {
         out.push(text);
     }
     let additional = out.pop().unwrap_or_default();
-    let primary = out.pop().unwrap_or_default();
+    let mut primary = out.pop().unwrap_or_default();
+    if primary.is_empty() {
+        primary = format!("{kind_of}\t[default=1]\t\t\tpam_permit.so\n");
+    }
     (primary, additional)
 }
 
@@ -140,7 +148,12 @@ pub fn write_common(ed: &mut Editor<'_>) -> Result<usize> {
             continue;
         };
         let (primary, additional) = blocks(&profiles, ty);
-        let var = ty.replace('-', "_");
+        // The templates' placeholders: $auth_primary … $session_nonint_primary.
+        let var = if ty == "session-noninteractive" {
+            "session_nonint".to_string()
+        } else {
+            ty.to_string()
+        };
         let text = template
             .replace(&format!("${var}_primary\n"), &primary)
             .replace(&format!("${var}_additional\n"), &additional);
@@ -153,6 +166,7 @@ pub fn write_common(ed: &mut Editor<'_>) -> Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tree::{ContentStore, FsTree};
 
     const UNIX: &str = "Name: Unix authentication\nDefault: yes\nPriority: 256\nAuth-Type: Primary\nAuth:\n\t[success=end default=ignore]\tpam_unix.so nullok try_first_pass\nAuth-Initial:\n\t[success=end default=ignore]\tpam_unix.so nullok\nSession-Type: Additional\nSession:\n\trequired\tpam_unix.so\n";
     const SYSTEMD: &str = "Name: Register user sessions in the systemd control group hierarchy\nDefault: yes\nPriority: 0\nSession-Interactive-Only: yes\nSession-Type: Additional\nSession:\n\toptional\t\t\tpam_systemd.so\n";
@@ -167,12 +181,72 @@ mod tests {
         assert_eq!(p, "auth\t[success=1 default=ignore]\tpam_unix.so nullok\n");
         assert_eq!(a, "");
         let (p, a) = blocks(&profiles, "session");
-        assert_eq!(p, "");
+        assert_eq!(p, "session\t[default=1]\t\t\tpam_permit.so\n");
         assert_eq!(
             a,
             "session\trequired\tpam_unix.so\nsession\toptional\t\t\tpam_systemd.so\n"
         );
         let (_, a) = blocks(&profiles, "session-noninteractive");
         assert_eq!(a, "session\trequired\tpam_unix.so\n");
+    }
+
+    /// The host's /etc/pam.d/common-* as its pam-auth-update wrote them
+    /// from its /usr/share/pam templates and /usr/share/pam-configs
+    /// profiles: rendering the same inputs gives the same stacks.
+    #[test]
+    fn renders_what_the_hosts_pam_auth_update_rendered() {
+        let host = std::path::Path::new("/usr/share/pam-configs");
+        assert!(
+            host.is_dir(),
+            "/usr/share/pam-configs missing: install libpam-runtime"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = ContentStore::new_in(dir.path()).unwrap();
+        let mut tree = FsTree::new();
+        let mut ed = Editor {
+            tree: &mut tree,
+            store: &mut store,
+            mtime: 0,
+        };
+        let mut compared = 0;
+        for d in ["/usr/share/pam-configs", "/usr/share/pam"] {
+            for e in std::fs::read_dir(d).unwrap() {
+                let path = e.unwrap().path();
+                let data = std::fs::read(&path).unwrap();
+                ed.write(&path.to_string_lossy()[1..], &data, 0o644)
+                    .unwrap();
+            }
+        }
+        assert_eq!(write_common(&mut ed).unwrap(), 5);
+        // Module lines only: pam-auth-update also keeps comments and
+        // leaves a trailing space after each module it writes.
+        let stack = |text: &str| -> Vec<String> {
+            text.lines()
+                .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .collect()
+        };
+        for ty in [
+            "auth",
+            "account",
+            "password",
+            "session",
+            "session-noninteractive",
+        ] {
+            let host = std::fs::read_to_string(format!("/etc/pam.d/common-{ty}")).unwrap();
+            if !host.contains("pam-auth-update") {
+                continue; // edited by hand on this machine
+            }
+            let ours = ed
+                .read_string(&format!("etc/pam.d/common-{ty}"))
+                .unwrap()
+                .unwrap();
+            assert_eq!(stack(&ours), stack(&host), "common-{ty}:\n{ours}");
+            compared += 1;
+        }
+        assert!(
+            compared >= 3,
+            "the host's common-* files are all hand-edited"
+        );
     }
 }

@@ -227,7 +227,14 @@ impl Accounts {
         // Password: the configured hash, else keep what an existing user
         // has, else no password.
         match (self.shadow.find(&u.name), &u.passwd) {
-            (Some(i), Some(hash)) => self.shadow.set_field(i, 1, hash),
+            (Some(i), Some(hash)) => {
+                self.shadow.set_field(i, 1, hash);
+                // A password in /etc/passwd itself ("*" in base-passwd's
+                // master files) would be used instead of the shadow one.
+                if let Some(j) = self.passwd.find(&u.name) {
+                    self.passwd.set_field(j, 1, "x");
+                }
+            }
             (Some(_), None) => {}
             (None, pw) => {
                 let pw = pw.as_deref().unwrap_or(NO_PASSWORD);

@@ -315,6 +315,34 @@ fn existing_user_gets_hash_and_keys_but_keeps_its_ids() {
     );
 }
 
+/// base-passwd's master files hold "*" in /etc/passwd itself; a hash in
+/// /etc/shadow only counts once the passwd field says "x".
+#[test]
+fn a_hash_for_a_user_locked_in_passwd_itself_moves_the_lookup_to_shadow() {
+    let dir = debian_root("a");
+    let r = dir.path();
+    let passwd = read(r, "/etc/passwd");
+    let locked: String = passwd
+        .lines()
+        .map(|l| match l.strip_prefix("root:x:") {
+            Some(rest) => format!("root:*:{rest}\n"),
+            None => format!("{l}\n"),
+        })
+        .collect();
+    assert_ne!(locked, passwd);
+    write(r, "/etc/passwd", &locked);
+    write(
+        r,
+        "/etc/os-agent/config.yaml",
+        &format!("users:\n  - name: root\n    passwd: \"{HASH}\"\n"),
+    );
+    run_ok(r);
+    let root = entry(&read(r, "/etc/passwd"), "root").unwrap();
+    assert_eq!(root[1], "x");
+    assert_eq!(root[2], "0");
+    assert_eq!(entry(&read(r, "/etc/shadow"), "root").unwrap()[1], HASH);
+}
+
 #[test]
 fn generates_ssh_host_keys_once() {
     let dir = debian_root("a");

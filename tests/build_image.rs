@@ -22,6 +22,7 @@ use common::layer::{Compression, LayerBuilder};
 use common::oci::{Image, OciLayout};
 use common::qemu::{boot_line, fresh_vars, tail, Vm, AAVMF_VARS, OVMF_VARS};
 use common::registry::Registry;
+use common::ssh::{free_port, text as ssh_text, Key, Ssh};
 use common::{require_tool, sparse_copy, TestEnv};
 
 const K3S_TAG: &str = "v1.31.4-k3s1";
@@ -101,7 +102,7 @@ fn config_file(dir: &Path) -> PathBuf {
 users:
   - name: admin
     ssh_authorized_keys:
-      - "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBuildImageTestKeyOnlyForTestsAAAAAAAAAAA test@build-image"
+      - "ADMIN_KEY"
     groups: [sudo]
 write_files:
   - path: /etc/motd
@@ -111,9 +112,32 @@ k3s:
   enabled: true
   role: server
   token: test-token
-"#,
+"#
+        .replace("ADMIN_KEY", NO_SUCH_KEY),
     )
     .unwrap();
+    p
+}
+
+/// A well-formed public key whose private half does not exist.
+const NO_SUCH_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBuildImageTestKeyOnlyForTestsAAAAAAAAAAA test@build-image";
+
+/// [`config_file`] with `key` as admin's key and as root's.
+fn config_with_key(dir: &Path, key: &Key) -> PathBuf {
+    let p = config_file(dir);
+    let text = fs::read_to_string(&p)
+        .unwrap()
+        .replace(NO_SUCH_KEY, &key.public);
+    let text = text.replacen(
+        "users:\n",
+        &format!(
+            "users:\n  - name: root\n    ssh_authorized_keys: [\"{}\"]\n",
+            key.public
+        ),
+        1,
+    );
+    fs::write(&p, text).unwrap();
     p
 }
 
@@ -804,7 +828,8 @@ fn check_iso_with_reference_tools(iso: &Path, label: &str) {
 fn debian_amd64_iso_boots_live_from_cd_disk_and_usb_with_bios_and_uefi() {
     let _one = BUILD.lock().unwrap_or_else(|e| e.into_inner());
     let env = TestEnv::new();
-    let config = config_file(env.tmp.path());
+    let key = Key::generate(env.tmp.path(), "admin");
+    let config = config_with_key(env.tmp.path(), &key);
     let (out, result) = build_with(
         &env,
         "amd64",
@@ -822,9 +847,7 @@ fn debian_amd64_iso_boots_live_from_cd_disk_and_usb_with_bios_and_uefi() {
     let label = "DEBIAN_AMD64_1_0_0_ISO";
     check_iso_with_reference_tools(&iso, label);
 
-    let o = env.run_raw(&["--json", "inspect", iso.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let doc = inspect_iso(&env, &iso);
     assert_eq!(doc["volumeId"], label);
     assert_eq!(
         doc["applicationId"],
@@ -883,6 +906,115 @@ fn debian_amd64_iso_boots_live_from_cd_disk_and_usb_with_bios_and_uefi() {
         .unwrap();
     let v = String::from_utf8_lossy(&v.stdout).into_owned();
     assert!(v.contains("No problems found"), "{v}");
+
+    install_over_ssh(&env, &iso, &key);
+}
+
+/// What a user of the live system does over SSH: only the configured key
+/// gets in; `os-agent install --config` refuses a bad file before touching
+/// the disk, then installs and puts the file on the new ESP; the installed
+/// disk boots (SeaBIOS) and applies that file over the image's own.
+fn install_over_ssh(env: &TestEnv, iso: &Path, key: &Key) {
+    let stranger = Key::generate(env.tmp.path(), "stranger");
+    let target = env.tmp.path().join("target-ssh.raw");
+    let doc = inspect_iso(env, iso);
+    let needed = doc["install"]["min_device_size"].as_u64().unwrap();
+    fs::File::create(&target)
+        .unwrap()
+        .set_len(needed + (1 << 30))
+        .unwrap();
+    let device_config = format!(
+        "hostname: node-installed\nusers:\n  - name: root\n    ssh_authorized_keys: [\"{}\"]\n",
+        key.public
+    );
+    let install =
+        "cat > /run/node.yaml && os-agent install --device /dev/vda --config /run/node.yaml";
+    let ssh = Ssh { port: free_port() };
+    let (done, c) = pc()
+        .no_sse42()
+        .ide_cd(iso)
+        .virtio_disk(&target)
+        .nic_ssh(ssh.port)
+        .while_up("os-agent: boot ", Duration::from_secs(600), |_| {
+            ssh.wait(key, "admin", Duration::from_secs(180))?;
+            Ok::<_, String>([
+                ssh.run(key, "admin", "id -un", b""),
+                ssh.run(&stranger, "admin", "true", b""),
+                ssh.run(&stranger, "root", "true", b""),
+                ssh.run(key, "root", install, b"hostname: node-x\nhostnme: typo\n"),
+                ssh.run(key, "root", "cmp -n 2097152 /dev/vda /dev/zero", b""),
+                ssh.run(key, "root", install, device_config.as_bytes()),
+            ])
+        });
+    let [who, stranger_admin, stranger_root, bad, untouched, good] = done
+        .unwrap_or_else(|| panic!("live system over SSH: no boot line:\n{}", tail(&c, 80)))
+        .unwrap_or_else(|e| panic!("{e}\n{}", tail(&c, 80)));
+    boot_ok(&c, "live system over SSH", "os-agent: boot ok slot=live");
+    assert!(who.status.success(), "{}", ssh_text(&who));
+    assert_eq!(String::from_utf8_lossy(&who.stdout).trim(), "admin");
+    for (o, user) in [(&stranger_admin, "admin"), (&stranger_root, "root")] {
+        assert!(
+            !o.status.success() && ssh_text(o).contains("Permission denied"),
+            "an unknown key got in as {user}: {}",
+            ssh_text(o)
+        );
+    }
+    assert!(!bad.status.success(), "a bad --config was accepted");
+    let bad = ssh_text(&bad);
+    assert!(
+        bad.contains("/run/node.yaml") && bad.contains("hostnme"),
+        "the error does not name the file and the field: {bad}"
+    );
+    assert!(
+        untouched.status.success(),
+        "a refused --config left writes on the disk: {}",
+        ssh_text(&untouched)
+    );
+    let good = ssh_text(&good);
+    assert!(
+        good.contains("os-agent: installed debian 1.0.0-iso to /dev/vda"),
+        "{good}\n{}",
+        tail(&c, 40)
+    );
+
+    // The installed disk alone, under SeaBIOS: the ESP's config applies.
+    let ssh = Ssh { port: free_port() };
+    let (hostname, c) = pc()
+        .no_sse42()
+        .virtio_disk(&target)
+        .nic_ssh(ssh.port)
+        .while_up("os-agent: boot ", Duration::from_secs(600), |_| {
+            ssh.wait(key, "root", Duration::from_secs(180))?;
+            Ok::<_, String>(ssh.run(key, "root", "hostname", b""))
+        });
+    let hostname = hostname
+        .unwrap_or_else(|| panic!("installed disk: no boot line:\n{}", tail(&c, 80)))
+        .unwrap_or_else(|e| panic!("{e}\n{}", tail(&c, 80)));
+    boot_ok(
+        &c,
+        "disk installed over SSH",
+        "os-agent: boot ok slot=a version=1.0.0-iso",
+    );
+    let applied = c
+        .lines()
+        .find(|l| l.contains("os-agent: config applied"))
+        .unwrap_or_else(|| panic!("no config line:\n{}", tail(&c, 80)));
+    assert!(
+        applied.contains("build-image/config.yaml") && applied.contains("hostname=node-installed"),
+        "{applied}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&hostname.stdout).trim(),
+        "node-installed",
+        "{}",
+        ssh_text(&hostname)
+    );
+}
+
+fn inspect_iso(env: &TestEnv, iso: &Path) -> serde_json::Value {
+    let o = env.run_raw(&["--json", "inspect", iso.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
 }
 
 /// The unattended install: a machine booted from the ISO with a blank disk
@@ -907,9 +1039,7 @@ fn debian_amd64_iso_installs_itself_to_a_blank_disk_and_refuses_a_small_one() {
         &["--format", "iso"],
     );
     let iso = out.join("debian-bookworm-amd64.iso");
-    let o = env.run_raw(&["--json", "inspect", iso.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let doc = inspect_iso(&env, &iso);
     let needed = doc["install"]["min_device_size"].as_u64().unwrap();
 
     // Too small: refused before anything is written.

@@ -15,6 +15,7 @@ pub mod proxy;
 pub mod qemu;
 pub mod registry;
 pub mod squash;
+pub mod ssh;
 pub mod tree;
 
 pub use fixtures::{debian_layout, debian_minbase};

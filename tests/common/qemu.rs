@@ -178,6 +178,40 @@ impl Vm {
         ])
     }
 
+    /// A virtio NIC on QEMU's user-mode network with the guest's SSH port
+    /// forwarded to 127.0.0.1:`port` on the host.
+    pub fn nic_ssh(self, port: u16) -> Vm {
+        self.args([
+            "-netdev".into(),
+            format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22"),
+            "-device".into(),
+            "virtio-net-pci,netdev=n0".into(),
+        ])
+    }
+
+    /// Runs until `ready` appears on the console (its line complete), then
+    /// calls `f` with the console so far while the guest goes on running
+    /// (to reach it over the network), then stops QEMU. Returns what `f`
+    /// returned (None when `ready` never came: os-init failed, the guest
+    /// stopped, or `timeout` passed) and the whole console.
+    pub fn while_up<T>(
+        &self,
+        ready: &str,
+        timeout: Duration,
+        f: impl FnOnce(&str) -> T,
+    ) -> (Option<T>, String) {
+        let mut f = Some(f);
+        let mut result = None;
+        let (_, console) = self.run_while(timeout, |text| {
+            if text.find(ready).is_some_and(|i| text[i..].contains('\n')) {
+                result = f.take().map(|f| f(text));
+                return false;
+            }
+            !(text.contains("os-init: error") && text.contains("rebooting"))
+        });
+        (result, console)
+    }
+
     /// Runs until the guest powers off (or reboots) or `timeout` passes.
     /// Returns the exit status (`None` on timeout) and the console, with
     /// anything QEMU printed on stderr appended.
@@ -201,7 +235,7 @@ impl Vm {
     fn run_while(
         &self,
         timeout: Duration,
-        go_on: impl Fn(&str) -> bool,
+        mut go_on: impl FnMut(&str) -> bool,
     ) -> (Option<ExitStatus>, String) {
         require_tool(
             self.qemu,
@@ -270,6 +304,8 @@ impl Vm {
                 break;
             }
         }
+        // What the guest printed while `go_on` ran.
+        console.extend(rx.try_iter().flatten());
         if status.is_none() {
             let _ = child.kill();
             let _ = child.wait();

@@ -123,12 +123,17 @@ k3s:
 const NO_SUCH_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBuildImageTestKeyOnlyForTestsAAAAAAAAAAA test@build-image";
 
-/// [`config_file`] with `key` as admin's key and as root's.
+/// [`config_file`] with `key` as admin's key and as root's, and admin
+/// allowed to use sudo without a password.
 fn config_with_key(dir: &Path, key: &Key) -> PathBuf {
     let p = config_file(dir);
     let text = fs::read_to_string(&p)
         .unwrap()
-        .replace(NO_SUCH_KEY, &key.public);
+        .replace(NO_SUCH_KEY, &key.public)
+        .replace(
+            "    groups: [sudo]\n",
+            "    groups: [sudo]\n    sudo: \"ALL=(ALL) NOPASSWD:ALL\"\n",
+        );
     let text = text.replacen(
         "users:\n",
         &format!(
@@ -911,7 +916,8 @@ fn debian_amd64_iso_boots_live_from_cd_disk_and_usb_with_bios_and_uefi() {
 }
 
 /// What a user of the live system does over SSH: only the configured key
-/// gets in; `os-agent install --config` refuses a bad file before touching
+/// gets in, and sudo works for the user the config allows it;
+/// `os-agent install --config` refuses a bad file before touching
 /// the disk, then installs and puts the file on the new ESP; the installed
 /// disk boots (SeaBIOS) and applies that file over the image's own.
 fn install_over_ssh(env: &TestEnv, iso: &Path, key: &Key) {
@@ -938,7 +944,7 @@ fn install_over_ssh(env: &TestEnv, iso: &Path, key: &Key) {
         .while_up("os-agent: boot ", Duration::from_secs(600), |_| {
             ssh.wait(key, "admin", Duration::from_secs(180))?;
             Ok::<_, String>([
-                ssh.run(key, "admin", "id -un", b""),
+                ssh.run(key, "admin", "id -un && sudo -n id -u", b""),
                 ssh.run(&stranger, "admin", "true", b""),
                 ssh.run(&stranger, "root", "true", b""),
                 ssh.run(key, "root", install, b"hostname: node-x\nhostnme: typo\n"),
@@ -951,7 +957,13 @@ fn install_over_ssh(env: &TestEnv, iso: &Path, key: &Key) {
         .unwrap_or_else(|e| panic!("{e}\n{}", tail(&c, 80)));
     boot_ok(&c, "live system over SSH", "os-agent: boot ok slot=live");
     assert!(who.status.success(), "{}", ssh_text(&who));
-    assert_eq!(String::from_utf8_lossy(&who.stdout).trim(), "admin");
+    assert_eq!(
+        String::from_utf8_lossy(&who.stdout)
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["admin", "0"],
+        "admin over SSH, then root through sudo"
+    );
     for (o, user) in [(&stranger_admin, "admin"), (&stranger_root, "root")] {
         assert!(
             !o.status.success() && ssh_text(o).contains("Permission denied"),
@@ -985,7 +997,7 @@ fn install_over_ssh(env: &TestEnv, iso: &Path, key: &Key) {
         .nic_ssh(ssh.port)
         .while_up("os-agent: boot ", Duration::from_secs(600), |_| {
             ssh.wait(key, "root", Duration::from_secs(180))?;
-            Ok::<_, String>(ssh.run(key, "root", "hostname", b""))
+            Ok::<_, String>(ssh.run(key, "root", "hostname && os-agent status --json", b""))
         });
     let hostname = hostname
         .unwrap_or_else(|| panic!("installed disk: no boot line:\n{}", tail(&c, 80)))
@@ -1003,12 +1015,15 @@ fn install_over_ssh(env: &TestEnv, iso: &Path, key: &Key) {
         applied.contains("build-image/config.yaml") && applied.contains("hostname=node-installed"),
         "{applied}"
     );
-    assert_eq!(
-        String::from_utf8_lossy(&hostname.stdout).trim(),
-        "node-installed",
-        "{}",
-        ssh_text(&hostname)
-    );
+    let out = String::from_utf8_lossy(&hostname.stdout);
+    let (name, status) = out
+        .split_once('\n')
+        .unwrap_or_else(|| panic!("{}", ssh_text(&hostname)));
+    assert_eq!(name, "node-installed", "{}", ssh_text(&hostname));
+    let status: serde_json::Value = serde_json::from_str(status)
+        .unwrap_or_else(|e| panic!("os-agent status --json: {e}: {status}"));
+    assert_eq!(status["slot"], "a", "{status}");
+    assert_eq!(status["version"], "1.0.0-iso", "{status}");
 }
 
 fn inspect_iso(env: &TestEnv, iso: &Path) -> serde_json::Value {

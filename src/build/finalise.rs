@@ -72,6 +72,7 @@ pub fn finalise(ed: &mut Editor<'_>, info: &ImageInfo) -> Result<Report> {
     dpkg_files(ed, &mut r)?;
     configs(ed, &mut r)?;
     shells(ed, &mut r)?;
+    sudoers(ed, &mut r)?;
     ca_certificates(ed, &mut r)?;
     timezone(ed, &mut r)?;
     identity(ed, info, &mut r)?;
@@ -213,6 +214,17 @@ fn dpkg_files(ed: &mut Editor<'_>, r: &mut Report) -> Result<()> {
         }
     }
     r.steps.push("dpkg database files".into());
+    Ok(())
+}
+
+/// sudo's postinst: the package ships /etc/sudoers 0644 and then makes it
+/// root's and 0440, as sudo expects it.
+fn sudoers(ed: &mut Editor<'_>, r: &mut Report) -> Result<()> {
+    if ed.exists("etc/sudoers") {
+        ed.chmod("etc/sudoers", 0o440)?;
+        ed.chown("etc/sudoers", 0, 0)?;
+        r.steps.push("/etc/sudoers root's, 0440".into());
+    }
     Ok(())
 }
 

@@ -158,6 +158,16 @@ impl Editor<'_> {
 }
 
 impl Editor<'_> {
+    /// Sets the permission bits (with setuid/setgid/sticky) of the entry
+    /// at `path`.
+    pub fn chmod(&mut self, path: &str, mode: u16) -> Result<()> {
+        let id = self
+            .lookup(path)
+            .ok_or_else(|| anyhow!("/{path}: not in the image"))?;
+        self.tree.inode_mut(id).meta.mode = mode & 0o7777;
+        Ok(())
+    }
+
     /// Sets owner and group of the entry at `path`.
     pub fn chown(&mut self, path: &str, uid: u32, gid: u32) -> Result<()> {
         let id = self

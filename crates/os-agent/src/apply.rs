@@ -75,6 +75,7 @@ pub fn apply(root: &Root, cfg: &Config, report: &mut Report) -> Result<()> {
             users::ensure_home(root, a, &cfg.users[*i].ssh_authorized_keys)?;
             report.users.push(a.name.clone());
         }
+        users::sudoers(root, &cfg.users)?;
         Some(acc)
     } else {
         None

@@ -49,7 +49,14 @@ pub struct User {
     #[serde(default)]
     pub groups: Vec<String>,
     pub shell: Option<String>,
+    /// A sudoers rule for the user (`ALL=(ALL) NOPASSWD:ALL`), written to
+    /// [`SUDOERS`].
+    pub sudo: Option<String>,
 }
+
+/// Where the users' `sudo` rules go (0440, root's; /etc is the image's
+/// again at every boot, so it always holds the current rules).
+pub const SUDOERS: &str = "/etc/sudoers.d/90-os-agent";
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -244,6 +251,14 @@ fn validate(cfg: &Config) -> std::result::Result<(), String> {
             if !s.starts_with('/') || s.contains(':') || s.contains('\n') {
                 return Err(format!(
                     "users[{i}].shell (user {}): {s:?} is not an absolute path",
+                    u.name
+                ));
+            }
+        }
+        if let Some(rule) = &u.sudo {
+            if rule.trim().is_empty() || rule.contains(['\n', '\r']) || !rule.contains('=') {
+                return Err(format!(
+                    "users[{i}].sudo (user {}): {rule:?} is not a sudoers rule on one line, such as \"ALL=(ALL) NOPASSWD:ALL\"",
                     u.name
                 ));
             }

@@ -12,7 +12,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::bail;
-use crate::config::User;
+use crate::config::{User, SUDOERS};
 use crate::error::{Context, Error, Result};
 use crate::fsutil::{read_optional, write_atomic, Owner, Root};
 
@@ -341,6 +341,45 @@ pub fn ensure_home(root: &Root, a: &Account, keys: &[String]) -> Result<()> {
         }),
     )
 }
+
+/// Writes the users' `sudo` rules to [`SUDOERS`] (removes it when there
+/// are none). A rule for an image without sudo is an error: it would
+/// silently grant nothing.
+pub fn sudoers(root: &Root, users: &[User]) -> Result<()> {
+    let path = root.join(SUDOERS);
+    let mut text = String::new();
+    for (i, u) in users.iter().enumerate() {
+        let Some(rule) = &u.sudo else { continue };
+        if !root.join(SUDO).exists() {
+            bail!(
+                "users[{i}].sudo (user {}): the image has no {SUDO}; add the sudo package to the flavor",
+                u.name
+            );
+        }
+        text.push_str(&format!("{} {}\n", u.name, rule.trim()));
+    }
+    if text.is_empty() {
+        return match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("removing {}", path.display()))
+            }
+            _ => Ok(()),
+        };
+    }
+    let text = format!("# Written by os-agent from the node config's users[].sudo.\n{text}");
+    crate::fsutil::create_dirs(path.parent().expect("absolute"))?;
+    write_atomic(
+        &path,
+        text.as_bytes(),
+        Some(Owner {
+            uid: 0,
+            gid: 0,
+            mode: 0o440,
+        }),
+    )
+}
+
+pub const SUDO: &str = "/usr/bin/sudo";
 
 /// Resolves `owner` ("user:group", "user", names or numbers) in the
 /// databases; a missing group part means the user's primary group.

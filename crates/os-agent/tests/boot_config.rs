@@ -344,6 +344,52 @@ fn a_hash_for_a_user_locked_in_passwd_itself_moves_the_lookup_to_shadow() {
 }
 
 #[test]
+fn sudo_rules_go_to_sudoers_d_and_need_sudo_in_the_image() {
+    let dir = debian_root("a");
+    let r = dir.path();
+    write(
+        r,
+        "/etc/os-agent/config.yaml",
+        "users:\n  - name: ops\n    sudo: \"ALL=(ALL) NOPASSWD:ALL\"\n  - name: dev\n",
+    );
+    // Without sudo in the image: refused, naming the field.
+    let o = agent(&["boot-config", "--root", r.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("users[0].sudo (user ops): the image has no /usr/bin/sudo"),
+        "{}",
+        stderr(&o)
+    );
+    write(r, "/usr/bin/sudo", "");
+    run_ok(r);
+    let path = r.join("etc/sudoers.d/90-os-agent");
+    let text = read(r, "/etc/sudoers.d/90-os-agent");
+    let rules: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(rules, ["ops ALL=(ALL) NOPASSWD:ALL"]);
+    let m = fs::metadata(&path).unwrap();
+    assert_eq!((m.mode() & 0o7777, m.uid(), m.gid()), (0o440, 0, 0));
+
+    // The rule gone from the config: the file goes too.
+    write(r, "/etc/os-agent/config.yaml", "users:\n  - name: ops\n");
+    run_ok(r);
+    assert!(!path.exists());
+
+    // A rule that is not one sudoers line is a config error.
+    write(
+        r,
+        "/etc/os-agent/config.yaml",
+        "users:\n  - name: ops\n    sudo: \"yes\"\n",
+    );
+    let o = agent(&["boot-config", "--root", r.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("users[0].sudo (user ops)"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
 fn generates_ssh_host_keys_once() {
     let dir = debian_root("a");
     let r = dir.path();

@@ -44,6 +44,7 @@ fi
 echo "root-init: sshd_config $($b cat /etc/ssh/sshd_config)"
 echo "root-init: profile $($b cat /root/.profile)"
 $b grep -q ' /var/lib/os-agent ' /proc/mounts && echo "root-init: /var/lib/os-agent is a mount"
+$b grep -q ' /etc/ssh ' /proc/mounts && echo "root-init: /etc/ssh is a mount"
 $b grep -q ' /run/os/persist ext4 ' /proc/mounts && echo "root-init: persist is mounted"
 $b sync"#;
 
@@ -263,7 +264,6 @@ fn os_init_creates_keeps_and_grows_the_persistent_partition() {
             "os-init: formatting /dev/vda5 as ext4",
             "os-init: mounted /dev/vda5 on /run/os/persist",
             "(new)",
-            "os-init: seeded /run/os/persist/state/etc/ssh from the image",
             "os-init: seeded /run/os/persist/state/root from the image",
             "os-init: persistent: /var/lib/os-agent",
             "root-init: no marker",
@@ -272,6 +272,10 @@ fn os_init_creates_keeps_and_grows_the_persistent_partition() {
             "root-init: /var/lib/os-agent is a mount",
             "root-init: persist is mounted",
         ],
+    );
+    assert!(
+        !console.contains("root-init: /etc/ssh is a mount"),
+        "/etc/ssh must be the image's (host keys persist under /var/lib/os-agent)"
     );
     assert!(
         !console.contains("os-init: error"),

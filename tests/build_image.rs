@@ -361,6 +361,7 @@ fn debian_amd64_builds_and_boots_uefi_and_bios_with_persistence() {
     );
     assert!(line.contains("boot_count=1"), "{line}");
     assert!(c1.contains("os-init: created persist"), "{}", tail(&c1, 80));
+    assert!(c1.contains("ssh_host_keys=generated"), "{}", tail(&c1, 80));
     assert!(
         c1.contains("os-init: freed the initramfs: "),
         "{}",
@@ -388,6 +389,8 @@ fn debian_amd64_builds_and_boots_uefi_and_bios_with_persistence() {
         .run_until("os-agent: boot ", Duration::from_secs(600));
     let line = boot_ok(&c2, "BIOS", "os-agent: boot ok slot=a");
     assert!(line.contains("boot_count=2"), "{line}\n{}", tail(&c2, 60));
+    // The device's SSH host keys came back from the persistent partition.
+    assert!(c2.contains("ssh_host_keys=kept"), "{}", tail(&c2, 60));
     assert!(
         c2.contains("crc32c-intel.ko: not for this machine"),
         "{}",

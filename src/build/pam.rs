@@ -120,6 +120,15 @@ pub fn blocks(profiles: &[Profile], ty: &str) -> (String, String) {
     (primary, additional)
 }
 
+/// The `/etc/pam.d/common-*` stacks pam-auth-update writes.
+pub const TYPES: [&str; 5] = [
+    "auth",
+    "account",
+    "password",
+    "session",
+    "session-noninteractive",
+];
+
 /// Writes the common-* files; the number written.
 pub fn write_common(ed: &mut Editor<'_>) -> Result<usize> {
     let mut profiles = Vec::new();
@@ -133,13 +142,7 @@ pub fn write_common(ed: &mut Editor<'_>) -> Result<usize> {
     }
     profiles.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.name.cmp(&b.name)));
     let mut n = 0;
-    for ty in [
-        "auth",
-        "account",
-        "password",
-        "session",
-        "session-noninteractive",
-    ] {
+    for ty in TYPES {
         let dst = format!("etc/pam.d/common-{ty}");
         if ed.exists(&dst) {
             continue;
@@ -226,13 +229,7 @@ mod tests {
                 .filter(|l| !l.is_empty() && !l.starts_with('#'))
                 .collect()
         };
-        for ty in [
-            "auth",
-            "account",
-            "password",
-            "session",
-            "session-noninteractive",
-        ] {
+        for ty in TYPES {
             let host = std::fs::read_to_string(format!("/etc/pam.d/common-{ty}")).unwrap();
             if !host.contains("pam-auth-update") {
                 continue; // edited by hand on this machine

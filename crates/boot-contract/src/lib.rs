@@ -56,7 +56,6 @@ pub mod persist {
         p("/var/log", false),
         p("/home", false),
         p("/root", true),
-        p("/etc/ssh", true),
         p("/etc/rancher", false),
     ];
 }

@@ -6,6 +6,7 @@
 //! they already hold what the configuration asks, so running it twice
 //! changes nothing the second time.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -15,7 +16,10 @@ use crate::fsutil::{create_dirs, read_optional, write_atomic, Owner, Root};
 use crate::users::{self, Accounts};
 use crate::{bail, k3s, state, system};
 
-pub const SSH_HOST_KEY: &str = "/etc/ssh/ssh_host_ed25519_key";
+/// Where the device's SSH host keys are kept (persistent).
+pub const HOST_KEYS_DIR: &str = "/var/lib/os-agent/ssh";
+/// The host key whose presence marks a complete set.
+pub const HOST_KEY_MARK: &str = "ssh_host_ed25519_key";
 pub const SSH_KEYGEN: &str = "/usr/bin/ssh-keygen";
 
 /// What a run did, for the log line.
@@ -23,7 +27,7 @@ pub const SSH_KEYGEN: &str = "/usr/bin/ssh-keygen";
 pub struct Report {
     pub boot_count: u64,
     pub files_read: Vec<PathBuf>,
-    pub ssh_host_keys_generated: bool,
+    pub ssh_host_keys: HostKeys,
     pub hostname: Option<String>,
     pub users: Vec<String>,
     pub files_written: usize,
@@ -40,7 +44,7 @@ pub fn boot_config(root: &Root, esp: Option<&std::path::Path>) -> Result<Report>
     let st = state::record_boot(root, slot.as_deref(), version.as_deref())?;
     let mut report = Report {
         boot_count: st.boot_count,
-        ssh_host_keys_generated: ssh_host_keys(root)?,
+        ssh_host_keys: ssh_host_keys(root)?,
         ..Report::default()
     };
     let found = match (esp, slot.as_deref()) {
@@ -139,14 +143,54 @@ pub fn hostname(root: &Root, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Runs `ssh-keygen -A` when the image has ssh-keygen and the ed25519 host
-/// key is missing (/etc/ssh is persistent, so this happens once).
-pub fn ssh_host_keys(root: &Root) -> Result<bool> {
-    let keygen = root.join(SSH_KEYGEN);
-    if root.join(SSH_HOST_KEY).exists() || !keygen.exists() {
-        return Ok(false);
+/// What [`ssh_host_keys`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HostKeys {
+    /// The image has no ssh-keygen (no SSH server).
+    #[default]
+    None,
+    /// The device's keys, kept on the persistent partition, put in place.
+    Kept,
+    /// New keys made (first boot), and kept for the next boots.
+    Generated,
+}
+
+impl HostKeys {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostKeys::None => "none",
+            HostKeys::Kept => "kept",
+            HostKeys::Generated => "generated",
+        }
     }
-    create_dirs(&root.join("/etc/ssh"))?;
+}
+
+/// The SSH host keys: the device's own, kept in [`HOST_KEYS_DIR`] on the
+/// persistent partition and copied into /etc/ssh at every boot (the rest
+/// of /etc/ssh, sshd_config included, is the running image's, so an
+/// upgrade's SSH configuration applies). On the first boot `ssh-keygen -A`
+/// makes them and they are saved there, the ed25519 key last: it marks a
+/// complete set.
+pub fn ssh_host_keys(root: &Root) -> Result<HostKeys> {
+    let keygen = root.join(SSH_KEYGEN);
+    if !keygen.exists() {
+        return Ok(HostKeys::None);
+    }
+    let etc_ssh = root.join("/etc/ssh");
+    let kept = root.join(HOST_KEYS_DIR);
+    create_dirs(&etc_ssh)?;
+    let saved = host_key_files(&kept)?;
+    if saved.iter().any(|n| n == HOST_KEY_MARK) {
+        for name in &saved {
+            copy_key(&kept.join(name), &etc_ssh.join(name))?;
+        }
+        return Ok(HostKeys::Kept);
+    }
+    // Keys an image carries are not the device's own: start from none.
+    for name in host_key_files(&etc_ssh)? {
+        let p = etc_ssh.join(&name);
+        std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+    }
     let mut cmd = Command::new(&keygen);
     cmd.arg("-A");
     if !root.is_host() {
@@ -165,8 +209,52 @@ pub fn ssh_host_keys(root: &Root) -> Result<bool> {
             tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
         );
     }
-    if !root.join(SSH_HOST_KEY).exists() {
-        bail!("{} -A did not create {SSH_HOST_KEY}", keygen.display());
+    let mut made = host_key_files(&etc_ssh)?;
+    if !made.iter().any(|n| n == HOST_KEY_MARK) {
+        bail!(
+            "{} -A did not create /etc/ssh/{HOST_KEY_MARK}",
+            keygen.display()
+        );
     }
-    Ok(true)
+    create_dirs(&kept)?;
+    std::fs::set_permissions(&kept, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("setting the mode of {}", kept.display()))?;
+    made.sort_by_key(|n| n == HOST_KEY_MARK);
+    for name in &made {
+        copy_key(&etc_ssh.join(name), &kept.join(name))?;
+    }
+    Ok(HostKeys::Generated)
+}
+
+/// The `ssh_host_*_key` and `ssh_host_*_key.pub` files in `dir`.
+fn host_key_files(dir: &std::path::Path) -> Result<Vec<String>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
+    let mut names = Vec::new();
+    for e in entries {
+        let e = e.with_context(|| format!("reading {}", dir.display()))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let is_key =
+            name.starts_with("ssh_host_") && (name.ends_with("_key") || name.ends_with("_key.pub"));
+        if is_key && e.file_type().is_ok_and(|t| t.is_file()) {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Copies a host key file: root's, 0600 for a private key, 0644 for a
+/// public one.
+fn copy_key(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
+    let data = std::fs::read(from).with_context(|| format!("reading {}", from.display()))?;
+    let public = to.extension().is_some_and(|e| e == "pub");
+    write_atomic(
+        to,
+        &data,
+        Some(Owner::root(if public { 0o644 } else { 0o600 })),
+    )
 }

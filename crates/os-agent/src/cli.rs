@@ -212,7 +212,7 @@ pub fn run(args: &Args) -> Result<i32> {
                 r.users.join(" "),
                 r.files_written,
                 r.k3s_role.map(|x| x.as_str()).unwrap_or("off"),
-                if r.ssh_host_keys_generated { "generated" } else { "kept" }
+                r.ssh_host_keys.as_str()
             );
         }
         Cmd::Health => {

@@ -77,6 +77,17 @@ pub struct Owner {
     pub mode: u32,
 }
 
+impl Owner {
+    /// root:root with `mode`.
+    pub const fn root(mode: u32) -> Owner {
+        Owner {
+            uid: 0,
+            gid: 0,
+            mode,
+        }
+    }
+}
+
 /// Writes `data` to `path` atomically: a temporary file in the same
 /// directory, fsync, rename over `path`, fsync of the directory. With
 /// `owner` None, an existing file's owner and mode are kept (0644 root for

@@ -87,15 +87,7 @@ pub fn apply(root: &Root, k3s: Option<&K3s>) -> Result<Option<Role>> {
     let path = root.join(CONFIG_FILE);
     create_dirs(path.parent().expect("constant path has a parent"))?;
     // The token is a secret: root only.
-    write_atomic(
-        &path,
-        text.as_bytes(),
-        Some(Owner {
-            uid: 0,
-            gid: 0,
-            mode: 0o600,
-        }),
-    )?;
+    write_atomic(&path, text.as_bytes(), Some(Owner::root(0o600)))?;
     create_dirs(&root.join(MARKER_DIR))?;
     let role = k.role();
     let (keep, drop) = match role {

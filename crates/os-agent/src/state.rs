@@ -78,11 +78,7 @@ pub fn save(root: &Root, state: &State) -> Result<()> {
     write_atomic(
         &root.join(STATE_FILE),
         text.as_bytes(),
-        Some(Owner {
-            uid: 0,
-            gid: 0,
-            mode: 0o644,
-        }),
+        Some(Owner::root(0o644)),
     )
 }
 

@@ -368,15 +368,7 @@ pub fn sudoers(root: &Root, users: &[User]) -> Result<()> {
     }
     let text = format!("# Written by os-agent from the node config's users[].sudo.\n{text}");
     crate::fsutil::create_dirs(path.parent().expect("absolute"))?;
-    write_atomic(
-        &path,
-        text.as_bytes(),
-        Some(Owner {
-            uid: 0,
-            gid: 0,
-            mode: 0o440,
-        }),
-    )
+    write_atomic(&path, text.as_bytes(), Some(Owner::root(0o440)))
 }
 
 pub const SUDO: &str = "/usr/bin/sudo";

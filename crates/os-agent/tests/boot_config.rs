@@ -416,4 +416,54 @@ fn generates_ssh_host_keys_once() {
         fs::read_to_string(r.join("etc/ssh/ssh_host_ed25519_key.pub")).unwrap(),
         pubkey
     );
+
+    // The next boot's /etc is the image's again (here: a new image with
+    // another sshd_config and no keys): the device's keys come back from
+    // the persistent copy, private and root's, and the new config stays.
+    let kept = r.join("var/lib/os-agent/ssh");
+    assert_eq!(fs::metadata(&kept).unwrap().mode() & 0o777, 0o700);
+    fs::remove_dir_all(r.join("etc/ssh")).unwrap();
+    write(r, "/etc/ssh/sshd_config", "PasswordAuthentication no\n");
+    let out = run_ok(r);
+    assert!(out.contains("ssh_host_keys=kept"), "{out}");
+    assert_eq!(
+        fs::read_to_string(r.join("etc/ssh/ssh_host_ed25519_key.pub")).unwrap(),
+        pubkey
+    );
+    let m = fs::metadata(&key).unwrap();
+    assert_eq!((m.mode() & 0o777, m.uid()), (0o600, 0));
+    assert_eq!(
+        read(r, "/etc/ssh/sshd_config"),
+        "PasswordAuthentication no\n"
+    );
+    for t in ["rsa", "ecdsa"] {
+        assert!(
+            r.join(format!("etc/ssh/ssh_host_{t}_key")).exists(),
+            "{t} key not restored"
+        );
+    }
+}
+
+/// Keys an image carries are shared by every device built from it: the
+/// first boot replaces them with the device's own.
+#[test]
+fn host_keys_baked_into_an_image_are_replaced_on_first_boot() {
+    let dir = debian_root("a");
+    let r = dir.path();
+    fs::create_dir_all(r.join("usr/bin")).unwrap();
+    fs::copy("/usr/bin/ssh-keygen", r.join("usr/bin/ssh-keygen")).unwrap();
+    write(r, "/etc/ssh/ssh_host_ed25519_key", "baked into the image");
+    write(
+        r,
+        "/etc/ssh/ssh_host_ed25519_key.pub",
+        "ssh-ed25519 BAKED image",
+    );
+    let out = run_ok(r);
+    assert!(out.contains("ssh_host_keys=generated"), "{out}");
+    let pubkey = read(r, "/etc/ssh/ssh_host_ed25519_key.pub");
+    assert!(!pubkey.contains("BAKED"), "{pubkey}");
+    assert_eq!(
+        read(r, "/var/lib/os-agent/ssh/ssh_host_ed25519_key.pub"),
+        pubkey
+    );
 }

@@ -329,13 +329,7 @@ fn debian_amd64_builds_and_boots_uefi_and_bios_with_persistence() {
 
     // The disk: a clean GPT, no persist yet (os-init makes it).
     require_tool("sgdisk", "gdisk");
-    let v = Command::new("sgdisk")
-        .arg("-v")
-        .arg(&disk)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&v.stdout);
-    assert!(text.contains("No problems found"), "{text}");
+    assert_gpt_clean(&disk);
     let p = Command::new("sgdisk")
         .arg("-p")
         .arg(&disk)
@@ -396,13 +390,7 @@ fn debian_amd64_builds_and_boots_uefi_and_bios_with_persistence() {
         "{}",
         tail(&c2, 60)
     );
-    let v = Command::new("sgdisk")
-        .arg("-v")
-        .arg(&vm_disk)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&v.stdout);
-    assert!(text.contains("No problems found"), "{text}");
+    assert_gpt_clean(&vm_disk);
 
     // Boot 3: a trial of slot b (the same image, as an upgrade would write
     // it) that fails its health check: the agent records it and reboots,
@@ -824,9 +812,7 @@ fn check_iso_with_reference_tools(iso: &Path, label: &str) {
     ] {
         assert!(info.contains(&want), "no {want:?} in:\n{info}");
     }
-    let o = Command::new("sgdisk").arg("-v").arg(iso).output().unwrap();
-    let v = String::from_utf8_lossy(&o.stdout);
-    assert!(v.contains("No problems found"), "{v}");
+    assert_gpt_clean(iso);
 }
 
 /// The live ISO boots from CD, a dd'd disk and a USB stick, with SeaBIOS
@@ -892,10 +878,7 @@ fn debian_amd64_iso_boots_live_from_cd_disk_and_usb_with_bios_and_uefi() {
     // the blank disk and reboots.
     let target = env.tmp.path().join("target.raw");
     let needed = doc["install"]["min_device_size"].as_u64().unwrap();
-    fs::File::create(&target)
-        .unwrap()
-        .set_len(needed + (1 << 30))
-        .unwrap();
+    blank_disk(&target, needed + (1 << 30));
     let vars = env.tmp.path().join("VARS-install.fd");
     fresh_vars(OVMF_VARS, &vars);
     let c = live_pc(&iso, Medium::Cd, Some(&vars))
@@ -907,13 +890,7 @@ fn debian_amd64_iso_boots_live_from_cd_disk_and_usb_with_bios_and_uefi() {
         "the install entry did not install:\n{}",
         tail(&c, 80)
     );
-    let v = Command::new("sgdisk")
-        .arg("-v")
-        .arg(&target)
-        .output()
-        .unwrap();
-    let v = String::from_utf8_lossy(&v.stdout).into_owned();
-    assert!(v.contains("No problems found"), "{v}");
+    assert_gpt_clean(&target);
 
     install_over_ssh(&env, &iso, &key);
 }
@@ -928,10 +905,7 @@ fn install_over_ssh(env: &TestEnv, iso: &Path, key: &Key) {
     let target = env.tmp.path().join("target-ssh.raw");
     let doc = inspect_iso(env, iso);
     let needed = doc["install"]["min_device_size"].as_u64().unwrap();
-    fs::File::create(&target)
-        .unwrap()
-        .set_len(needed + (1 << 30))
-        .unwrap();
+    blank_disk(&target, needed + (1 << 30));
     let device_config = format!(
         "hostname: node-installed\nusers:\n  - name: root\n    ssh_authorized_keys: [\"{}\"]\n",
         key.public
@@ -1029,6 +1003,19 @@ fn install_over_ssh(env: &TestEnv, iso: &Path, key: &Key) {
     assert_eq!(status["version"], "1.0.0-iso", "{status}");
 }
 
+/// A disk of `len` bytes with nothing on it (sparse).
+fn blank_disk(path: &Path, len: u64) {
+    fs::File::create(path).unwrap().set_len(len).unwrap();
+}
+
+/// `sgdisk -v` finds no problem in the GPT of `disk`.
+fn assert_gpt_clean(disk: &Path) {
+    require_tool("sgdisk", "gdisk");
+    let o = Command::new("sgdisk").arg("-v").arg(disk).output().unwrap();
+    let v = String::from_utf8_lossy(&o.stdout);
+    assert!(v.contains("No problems found"), "{}: {v}", disk.display());
+}
+
 fn inspect_iso(env: &TestEnv, iso: &Path) -> serde_json::Value {
     let o = env.run_raw(&["--json", "inspect", iso.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -1062,10 +1049,7 @@ fn debian_amd64_iso_installs_itself_to_a_blank_disk_and_refuses_a_small_one() {
 
     // Too small: refused before anything is written.
     let small = env.tmp.path().join("small.raw");
-    fs::File::create(&small)
-        .unwrap()
-        .set_len((needed - (64 << 20)) & !0xfffff)
-        .unwrap();
+    blank_disk(&small, (needed - (64 << 20)) & !0xfffff);
     let c = live_pc(&iso, Medium::Cd, None)
         .virtio_disk(&small)
         .run_until("too small: needs", Duration::from_secs(600));
@@ -1085,10 +1069,7 @@ fn debian_amd64_iso_installs_itself_to_a_blank_disk_and_refuses_a_small_one() {
 
     // Big enough: installed, and QEMU exits on the reboot.
     let target = env.tmp.path().join("target.raw");
-    fs::File::create(&target)
-        .unwrap()
-        .set_len(needed + (1 << 30))
-        .unwrap();
+    blank_disk(&target, needed + (1 << 30));
     let c = live_pc(&iso, Medium::Cd, None)
         .virtio_disk(&target)
         .run_until("os-agent: rebooting", Duration::from_secs(900));
@@ -1097,13 +1078,7 @@ fn debian_amd64_iso_installs_itself_to_a_blank_disk_and_refuses_a_small_one() {
         "{}",
         tail(&c, 80)
     );
-    let v = Command::new("sgdisk")
-        .arg("-v")
-        .arg(&target)
-        .output()
-        .unwrap();
-    let v = String::from_utf8_lossy(&v.stdout).into_owned();
-    assert!(v.contains("No problems found"), "{v}");
+    assert_gpt_clean(&target);
 
     // The disk alone boots slot a (UEFI), creating persist.
     let vars = env.tmp.path().join("VARS-installed.fd");

@@ -21,8 +21,8 @@ use super::deb::{read_deb, DebControl};
 use super::deb822::{self, Stanza};
 use super::md5::md5_hex;
 use super::packages::Package;
-use super::paths::{lossy, read_tree_file, resolve_dir, resolve_ro, split, write_tree_file};
 use crate::cache::hash_reader;
+use crate::tree::paths::{lossy, read_tree_file, resolve_dir, resolve_ro, split, write_tree_file};
 use crate::tree::{ContentStore, FsTree, InodeKind, Metadata};
 
 const STATUS: &str = "var/lib/dpkg/status";

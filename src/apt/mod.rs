@@ -21,7 +21,6 @@ pub mod fetch;
 pub mod install;
 mod md5;
 pub mod packages;
-pub(crate) mod paths;
 pub mod release;
 pub mod resolve;
 pub mod version;

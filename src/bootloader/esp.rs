@@ -74,7 +74,7 @@ pub struct EspContents<'a> {
 /// The ESP as a tree for [`crate::fat::write`].
 pub fn tree(c: &EspContents<'_>, store: &mut ContentStore, mtime: i64) -> Result<FsTree> {
     let mut tree = FsTree::new();
-    let mut ed = crate::build::fs::Editor {
+    let mut ed = crate::tree::edit::Editor {
         tree: &mut tree,
         store,
         mtime,

@@ -28,7 +28,7 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
     #[command(flatten)]
-    pub build: crate::build::BuildArgs,
+    pub build: crate::pipeline::BuildArgs,
 }
 
 #[derive(Debug, Args)]
@@ -92,7 +92,7 @@ impl SourceArgs {
 /// Runs the parsed command line.
 pub fn run(cli: Cli, reporter: &dyn Reporter) -> Result<()> {
     match cli.command {
-        None => crate::build::run(&cli.global, cli.build, reporter),
+        None => crate::pipeline::run(&cli.global, cli.build, reporter),
         Some(Command::Rootfs(a)) => rootfs::run(&cli.global, a, reporter),
         Some(Command::Inspect(a)) => inspect::run(&cli.global, a, reporter),
     }
@@ -157,7 +157,7 @@ mod tests {
         assert!(cli.command.is_none());
         assert_eq!(cli.build.arch.as_deref(), Some("arm64"));
         assert_eq!(cli.build.slot_size, Some(2 << 30));
-        assert_eq!(cli.build.without, [crate::build::Optional::K3s]);
+        assert_eq!(cli.build.without, [crate::pipeline::Optional::K3s]);
         assert_eq!(cli.build.output, PathBuf::from("dist"));
         let cli = Cli::try_parse_from(["build-image"]).unwrap();
         assert_eq!(cli.build.flavor, "debian");

@@ -10,7 +10,9 @@
 //! exactly the order SquashFS and reproducible cpio archives need.
 
 mod content;
+pub mod edit;
 mod merge;
+pub(crate) mod paths;
 
 pub use content::{AppendError, ContentRef, ContentStore};
 pub use merge::{merge_layer, LayerError, LayerErrorKind, LayerSource, MergeStats};

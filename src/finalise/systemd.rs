@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context, Result};
 
-use super::fs::Editor;
+use crate::tree::edit::Editor;
 
 const UNIT_DIRS: [&str; 3] = [
     "etc/systemd/system",

@@ -5,7 +5,7 @@
 
 use anyhow::{bail, Context, Result};
 
-use super::fs::Editor;
+use crate::tree::edit::Editor;
 use crate::tree::{ContentStore, FsTree, InodeKind};
 
 pub const DEFAULT_IMAGE: &str = "docker.io/rancher/k3s:v1.31.4-k3s1";

@@ -14,12 +14,7 @@
 //! 6. root SquashFS, ESP, GPT A/B disk (and BIOS boot on x86_64);
 //! 7. `build-image.lock` and the artifact list.
 
-pub mod finalise;
-pub mod fs;
-pub mod k3s;
 mod live;
-pub mod pam;
-pub mod systemd;
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
@@ -45,7 +40,8 @@ use crate::progress::{Event, Reporter};
 use crate::squashfs;
 use crate::tree::{ContentStore, FsTree};
 
-use fs::Editor;
+use crate::finalise::{self, k3s};
+use crate::tree::edit::Editor;
 
 /// Output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::apt::paths::{lossy, resolve_dir, resolve_ro, split};
+use crate::tree::paths::{lossy, resolve_dir, resolve_ro, split};
 use crate::tree::{ContentStore, FsTree, InodeId, InodeKind, Metadata};
 
 /// A tree and the store its file contents live in, with the mtime new
@@ -42,7 +42,7 @@ impl Editor<'_> {
 
     /// The contents of a regular file, or `None` if there is none there.
     pub fn read(&self, path: &str) -> Result<Option<Vec<u8>>> {
-        crate::apt::paths::read_tree_file(self.tree, self.store, path)
+        crate::tree::paths::read_tree_file(self.tree, self.store, path)
     }
 
     pub fn read_string(&self, path: &str) -> Result<Option<String>> {
@@ -56,7 +56,7 @@ impl Editor<'_> {
 
     /// Writes a regular file, replacing a file or symlink already there.
     pub fn write(&mut self, path: &str, data: &[u8], mode: u16) -> Result<()> {
-        crate::apt::paths::write_tree_file(self.tree, self.store, path, data, mode, self.mtime)
+        crate::tree::paths::write_tree_file(self.tree, self.store, path, data, mode, self.mtime)
     }
 
     /// Makes `path` a symlink to `target`, replacing a file or symlink.

@@ -3,12 +3,15 @@
 //! build host, so any target architecture works). docs/finalisation.md
 //! lists each step and what it replaces.
 
+pub mod k3s;
+pub mod pam;
+pub mod systemd;
+
 use std::collections::BTreeSet;
 
 use anyhow::{Context, Result};
 
-use super::fs::Editor;
-use super::systemd;
+use crate::tree::edit::Editor;
 
 /// Facts about the image that finalisation writes into it.
 #[derive(Debug, Clone)]
@@ -194,7 +197,7 @@ fn configs(ed: &mut Editor<'_>, r: &mut Report) -> Result<()> {
             0o644,
         )?;
     }
-    let n = super::pam::write_common(ed)?;
+    let n = pam::write_common(ed)?;
     if n > 0 {
         r.steps
             .push(format!("{n} /etc/pam.d/common-* files (pam-auth-update)"));

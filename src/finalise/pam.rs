@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use anyhow::Result;
 
-use super::fs::Editor;
+use crate::tree::edit::Editor;
 
 /// One `/usr/share/pam-configs` profile.
 #[derive(Debug, Clone, Default)]

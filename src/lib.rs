@@ -1,9 +1,20 @@
 //! build-image: turn a Linux distribution's OCI image into a bootable,
 //! immutable, A/B-upgradable OS image.
 //!
-//! The pipeline has one module per stage; see docs/architecture.md:
-//! [`oci`] fetches images, [`cache`] keeps verified blobs, [`assemble`]
-//! merges layers into a [`tree`], [`squashfs`] writes it out.
+//! One module per stage or format; docs/architecture.md has the diagram.
+//!
+//! - the command line: [`cli`] (definitions, dispatch, JSON output);
+//! - the main build: [`pipeline`] (plan → inputs → root → boot files →
+//!   media → lock), with [`staging`] for its outputs;
+//! - sources: [`oci`] (registries, layouts) and [`cache`] (blobs by
+//!   digest), [`apt`] (signed package archives), [`flavor`] (what a
+//!   distribution needs), [`http`];
+//! - the root filesystem: [`tree`] (in memory), [`assemble`] (layers into
+//!   it), [`finalise`] (maintainer-script effects), [`kmod`] (module
+//!   indexes and closures);
+//! - formats: [`squashfs`], [`initramfs`] (cpio), [`fat`], [`disk`] (GPT),
+//!   [`iso`], and [`bootloader`] (ESP contents, BIOS GRUB);
+//! - [`progress`]: how stages report.
 
 pub mod apt;
 pub mod assemble;
@@ -22,6 +33,7 @@ pub mod oci;
 pub mod pipeline;
 pub mod progress;
 pub mod squashfs;
+pub mod staging;
 pub mod tree;
 
 /// The `apiVersion` of every JSON document this tool prints.

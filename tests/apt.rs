@@ -415,14 +415,22 @@ fn local_repository_resolve_fetch_install() {
     repo.publish("empty", future, |_, _| String::new(), |b| b);
     let mut tree2 = base_tree(&mut store, &repo.arch);
     let sources = [(source("empty"), &keyring), (source("test"), &keyring)];
+    let repos = apt::load_repositories(&fetcher, &sources, &cache, now).unwrap();
+    apt::check_available(&repos, &["hello".into(), "sl=1.0".into()]).unwrap();
+    let err = apt::check_available(&repos, &["hello".into(), "nosuch".into(), "nope".into()])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("packages nosuch, nope not found in") && err.contains("empty main"),
+        "{err}"
+    );
     let req = apt::InstallRequest {
-        sources: &sources,
         packages: &["hello".into(), "sl".into()],
         required: false,
-        now,
         mtime: 1000,
     };
-    let plan2 = apt::install_packages(&fetcher, &req, &cache, &mut tree2, &mut store).unwrap();
+    let plan2 =
+        apt::install_packages(&fetcher, &repos, &req, &cache, &mut tree2, &mut store).unwrap();
     assert_eq!(
         plan2.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
         names

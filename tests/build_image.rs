@@ -278,7 +278,10 @@ fn debian_amd64_builds_and_boots_uefi_and_bios_with_persistence() {
     let arts = result["artifacts"].as_array().unwrap();
     for a in arts {
         let p = Path::new(a["path"].as_str().unwrap());
-        assert_eq!(common::sha256_file(p), a["sha256"].as_str().unwrap());
+        assert_eq!(
+            format!("sha256:{}", common::sha256_file(p)),
+            a["digest"].as_str().unwrap()
+        );
         assert_eq!(fs::metadata(p).unwrap().len(), a["size"].as_u64().unwrap());
     }
     let disk = out.join("debian-bookworm-amd64.raw");
@@ -509,6 +512,21 @@ fn debian_flavor() -> String {
     fs::read_to_string(root().join("flavors/debian.yaml")).unwrap()
 }
 
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk_files(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
 fn assert_no_output(out: &Path) {
     let left: Vec<String> = fs::read_dir(out)
         .map(|d| {
@@ -556,6 +574,7 @@ fn a_repository_whose_signature_does_not_verify_is_refused() {
     );
     let flavor = write_flavor(env.tmp.path(), &text);
     let out = env.tmp.path().join("dist");
+    let comps = format!("oci-layout:{}", components().display());
     let o = env.run_raw(&[
         "--cache-dir",
         shared_cache().to_str().unwrap(),
@@ -563,6 +582,8 @@ fn a_repository_whose_signature_does_not_verify_is_refused() {
         flavor.to_str().unwrap(),
         "--base",
         "archive",
+        "--components",
+        &comps,
         "--without",
         "k3s",
         "-o",
@@ -683,18 +704,54 @@ fn a_package_whose_hash_does_not_match_its_index_is_refused() {
     .unwrap();
     let base = common::fixtures::debian_minbase();
     let out = env.tmp.path().join("dist");
-    let o = env.run(&[
-        "--flavor",
-        flavor.to_str().unwrap(),
-        "--arch",
-        arch,
-        "--base",
-        &format!("rootfs-tar:{}", base.display()),
-        "--without",
-        "k3s",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let comps = format!("oci-layout:{}", components().display());
+    let build = |flavor: &Path| {
+        env.run(&[
+            "--json",
+            "--flavor",
+            flavor.to_str().unwrap(),
+            "--arch",
+            arch,
+            "--base",
+            &format!("rootfs-tar:{}", base.display()),
+            "--components",
+            &comps,
+            "--without",
+            "k3s",
+            "-o",
+            out.to_str().unwrap(),
+        ])
+    };
+
+    // A package the repository does not have: refused while the inputs
+    // are resolved, before any package is downloaded.
+    let missing = dir.join("missing.yaml");
+    fs::write(
+        &missing,
+        fs::read_to_string(&flavor)
+            .unwrap()
+            .replace("common: [hello]", "common: [hello, no-such-package]"),
+    )
+    .unwrap();
+    let o = build(&missing);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("package no-such-package not found in") && err.contains("missing.yaml"),
+        "{err}"
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["kind"], "Error");
+    assert_eq!(doc["exitCode"], 1);
+    assert!(doc["message"].as_str().unwrap().contains("no-such-package"));
+    let cached_debs = walk_files(&env.cache)
+        .iter()
+        .filter(|p| fs::read(p).is_ok_and(|b| b.starts_with(b"!<arch>")))
+        .count();
+    assert_eq!(cached_debs, 0, "a .deb was downloaded before the check");
+    assert_no_output(&out);
+
+    let o = build(&flavor);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("package hello"), "{err}");
@@ -744,7 +801,7 @@ fn builds_are_reproducible() {
                 let p = Path::new(a["path"].as_str().unwrap());
                 (
                     p.file_name().unwrap().to_string_lossy().into_owned(),
-                    a["sha256"].as_str().unwrap().to_string(),
+                    a["digest"].as_str().unwrap().to_string(),
                 )
             })
             .collect();

@@ -284,7 +284,10 @@ fn rootfs_tar_json_result() {
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(&o)));
     assert_eq!(j["apiVersion"], "build-image/v1alpha1");
     assert_eq!(j["kind"], "RootfsResult");
-    assert_eq!(j["artifacts"][0]["sha256"], sha256_file(&out).as_str());
+    assert_eq!(
+        j["artifacts"][0]["digest"],
+        format!("sha256:{}", sha256_file(&out))
+    );
     assert_eq!(j["artifacts"][0]["size"], fs::metadata(&out).unwrap().len());
     assert_eq!(j["artifacts"][0]["format"], "squashfs");
 }

@@ -837,7 +837,7 @@ fn rootfs_json_result() {
         fs::canonicalize(&out).unwrap()
     );
     assert_eq!(a["size"], fs::metadata(&out).unwrap().len());
-    assert_eq!(a["sha256"], sha256_file(&out).as_str());
+    assert_eq!(a["digest"], format!("sha256:{}", sha256_file(&out)));
     assert!(j["input"]["image"]
         .as_str()
         .unwrap()

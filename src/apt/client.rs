@@ -1,8 +1,11 @@
-//! The whole `apt-get install --no-install-recommends` of a build in one
-//! call: verified metadata from every source, resolution against the
-//! image's dpkg status, verified downloads, installation into the tree.
+//! The `apt-get update && apt-get install --no-install-recommends` of a
+//! build, in two calls: [`load_repositories`] fetches and verifies every
+//! source's metadata (cheap: a build does it before downloading anything
+//! else, so a wrong URL or a missing package fails in seconds), and
+//! [`install_packages`] resolves against the image's dpkg status, downloads
+//! verified `.deb`s and installs them into the tree.
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
 use super::fetch::{Fetcher, Repository, Source};
 use super::install::{install_debs, installed_packages, InstallOptions};
@@ -12,57 +15,94 @@ use super::resolve::{resolve, ResolveOptions};
 use crate::cache::BlobCache;
 use crate::tree::{ContentStore, FsTree};
 
-/// What to install and from where.
+/// Fetches and verifies the metadata of every source (each with the
+/// keyring that signs it); all must be for the same architecture. `now`
+/// is seconds since the epoch, for signature and `Valid-Until` checks.
+pub fn load_repositories(
+    fetcher: &Fetcher,
+    sources: &[(Source, &Keyring)],
+    cache: &BlobCache,
+    now: i64,
+) -> Result<Vec<Repository>> {
+    let (first, _) = sources
+        .first()
+        .ok_or_else(|| anyhow!("no package sources configured"))?;
+    if let Some((s, _)) = sources.iter().find(|(s, _)| s.arch != first.arch) {
+        bail!(
+            "source {} is for {}, the others for {}",
+            s.url,
+            s.arch,
+            first.arch
+        );
+    }
+    sources
+        .iter()
+        .map(|(s, k)| fetcher.load(s, k, cache, now))
+        .collect()
+}
+
+/// Checks that every requested package (`name` or `name=version`) is in
+/// one of `repos`, by name or as a virtual package some package provides,
+/// naming every one that is not.
+pub fn check_available(repos: &[Repository], packages: &[String]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .map(|p| p.split_once('=').map_or(p.as_str(), |(n, _)| n))
+        .filter(|name| {
+            !repos
+                .iter()
+                .flat_map(|r| &r.packages)
+                .any(|p| p.name == *name || p.provides.iter().any(|d| d.name == *name))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let where_: Vec<String> = repos
+        .iter()
+        .map(|r| format!("{} {}", r.source.url, r.source.describe()))
+        .collect();
+    bail!(
+        "package{} {} not found in {} for {}",
+        if missing.len() == 1 { "" } else { "s" },
+        missing.join(", "),
+        where_.join("; "),
+        repos.first().map_or("", |r| r.source.arch.as_str())
+    )
+}
+
+/// What to install.
 #[derive(Debug, Clone, Copy)]
 pub struct InstallRequest<'a> {
-    /// Each source with the keyring that signs it. All must be for the
-    /// same architecture; a package in several sources comes from the
-    /// first that has the chosen version.
-    pub sources: &'a [(Source, &'a Keyring)],
-    /// Package names, optionally `name=version`.
+    /// Package names, optionally `name=version`. A package in several
+    /// repositories comes from the first that has the chosen version.
     pub packages: &'a [String],
     /// Also install every `Priority: required` and `Essential: yes`
     /// package: what debootstrap's minbase installs, to build a base
     /// system from the archive alone.
     pub required: bool,
-    /// Seconds since the epoch, for signature and `Valid-Until` checks.
-    pub now: i64,
     /// mtime of the dpkg database files (`SOURCE_DATE_EPOCH`).
     pub mtime: i64,
 }
 
-/// Installs `req.packages` and their dependencies into `tree`; returns the
-/// installed packages in install order (each with its pinned sha256).
+/// Installs `req.packages` and their dependencies from `repos` into
+/// `tree`; returns the installed packages in install order (each with its
+/// pinned sha256).
 pub fn install_packages(
     fetcher: &Fetcher,
+    repos: &[Repository],
     req: &InstallRequest<'_>,
     cache: &BlobCache,
     tree: &mut FsTree,
     store: &mut ContentStore,
 ) -> Result<Vec<Package>> {
-    let (first, _) = req
-        .sources
+    let arch = repos
         .first()
+        .map(|r| r.source.arch.clone())
         .ok_or_else(|| anyhow!("no package sources configured"))?;
-    let arch = first.arch.clone();
-    if let Some((s, _)) = req.sources.iter().find(|(s, _)| s.arch != arch) {
-        return Err(anyhow!(
-            "source {} is for {}, the others for {arch}",
-            s.url,
-            s.arch
-        ));
-    }
-    let repos = req
-        .sources
-        .iter()
-        .map(|(s, k)| fetcher.load(s, k, cache, req.now))
-        .collect::<Result<Vec<Repository>>>()?;
     let installed = installed_packages(tree, store)?;
-    let all: Vec<Package> = repos
-        .iter()
-        .flat_map(|r| r.packages.iter().cloned())
-        .collect();
-    let names: Vec<String> = req.sources.iter().map(|(s, _)| s.describe()).collect();
+    let all = || repos.iter().flat_map(|r| &r.packages);
+    let names: Vec<String> = repos.iter().map(|r| r.source.describe()).collect();
     let opts = ResolveOptions {
         arch,
         source: names.join(", "),
@@ -70,14 +110,14 @@ pub fn install_packages(
     let mut wanted: Vec<String> = req.packages.to_vec();
     if req.required {
         wanted.extend(
-            all.iter()
+            all()
                 .filter(|p| p.essential || p.priority.as_deref() == Some("required"))
                 .map(|p| p.name.clone()),
         );
         wanted.sort();
         wanted.dedup();
     }
-    let plan = resolve(&wanted, &all, &installed, &opts)?;
+    let plan = resolve(&wanted, all(), &installed, &opts)?;
     let mut debs = Vec::new();
     for p in &plan {
         let repo = repos

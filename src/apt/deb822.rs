@@ -63,13 +63,23 @@ impl Stanza {
 /// Comment lines (`#`) are skipped, as dpkg and apt do.
 pub fn parse(text: &str, what: &str) -> Result<Vec<Stanza>> {
     let mut out = Vec::new();
+    for_each(text, what, |st| {
+        out.push(st);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Calls `f` with each stanza of `text` as soon as it is complete, so a
+/// large index is never held twice (as text and as stanzas).
+pub fn for_each(text: &str, what: &str, mut f: impl FnMut(Stanza) -> Result<()>) -> Result<()> {
     let mut cur = Stanza::default();
     for (i, raw) in text.lines().enumerate() {
         let line = raw.strip_suffix('\r').unwrap_or(raw);
         let lineno = i + 1;
         if line.trim().is_empty() {
             if !cur.fields.is_empty() {
-                out.push(std::mem::take(&mut cur));
+                f(std::mem::take(&mut cur))?;
             }
             continue;
         }
@@ -100,9 +110,9 @@ pub fn parse(text: &str, what: &str) -> Result<Vec<Stanza>> {
             .push((name.to_string(), value.trim_start().trim_end().to_string()));
     }
     if !cur.fields.is_empty() {
-        out.push(cur);
+        f(cur)?;
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -9,7 +9,8 @@
 //! - [`deb`]: reading `.deb` archives (ar + control/data tars).
 //! - [`install`]: extraction into the tree and the dpkg database.
 //! - [`fetch`]: HTTP with retries into the blob cache.
-//! - [`install_packages`]: all of the above in one call.
+//! - [`load_repositories`] then [`install_packages`]: a build's whole
+//!   `apt-get update && apt-get install`.
 //!
 //! See docs/apt.md.
 
@@ -25,7 +26,7 @@ pub mod release;
 pub mod resolve;
 pub mod version;
 
-pub use client::{install_packages, InstallRequest};
+pub use client::{check_available, install_packages, load_repositories, InstallRequest};
 pub use deb::{read_deb, DebControl};
 pub use depends::{Alternatives, Dep, Relation};
 pub use fetch::{Fetcher, Repository, Source};

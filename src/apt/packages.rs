@@ -43,8 +43,6 @@ pub struct Package {
     /// KiB, as the field says.
     pub installed_size: Option<u64>,
     pub source: Option<String>,
-    /// The whole stanza, to write the dpkg status from.
-    pub stanza: Stanza,
 }
 
 impl Package {
@@ -146,7 +144,6 @@ impl Package {
             name,
             version,
             architecture,
-            stanza: st,
         })
     }
 }
@@ -154,10 +151,12 @@ impl Package {
 /// Parses a `Packages` index. Every stanza needs `Filename`, `Size` and
 /// `SHA256`; errors name the file, package and field.
 pub fn parse_index(text: &str, what: &str) -> Result<Vec<Package>> {
-    deb822::parse(text, what)?
-        .into_iter()
-        .map(|st| Package::from_stanza(st, what, true))
-        .collect()
+    let mut out = Vec::new();
+    deb822::for_each(text, what, |st| {
+        out.push(Package::from_stanza(st, what, true)?);
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 /// Parses a dpkg `status` file and keeps the packages whose `Status` is

@@ -91,18 +91,18 @@ enum Have<'a> {
 /// `available` (the repository's packages for the target arch and `all`)
 /// and `installed` (from the image's dpkg status). Returns the packages to
 /// install, dependencies before dependents.
-pub fn resolve(
+pub fn resolve<'a>(
     requests: &[String],
-    available: &[Package],
-    installed: &[Package],
-    opts: &ResolveOptions,
+    available: impl IntoIterator<Item = &'a Package>,
+    installed: &'a [Package],
+    opts: &'a ResolveOptions,
 ) -> Result<Vec<Package>, ResolveError> {
     let arch = opts.arch.as_str();
     let mut r = Resolver {
         opts,
         avail: Index::new(
             available
-                .iter()
+                .into_iter()
                 .filter(|p| p.architecture == arch || p.architecture == "all"),
         ),
         installed: Index::new(installed.iter()),

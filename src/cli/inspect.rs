@@ -1,11 +1,15 @@
-//! `build-image inspect`: what an image is made of.
+//! `build-image inspect`: what an image is made of, or what a build-image
+//! ISO holds.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use clap::Args;
-use serde_json::json;
+use serde::Serialize;
 
-use super::{Global, SourceArgs};
-use crate::oci::ImageSource;
+use super::{Global, Output, SourceArgs};
+use crate::oci::{Digest, ImageSource, LayerSummary};
 use crate::progress::Reporter;
 
 #[derive(Debug, Args)]
@@ -17,57 +21,128 @@ pub struct InspectArgs {
     pub source: SourceArgs,
 }
 
-pub fn run(g: &Global, a: InspectArgs, reporter: &dyn Reporter) -> Result<()> {
-    let path = std::path::Path::new(&a.image);
+/// What `inspect --json` prints: `kind: ImageInspect` or `IsoInspect`.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Inspected {
+    Image(ImageInspect),
+    Iso(IsoInspect),
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageInspect {
+    pub reference: String,
+    pub index_digest: Option<Digest>,
+    /// What the index offers.
+    pub platforms: Vec<PlatformEntry>,
+    /// The platform that was selected.
+    pub platform: String,
+    pub manifest_digest: Option<Digest>,
+    pub config_digest: Option<Digest>,
+    /// The image config document, as the registry holds it.
+    pub config: serde_json::Value,
+    pub layers: Vec<LayerSummary>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PlatformEntry {
+    pub platform: String,
+    pub digest: Digest,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IsoInspect {
+    pub path: PathBuf,
+    pub volume_id: String,
+    pub application_id: String,
+    pub size: u64,
+    /// The install manifest (`install/install.json`), when the ISO has one.
+    pub install: Option<serde_json::Value>,
+}
+
+pub fn run(g: &Global, a: InspectArgs, reporter: &dyn Reporter) -> Result<Inspected> {
+    let path = Path::new(&a.image);
     if path.is_file() && crate::iso::is_iso(path) {
-        return inspect_iso(g, path);
+        let info = crate::iso::read_info(path)?;
+        return Ok(Inspected::Iso(IsoInspect {
+            path: path.to_path_buf(),
+            volume_id: info.volume_id,
+            application_id: info.application_id,
+            size: info.size,
+            install: info.install,
+        }));
     }
     let src = ImageSource::parse(&a.image)?;
     let want = a.source.platform()?;
-    let puller = a.source.puller(g, reporter)?;
+    let puller = g.puller(&a.source.insecure_registries, reporter)?;
     let img = puller.resolve(&src, &want)?;
-    if g.json {
-        let doc = json!({
-            "apiVersion": crate::API_VERSION,
-            "kind": "ImageInspect",
-            "reference": img.source.to_string(),
-            "indexDigest": img.index_digest.as_ref().map(|d| d.to_string()),
-            "platforms": img.platforms.iter().map(|(p, d)| json!({"platform": p, "digest": d.to_string()})).collect::<Vec<_>>(),
-            "platform": img.platform,
-            "manifestDigest": img.manifest_digest.as_ref().map(|d| d.to_string()),
-            "configDigest": img.config_digest.as_ref().map(|d| d.to_string()),
-            "config": img.config_json,
-            "layers": img.layer_summaries(),
-        });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
-        return Ok(());
-    }
-    println!("Image:     {}", img.source);
-    if let Some(d) = &img.index_digest {
-        println!("Index:     {d}");
-        for (p, d) in &img.platforms {
-            println!("  {p:<20} {d}");
+    Ok(Inspected::Image(ImageInspect {
+        reference: img.source.to_string(),
+        index_digest: img.index_digest.clone(),
+        platforms: img
+            .platforms
+            .iter()
+            .map(|(p, d)| PlatformEntry {
+                platform: p.clone(),
+                digest: d.clone(),
+            })
+            .collect(),
+        platform: img.platform.clone(),
+        manifest_digest: img.manifest_digest.clone(),
+        config_digest: img.config_digest.clone(),
+        config: img.config_json.clone(),
+        layers: img.layer_summaries(),
+    }))
+}
+
+impl Output for Inspected {
+    fn kind(&self) -> &'static str {
+        match self {
+            Inspected::Image(_) => "ImageInspect",
+            Inspected::Iso(_) => "IsoInspect",
         }
     }
-    println!("Platform:  {}", img.platform);
+
+    fn text(&self) -> String {
+        match self {
+            Inspected::Image(i) => image_text(i),
+            Inspected::Iso(i) => iso_text(i),
+        }
+    }
+}
+
+fn image_text(img: &ImageInspect) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "Image:     {}", img.reference);
+    if let Some(d) = &img.index_digest {
+        let _ = writeln!(s, "Index:     {d}");
+        for p in &img.platforms {
+            let _ = writeln!(s, "  {:<20} {}", p.platform, p.digest);
+        }
+    }
+    let _ = writeln!(s, "Platform:  {}", img.platform);
     if let Some(d) = &img.manifest_digest {
-        println!("Manifest:  {d}");
+        let _ = writeln!(s, "Manifest:  {d}");
     }
     if let Some(d) = &img.config_digest {
-        println!("Config:    {d}");
+        let _ = writeln!(s, "Config:    {d}");
     }
-    if let Some(c) = img.config_json.get("created").and_then(|v| v.as_str()) {
-        println!("Created:   {c}");
+    if let Some(c) = img.config.get("created").and_then(|v| v.as_str()) {
+        let _ = writeln!(s, "Created:   {c}");
     }
     if !img.layers.is_empty() {
         let total: u64 = img.layers.iter().map(|l| l.size).sum();
-        println!(
+        let _ = writeln!(
+            s,
             "Layers:    {} ({} compressed)",
             img.layers.len(),
             indicatif::HumanBytes(total)
         );
         for l in &img.layers {
-            println!(
+            let _ = writeln!(
+                s,
                 "  {} {:>10}  {}",
                 l.digest,
                 indicatif::HumanBytes(l.size).to_string(),
@@ -75,52 +150,46 @@ pub fn run(g: &Global, a: InspectArgs, reporter: &dyn Reporter) -> Result<()> {
             );
         }
     }
-    if let Some(cfg) = img.config_json.get("config") {
+    if let Some(cfg) = img.config.get("config") {
         for key in ["Entrypoint", "Cmd", "Env", "WorkingDir", "User"] {
             if let Some(v) = cfg.get(key).filter(|v| !v.is_null()) {
-                println!("{:<10} {}", format!("{key}:"), v);
+                let _ = writeln!(s, "{:<10} {}", format!("{key}:"), v);
             }
         }
     }
-    Ok(())
+    s
 }
 
-fn inspect_iso(g: &Global, path: &std::path::Path) -> Result<()> {
-    let info = crate::iso::read_info(path)?;
-    if g.json {
-        let doc = json!({
-            "apiVersion": crate::API_VERSION,
-            "kind": "IsoInspect",
-            "path": path,
-            "volumeId": info.volume_id,
-            "applicationId": info.application_id,
-            "size": info.size,
-            "install": info.install,
-        });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
-        return Ok(());
-    }
-    println!("ISO:         {}", path.display());
-    println!("Label:       {}", info.volume_id);
-    println!("Application: {}", info.application_id);
-    println!("Size:        {}", indicatif::HumanBytes(info.size));
+fn iso_text(info: &IsoInspect) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "ISO:         {}", info.path.display());
+    let _ = writeln!(s, "Label:       {}", info.volume_id);
+    let _ = writeln!(s, "Application: {}", info.application_id);
+    let _ = writeln!(s, "Size:        {}", indicatif::HumanBytes(info.size));
     match &info.install {
         Some(m) => {
             let image = &m["image"];
-            println!(
+            let _ = writeln!(
+                s,
                 "Image:       {} {} {}",
                 image["id"].as_str().unwrap_or("?"),
                 image["version"].as_str().unwrap_or("?"),
                 image["arch"].as_str().unwrap_or("?")
             );
             if let Some(n) = m["min_device_size"].as_u64() {
-                println!(
+                let _ = writeln!(
+                    s,
                     "Installs to: a disk of at least {}",
                     indicatif::HumanBytes(n)
                 );
             }
         }
-        None => println!("Image:       (no install manifest: not a build-image ISO)"),
+        None => {
+            let _ = writeln!(
+                s,
+                "Image:       (no install manifest: not a build-image ISO)"
+            );
+        }
     }
-    Ok(())
+    s
 }

@@ -1,14 +1,16 @@
-//! The `build-image` command line: argument definitions and dispatch.
+//! The `build-image` command line: argument definitions, dispatch and the
+//! one way results are printed (text, or one JSON document per line with
+//! `--json`; docs/cli.md).
 
+pub mod build;
 mod inspect;
 mod rootfs;
 
-pub use rootfs::source_date_epoch;
-
 use std::path::PathBuf;
 
-use anyhow::Result;
-use clap::{Args, Parser, Subcommand};
+use anyhow::{Context, Result};
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use serde::Serialize;
 
 use crate::cache::BlobCache;
 use crate::oci::{Puller, RegistryClient, WantedPlatform};
@@ -17,9 +19,10 @@ use crate::progress::Reporter;
 /// Turn a Linux distribution's OCI image into a bootable, immutable,
 /// A/B-upgradable OS image.
 ///
-/// Without a subcommand, builds the image: `build-image --flavor debian
-/// --arch arm64` writes an A/B disk image, its root filesystem and
-/// build-image.lock to ./out.
+/// Without a subcommand, builds the image (the same as `build-image
+/// build`): `build-image --flavor debian --arch arm64` writes an A/B disk
+/// image, a live/installer ISO, the root filesystem and build-image.lock to
+/// ./out.
 #[derive(Debug, Parser)]
 #[command(name = "build-image", version, term_width = 80)]
 pub struct Cli {
@@ -28,7 +31,7 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
     #[command(flatten)]
-    pub build: crate::pipeline::BuildArgs,
+    pub build: build::BuildArgs,
 }
 
 #[derive(Debug, Args)]
@@ -39,7 +42,7 @@ pub struct Global {
     /// Print nothing but errors and results
     #[arg(long, short, global = true)]
     pub quiet: bool,
-    /// Print the result as one JSON object on stdout
+    /// Print the result (or the error) as one JSON document on stdout
     #[arg(long, global = true)]
     pub json: bool,
     /// More log output (repeat for more)
@@ -47,12 +50,84 @@ pub struct Global {
     pub verbose: u8,
 }
 
+impl Global {
+    /// The image puller every command uses: the blob cache of
+    /// `--cache-dir` and a registry client allowing plain HTTP to
+    /// `insecure` hosts (and loopback).
+    pub fn puller<'a>(
+        &self,
+        insecure: &[String],
+        reporter: &'a dyn Reporter,
+    ) -> Result<Puller<'a>> {
+        let dir = match &self.cache_dir {
+            Some(d) => d.clone(),
+            None => BlobCache::default_dir()?,
+        };
+        Ok(Puller {
+            client: RegistryClient::new(insecure.to_vec()),
+            cache: BlobCache::open(&dir)?,
+            reporter,
+        })
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Build the system image (what running without a subcommand does)
+    Build(Box<build::BuildArgs>),
     /// Write the merged layers of an image as a SquashFS, nothing added
     Rootfs(rootfs::RootfsArgs),
-    /// Show an image's platforms, digests, layers and config
+    /// Show an image's platforms, digests, layers and config, or what an
+    /// ISO that build-image wrote holds
     Inspect(inspect::InspectArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish,
+    /// powershell)
+    Completions {
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (build-image.1 and one per subcommand) to DIR
+    #[command(hide = true)]
+    Manpages {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+}
+
+impl Cli {
+    /// Parses `args` like [`Parser::try_parse_from`], and refuses build
+    /// options given with another subcommand (they would be ignored):
+    /// `build-image --flavor ubuntu rootfs IMG -o x` is a usage error.
+    pub fn try_parse_checked<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::FromArgMatches;
+        let mut cmd = Cli::command();
+        let matches = cmd.try_get_matches_from_mut(args)?;
+        if let Some((sub, _)) = matches.subcommand() {
+            let build_ids = build::BuildArgs::augment_args(clap::Command::new("build"));
+            let given = build_ids.get_arguments().find(|a| {
+                matches.value_source(a.get_id().as_str())
+                    == Some(clap::parser::ValueSource::CommandLine)
+            });
+            if let Some(arg) = given {
+                let name = arg
+                    .get_long()
+                    .map(|l| format!("--{l}"))
+                    .unwrap_or_else(|| arg.get_id().to_string());
+                return Err(cmd.error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    format!(
+                        "{name} is an option of the build; it cannot be used with `{sub}` \
+                         (give it after `build`, or leave the subcommand out)"
+                    ),
+                ));
+            }
+        }
+        Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut cmd))
+    }
 }
 
 /// Options shared by every command that reads an image.
@@ -75,33 +150,151 @@ impl SourceArgs {
             None => Ok(WantedPlatform::host()),
         }
     }
+}
 
-    pub fn puller<'a>(&self, g: &Global, reporter: &'a dyn Reporter) -> Result<Puller<'a>> {
-        let dir = match &g.cache_dir {
-            Some(d) => d.clone(),
-            None => BlobCache::default_dir()?,
-        };
-        Ok(Puller {
-            client: RegistryClient::new(self.insecure_registries.clone()),
-            cache: BlobCache::open(&dir)?,
-            reporter,
-        })
+/// A command's result document: printed as text, or with `--json` as one
+/// compact JSON object on one line carrying `apiVersion` and `kind`.
+pub trait Output: Serialize {
+    fn kind(&self) -> &'static str;
+    /// The text form (what stdout gets without `--json`).
+    fn text(&self) -> String;
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Envelope<'a, T: Serialize> {
+    api_version: &'static str,
+    kind: &'static str,
+    #[serde(flatten)]
+    body: &'a T,
+}
+
+/// The JSON form of a result: one line.
+pub fn to_json<T: Output>(doc: &T) -> Result<String> {
+    Ok(serde_json::to_string(&Envelope {
+        api_version: crate::API_VERSION,
+        kind: doc.kind(),
+        body: doc,
+    })?)
+}
+
+fn print<T: Output>(g: &Global, doc: &T) -> Result<()> {
+    if g.json {
+        println!("{}", to_json(doc)?);
+    } else {
+        print!("{}", doc.text());
+    }
+    Ok(())
+}
+
+/// What `--json` prints on stdout when a command fails (`kind: Error`).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorDoc {
+    /// The whole message, causes joined by `: ` (as stderr shows it).
+    pub message: String,
+    /// The outermost context first, the root cause last.
+    pub causes: Vec<String>,
+    /// The exit code: 1 for a failed command, 2 for a bad command line.
+    pub exit_code: i32,
+}
+
+impl Output for ErrorDoc {
+    fn kind(&self) -> &'static str {
+        "Error"
+    }
+    fn text(&self) -> String {
+        format!("error: {}\n", self.message)
+    }
+}
+
+impl ErrorDoc {
+    pub fn of(e: &anyhow::Error, exit_code: i32) -> Self {
+        ErrorDoc {
+            message: format!("{e:#}"),
+            causes: e.chain().map(|c| c.to_string()).collect(),
+            exit_code,
+        }
+    }
+}
+
+/// Parses `131072`, `128K`, `512M`, `2G` (powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let (num, mult) = match s.as_bytes().last() {
+        Some(b'K' | b'k') => (&s[..s.len() - 1], 1u64 << 10),
+        Some(b'M' | b'm') => (&s[..s.len() - 1], 1 << 20),
+        Some(b'G' | b'g') => (&s[..s.len() - 1], 1 << 30),
+        Some(b'T' | b't') => (&s[..s.len() - 1], 1 << 40),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{s:?}: expected a size like 131072, 128K, 512M or 2G"))
+}
+
+/// `SOURCE_DATE_EPOCH`, if set.
+pub fn source_date_epoch() -> Result<Option<i64>> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.is_empty() => v
+            .trim()
+            .parse::<i64>()
+            .map(Some)
+            .with_context(|| format!("SOURCE_DATE_EPOCH={v:?}: expected seconds since 1970")),
+        _ => Ok(None),
     }
 }
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli, reporter: &dyn Reporter) -> Result<()> {
+    let g = &cli.global;
     match cli.command {
-        None => crate::pipeline::run(&cli.global, cli.build, reporter),
-        Some(Command::Rootfs(a)) => rootfs::run(&cli.global, a, reporter),
-        Some(Command::Inspect(a)) => inspect::run(&cli.global, a, reporter),
+        None => print(g, &crate::pipeline::run(g, cli.build, reporter)?),
+        Some(Command::Build(a)) => print(g, &crate::pipeline::run(g, *a, reporter)?),
+        Some(Command::Rootfs(a)) => print(g, &rootfs::run(g, a, reporter)?),
+        Some(Command::Inspect(a)) => print(g, &inspect::run(g, a, reporter)?),
+        Some(Command::Completions { shell }) => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "build-image",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Some(Command::Manpages { dir }) => write_man_pages(&dir),
     }
+}
+
+/// `build-image.1` and `build-image-SUBCOMMAND.1` for each visible
+/// subcommand.
+fn write_man_pages(dir: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut cmd = Cli::command();
+    cmd.build();
+    let mut pages = vec![("build-image".to_string(), cmd.clone())];
+    for sub in cmd
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+    {
+        let name = format!("build-image-{}", sub.get_name());
+        pages.push((name.clone(), sub.clone().name(name)));
+    }
+    for (name, page) in pages {
+        let path = dir.join(format!("{name}.1"));
+        let mut out = Vec::new();
+        clap_mangen::Man::new(page)
+            .render(&mut out)
+            .with_context(|| format!("rendering {name}.1"))?;
+        std::fs::write(&path, out).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn clap_definition_is_consistent() {
@@ -110,7 +303,7 @@ mod tests {
 
     #[test]
     fn parses_rootfs() {
-        let cli = Cli::try_parse_from([
+        let cli = Cli::try_parse_checked([
             "build-image",
             "--quiet",
             "rootfs",
@@ -133,12 +326,12 @@ mod tests {
         };
         assert_eq!(a.block_size, 1 << 20);
         assert_eq!(a.source.arch.as_deref(), Some("arm64"));
-        assert!(Cli::try_parse_from(["build-image", "rootfs", "x"]).is_err());
+        assert!(Cli::try_parse_checked(["build-image", "rootfs", "x"]).is_err());
     }
 
     #[test]
     fn parses_build() {
-        let cli = Cli::try_parse_from([
+        let cli = Cli::try_parse_checked([
             "build-image",
             "--flavor",
             "debian",
@@ -157,12 +350,62 @@ mod tests {
         assert!(cli.command.is_none());
         assert_eq!(cli.build.arch.as_deref(), Some("arm64"));
         assert_eq!(cli.build.slot_size, Some(2 << 30));
-        assert_eq!(cli.build.without, [crate::pipeline::Optional::K3s]);
+        assert_eq!(cli.build.without, [build::Optional::K3s]);
         assert_eq!(cli.build.output, PathBuf::from("dist"));
-        let cli = Cli::try_parse_from(["build-image"]).unwrap();
+        let cli = Cli::try_parse_checked(["build-image"]).unwrap();
         assert_eq!(cli.build.flavor, "debian");
-        assert!(Cli::try_parse_from(["build-image", "--format", "floppy"]).is_err());
-        assert!(Cli::try_parse_from(["build-image", "--without", "kernel"]).is_err());
+        assert!(Cli::try_parse_checked(["build-image", "--format", "floppy"]).is_err());
+        assert!(Cli::try_parse_checked(["build-image", "--without", "kernel"]).is_err());
+        // The same as a subcommand.
+        let cli = Cli::try_parse_checked(["build-image", "build", "--arch", "arm64"]).unwrap();
+        let Some(Command::Build(b)) = cli.command else {
+            panic!("expected build");
+        };
+        assert_eq!(b.arch.as_deref(), Some("arm64"));
+    }
+
+    #[test]
+    fn build_options_do_not_mix_with_other_subcommands() {
+        let e = Cli::try_parse_checked([
+            "build-image",
+            "--flavor",
+            "ubuntu",
+            "--format",
+            "iso",
+            "rootfs",
+            "img",
+            "-o",
+            "x",
+        ])
+        .unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict, "{e}");
+        // Global options still go anywhere.
+        Cli::try_parse_checked(["build-image", "--json", "rootfs", "img", "-o", "x"]).unwrap();
+        Cli::try_parse_checked(["build-image", "rootfs", "img", "-o", "x", "--json"]).unwrap();
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("131072"), Ok(131072));
+        assert_eq!(parse_size("128K"), Ok(131072));
+        assert_eq!(parse_size("1M"), Ok(1 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn json_documents_are_one_line_with_api_version_and_kind() {
+        let e = anyhow::anyhow!("root cause").context("outer");
+        let line = to_json(&ErrorDoc::of(&e, 1)).unwrap();
+        assert!(!line.contains('\n'));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["apiVersion"], crate::API_VERSION);
+        assert_eq!(v["kind"], "Error");
+        assert_eq!(v["message"], "outer: root cause");
+        assert_eq!(v["causes"], serde_json::json!(["outer", "root cause"]));
+        assert_eq!(v["exitCode"], 1);
     }
 
     #[test]
@@ -172,7 +415,7 @@ mod tests {
         for line in cmd.render_long_help().to_string().lines() {
             assert!(line.chars().count() <= 80, "build-image: {line:?}");
         }
-        for sub in ["rootfs", "inspect"] {
+        for sub in ["build", "rootfs", "inspect", "completions"] {
             let mut cmd = Cli::command();
             cmd.build();
             let help = cmd
@@ -184,5 +427,38 @@ mod tests {
                 assert!(line.chars().count() <= 80, "{sub}: {line:?}");
             }
         }
+    }
+
+    #[test]
+    fn man_pages_and_completions() {
+        let dir = tempfile::tempdir().unwrap();
+        write_man_pages(dir.path()).unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "build-image-build.1",
+                "build-image-completions.1",
+                "build-image-inspect.1",
+                "build-image-rootfs.1",
+                "build-image.1"
+            ]
+        );
+        let page = std::fs::read_to_string(dir.path().join("build-image-rootfs.1")).unwrap();
+        assert!(page.contains(".TH build-image-rootfs"), "{page}");
+        assert!(page.contains("block\\-size"), "{page}");
+        let mut bash = Vec::new();
+        clap_complete::generate(
+            clap_complete::Shell::Bash,
+            &mut Cli::command(),
+            "build-image",
+            &mut bash,
+        );
+        let bash = String::from_utf8(bash).unwrap();
+        assert!(bash.contains("--insecure-registry") && bash.contains("rootfs"));
     }
 }

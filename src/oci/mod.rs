@@ -44,7 +44,7 @@ pub struct ResolvedImage {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LayerSummary {
-    pub digest: String,
+    pub digest: Digest,
     pub size: u64,
     pub media_type: String,
 }
@@ -54,7 +54,7 @@ impl ResolvedImage {
         self.layers
             .iter()
             .map(|l| LayerSummary {
-                digest: l.digest.to_string(),
+                digest: l.digest.clone(),
                 size: l.size,
                 media_type: l.media_type.clone(),
             })

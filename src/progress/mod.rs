@@ -29,6 +29,52 @@ pub trait Reporter: Sync {
     fn event(&self, e: Event);
 }
 
+/// A measurable task shown as a bar: [`Event::Start`] when it begins,
+/// [`Event::Finish`] when it is dropped (finished or not).
+pub struct Task<'a> {
+    reporter: &'a dyn Reporter,
+    id: String,
+    total: u64,
+}
+
+impl<'a> Task<'a> {
+    pub fn start(reporter: &'a dyn Reporter, id: &str, label: String, total: u64) -> Self {
+        reporter.event(Event::Start {
+            id: id.to_string(),
+            label,
+            total,
+        });
+        Task {
+            reporter,
+            id: id.to_string(),
+            total,
+        }
+    }
+
+    /// `done` of the task's total are done.
+    pub fn advance(&self, done: u64) {
+        self.reporter.event(Event::Advance {
+            id: self.id.clone(),
+            done,
+        });
+    }
+
+    /// `done` of `of` units are done, scaled to the task's total.
+    pub fn advance_fraction(&self, done: u64, of: u64) {
+        let scaled = (self.total as u128 * done as u128 / of.max(1) as u128) as u64;
+        self.advance(scaled.min(self.total));
+    }
+}
+
+impl Drop for Task<'_> {
+    fn drop(&mut self) {
+        self.reporter.event(Event::Finish {
+            id: std::mem::take(&mut self.id),
+            message: None,
+        });
+    }
+}
+
 /// Drops every event.
 pub struct Silent;
 
@@ -52,6 +98,15 @@ pub struct Console {
 }
 
 impl Console {
+    /// A writer for log lines (`tracing`) that prints them above the bars
+    /// instead of through them.
+    pub fn log_writer(&self) -> LogWriter {
+        match &self.mode {
+            Mode::Bars { multi, .. } => LogWriter(Some(multi.clone())),
+            _ => LogWriter(None),
+        }
+    }
+
     pub fn new(quiet: bool) -> Self {
         let mode = if quiet {
             Mode::Quiet
@@ -78,6 +133,31 @@ impl Console {
                 let _ = multi.println(format!("[{t:6.2}s] {msg}"));
             }
         }
+    }
+}
+
+/// Writes to stderr, above the progress bars when there are any.
+#[derive(Clone)]
+pub struct LogWriter(Option<MultiProgress>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match &self.0 {
+            Some(multi) => multi.suspend(|| std::io::stderr().write_all(buf))?,
+            None => std::io::stderr().write_all(buf)?,
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
+    type Writer = LogWriter;
+    fn make_writer(&'a self) -> LogWriter {
+        self.clone()
     }
 }
 

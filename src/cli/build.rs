@@ -1,0 +1,91 @@
+//! `build-image [build] [OPTIONS]`: the options of the main build. The
+//! build itself is [`crate::pipeline`].
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+
+use super::parse_size;
+use crate::squashfs;
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub enum Format {
+    /// GPT A/B raw disk image (`dd` it to a disk)
+    Disk,
+    /// Hybrid live/installer ISO: boots as a CD and from a USB stick, BIOS
+    /// and UEFI; installs the A/B layout with `os-agent install`
+    Iso,
+}
+
+impl Format {
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Disk => "disk",
+            Format::Iso => "iso",
+        }
+    }
+}
+
+/// Components a build can leave out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Optional {
+    K3s,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Built-in flavor name or a flavor file (flavors/*.yaml)
+    #[arg(long, default_value = "debian", value_name = "FLAVOR")]
+    pub flavor: String,
+    /// Target architecture: amd64 or arm64 [default: the host's]
+    #[arg(long, value_name = "ARCH")]
+    pub arch: Option<String>,
+    /// Output formats, comma-separated [default: every format the flavor
+    /// and architecture support]
+    #[arg(long, value_delimiter = ',', value_name = "FORMAT")]
+    pub format: Vec<Format>,
+    /// Output directory
+    #[arg(long, short, default_value = "out", value_name = "DIR")]
+    pub output: PathBuf,
+    /// Base image: REGISTRY/REPO[:TAG][@DIGEST], oci-layout:DIR[:TAG],
+    /// rootfs-tar:FILE, or `archive` to bootstrap the base from the
+    /// flavor's signed package archive [default: the flavor's base]
+    #[arg(long, value_name = "IMAGE")]
+    pub base: Option<String>,
+    /// Node config (YAML, docs/config.md) baked into the image; checked
+    /// now with the rules os-agent applies on the device
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Leave a component out (k3s: a plain immutable node)
+    #[arg(long, value_name = "COMPONENT")]
+    pub without: Vec<Optional>,
+    /// k3s image to take k3s from
+    #[arg(long, default_value = crate::finalise::k3s::DEFAULT_IMAGE, value_name = "IMAGE")]
+    pub k3s_image: String,
+    /// Image with os-agent and os-init for the target architecture
+    /// (`cargo xtask components` writes one) [default: target/components
+    /// of the source checkout this binary was built from]
+    #[arg(long, env = "BUILD_IMAGE_COMPONENTS", value_name = "IMAGE")]
+    pub components: Option<String>,
+    /// Version recorded in the image (os-release IMAGE_VERSION)
+    /// [default: the build time, YYYYMMDD.HHMMSS]
+    #[arg(long, value_name = "VERSION")]
+    pub image_version: Option<String>,
+    /// Extra kernel command line arguments
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    pub cmdline: Option<String>,
+    /// Size of each root slot (e.g. 2G) [default: twice the root
+    /// filesystem, at least 1 GiB]
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    pub slot_size: Option<u64>,
+    /// Size of the EFI system partition
+    #[arg(long, value_parser = parse_size, default_value = "256M", value_name = "SIZE")]
+    pub esp_size: u64,
+    /// SquashFS compression of the root: zstd, xz or gzip[:LEVEL]
+    #[arg(long, default_value = "zstd", value_name = "ALGO[:LEVEL]")]
+    pub compression: squashfs::Compression,
+    /// Allow plain HTTP to this registry (HOST or HOST:PORT)
+    #[arg(long = "insecure-registry", value_name = "HOST")]
+    pub insecure_registries: Vec<String>,
+}

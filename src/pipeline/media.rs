@@ -1,0 +1,238 @@
+//! The output stages: the root SquashFS, the A/B disk image (ESP, BIOS
+//! boot) and the live/installer ISO.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use super::boot::BootFiles;
+use super::live;
+use super::plan::BuildPlan;
+use super::root::Root;
+use crate::bootloader::{bios, esp};
+use crate::cli::build::Format;
+use crate::disk::{self, Layout, Source};
+use crate::fat::{self, FatOptions};
+use crate::progress::{Event, Reporter, Task};
+use crate::squashfs;
+use crate::staging::{Staged, Staging};
+use crate::tree::ContentStore;
+
+fn stage(reporter: &dyn Reporter, message: String) {
+    reporter.event(Event::Stage { message });
+}
+
+/// The root filesystem, compressed, as `{stem}.squashfs`.
+pub fn write_rootfs(
+    plan: &BuildPlan,
+    root: &Root,
+    reporter: &dyn Reporter,
+    staging: &mut Staging,
+) -> Result<Staged> {
+    let out = staging.create(&plan.output(".squashfs"), "squashfs")?;
+    stage(
+        reporter,
+        format!(
+            "writing the root filesystem ({} entries)",
+            root.tree.entry_count()
+        ),
+    );
+    let opts = squashfs::Options {
+        compression: plan.compression.clone(),
+        mkfs_time: plan.mtime.clamp(0, u32::MAX as i64) as u32,
+        ..Default::default()
+    };
+    squashfs_with_bar(&root.tree, &root.store, &opts, staging.file(out), reporter)
+        .context("writing the root SquashFS")?;
+    Ok(out)
+}
+
+/// [`squashfs::write`] with a bar over the file data.
+pub fn squashfs_with_bar(
+    tree: &crate::tree::FsTree,
+    store: &ContentStore,
+    opts: &squashfs::Options,
+    out: &mut File,
+    reporter: &dyn Reporter,
+) -> Result<squashfs::Summary> {
+    let task = Task::start(
+        reporter,
+        "squashfs",
+        format!("compress {}", opts.compression),
+        store.len(),
+    );
+    squashfs::write_with_progress(tree, store, opts, out, &|done, total| {
+        task.advance_fraction(done, total)
+    })
+}
+
+/// The A/B disk image as the device gets it.
+pub struct DiskImage {
+    /// The image file: the staged `.raw`, or a spool file when only the
+    /// ISO (which carries the disk's head) was asked for.
+    pub file: File,
+    pub layout: Layout,
+}
+
+/// The GPT A/B disk: ESP (GRUB, its config and env blocks, slot a's kernel
+/// and initrd), `root_a` holding the root filesystem, an empty `root_b`,
+/// and on x86_64 GRUB for BIOS boot. Staged as `{stem}.raw` when the disk
+/// format was asked for.
+pub fn write_disk(
+    plan: &BuildPlan,
+    boot: &BootFiles,
+    rootfs: Staged,
+    seed: &[u8; 32],
+    spool: &Path,
+    reporter: &dyn Reporter,
+    staging: &mut Staging,
+) -> Result<DiskImage> {
+    stage(reporter, "writing the A/B disk image".into());
+    let volume_id = u32::from_le_bytes([seed[0], seed[1], seed[2], seed[3]]);
+    let bios_images = match &boot.grub_pc {
+        Some(g) => Some(g.disk_images(&bios::fat_volume_uuid(volume_id), "/EFI/debian")?),
+        None => None,
+    };
+    let grub_cfg = esp::grub_cfg(
+        &format!("{} {}", plan.flavor.description, plan.version),
+        &plan.cmdline,
+    );
+    let contents = esp::EspContents {
+        grub: &boot.grub,
+        shim: boot.shim_pair(),
+        files: &boot.efi,
+        grub_cfg: &grub_cfg,
+        slots: vec![("a", &boot.vmlinuz, &boot.initrd)],
+    };
+    let mut esp_store = ContentStore::new_in(spool)?;
+    let esp_tree = esp::tree(&contents, &mut esp_store, plan.mtime)?;
+
+    let root_size = staging.len(rootfs)?;
+    let slot = match plan.slot_size {
+        Some(s) if s < root_size => {
+            bail!("--slot-size {s}: the root filesystem needs {root_size} bytes")
+        }
+        Some(s) => s,
+        None => (root_size * 2).max(1 << 30),
+    };
+    let layout = Layout::ab(plan.disk_arch, plan.esp_size, slot, 0, seed)?;
+    let file = if plan.wants(Format::Disk) {
+        let raw = staging.create(&plan.output(".raw"), "disk")?;
+        staging.reopen(raw)?
+    } else {
+        tempfile::tempfile_in(spool).context("creating a spool file for the disk image")?
+    };
+    let opts = FatOptions {
+        size_bytes: layout
+            .partition(disk::ESP)
+            .map(|p| p.size())
+            .unwrap_or(plan.esp_size),
+        volume_label: "ESP".into(),
+        volume_id,
+        timestamp: plan.mtime,
+    };
+    let root_file = staging.reopen(rootfs)?;
+    let data = root_size + esp_store.len();
+    with_growth_bar(reporter, "disk", "write disk", &file, data, || {
+        disk::write_image(
+            &layout,
+            &file,
+            vec![
+                (
+                    disk::ESP,
+                    Source::Writer(Box::new(|w| {
+                        fat::write(&esp_tree, &esp_store, &opts, w, 0)?;
+                        Ok(())
+                    })),
+                ),
+                (disk::ROOT_A, Source::File(&root_file)),
+            ],
+        )
+    })
+    .context("writing the disk image")?;
+    if let Some(b) = &bios_images {
+        bios::install(&file, &layout, &b.boot_img, &b.core_img)
+            .context("installing GRUB for BIOS boot")?;
+    }
+    Ok(DiskImage { file, layout })
+}
+
+/// The hybrid live/installer ISO, staged as `{stem}.iso`.
+pub fn write_iso(
+    plan: &BuildPlan,
+    boot: &BootFiles,
+    rootfs: Staged,
+    disk: &DiskImage,
+    spool: &Path,
+    reporter: &dyn Reporter,
+    staging: &mut Staging,
+) -> Result<()> {
+    stage(reporter, "writing the live/installer ISO".into());
+    let label = live::label(&plan.flavor.name, &plan.arch, &plan.version);
+    let iso_bios = match &boot.grub_pc {
+        Some(g) => Some(g.iso_images(&label, "/boot/grub")?),
+        None => None,
+    };
+    let iso = staging.create(&plan.output(".iso"), "iso")?;
+    let expected = staging.len(rootfs)? + (boot.vmlinuz.len() + boot.initrd.len()) as u64;
+    let rootfs_path = staging.temp_path(rootfs).to_path_buf();
+    let iso_spool = tempfile::tempdir_in(spool)?;
+    let title = format!("{} {}", plan.flavor.description, plan.version);
+    let inputs = live::LiveInputs {
+        flavor: &plan.flavor.name,
+        arch: &plan.arch,
+        version: &plan.version,
+        title: &title,
+        cmdline: &plan.cmdline,
+        mtime: plan.mtime,
+        vmlinuz: &boot.vmlinuz,
+        initrd: &boot.initrd,
+        rootfs: &rootfs_path,
+        disk: &disk.file,
+        layout: &disk.layout,
+        efi: &boot.efi,
+        grub: &boot.grub,
+        shim: boot.shim_pair(),
+        bios: iso_bios.as_ref(),
+        spool: iso_spool.path(),
+    };
+    let out = staging.reopen(iso)?;
+    with_growth_bar(reporter, "iso", "write ISO", &out, expected, || {
+        live::write(&inputs, &out)
+    })
+    .context("writing the ISO")?;
+    Ok(())
+}
+
+/// Runs `work` while a bar follows `file` as it fills: a sampling thread
+/// reports its allocated bytes. For writers that take no progress callback
+/// (the disk and ISO writers write through their own devices).
+fn with_growth_bar<T>(
+    reporter: &dyn Reporter,
+    id: &str,
+    label: &str,
+    file: &File,
+    total: u64,
+    work: impl FnOnce() -> T,
+) -> T {
+    use std::os::unix::fs::MetadataExt;
+    let task = Task::start(reporter, id, label.to_string(), total);
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                if let Ok(m) = file.metadata() {
+                    task.advance((m.blocks() * 512).min(total));
+                }
+                std::thread::park_timeout(Duration::from_millis(200));
+            }
+        });
+        let result = work();
+        done.store(true, Ordering::Relaxed);
+        sampler.thread().unpark();
+        result
+    })
+}

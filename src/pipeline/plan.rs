@@ -1,0 +1,251 @@
+//! The first stage: everything a build is going to do, decided from the
+//! command line and the flavor before anything is fetched, so that a
+//! mistake in the arguments fails in milliseconds.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::cli::build::{BuildArgs, Format, Optional};
+use crate::disk;
+use crate::flavor::Flavor;
+use crate::oci::{ImageSource, WantedPlatform};
+use crate::squashfs;
+
+/// Where the base of the root filesystem comes from.
+#[derive(Debug, Clone)]
+pub enum BaseSource {
+    /// Bootstrapped from the flavor's signed package archive.
+    Archive,
+    Image(ImageSource),
+}
+
+/// A build, decided.
+#[derive(Debug)]
+pub struct BuildPlan {
+    pub flavor: Flavor,
+    pub platform: WantedPlatform,
+    /// `amd64` or `arm64`.
+    pub arch: String,
+    pub disk_arch: disk::Arch,
+    /// Sorted, without repeats.
+    pub formats: Vec<Format>,
+    /// `SOURCE_DATE_EPOCH`, when set: mtimes are clamped to it.
+    pub epoch: Option<i64>,
+    /// The mtime of everything the build creates.
+    pub mtime: i64,
+    pub version: String,
+    /// The node config to bake in, already checked.
+    pub config: Option<String>,
+    pub base: BaseSource,
+    pub components: ImageSource,
+    pub k3s: Option<ImageSource>,
+    /// The whole kernel command line after the slot arguments.
+    pub cmdline: String,
+    pub slot_size: Option<u64>,
+    pub esp_size: u64,
+    pub compression: squashfs::Compression,
+    pub insecure_registries: Vec<String>,
+    /// The output directory (created, canonical).
+    pub out_dir: PathBuf,
+    /// `{flavor}-{release}-{arch}`, the stem of every output file.
+    pub stem: String,
+}
+
+impl BuildPlan {
+    pub fn wants(&self, f: Format) -> bool {
+        self.formats.contains(&f)
+    }
+
+    /// The path of an output file.
+    pub fn output(&self, suffix: &str) -> PathBuf {
+        self.out_dir.join(format!("{}{suffix}", self.stem))
+    }
+}
+
+/// Decides the build; creates the output directory.
+pub fn plan(a: &BuildArgs) -> Result<BuildPlan> {
+    let flavor = Flavor::load(&a.flavor)?;
+    let platform = match &a.arch {
+        Some(x) => WantedPlatform::parse(x)?,
+        None => WantedPlatform::host(),
+    };
+    let arch = platform.architecture.clone();
+    if !flavor.architectures.contains(&arch) {
+        bail!(
+            "flavor {} ({}) does not support architecture {arch}; it supports {}",
+            flavor.name,
+            flavor.origin,
+            flavor.architectures.join(", ")
+        );
+    }
+    let disk_arch = match arch.as_str() {
+        "amd64" => disk::Arch::X86_64,
+        "arm64" => disk::Arch::Aarch64,
+        other => bail!("architecture {other}: no disk layout for it"),
+    };
+    let mut formats = a.format.clone();
+    if formats.is_empty() {
+        formats = vec![Format::Disk, Format::Iso];
+    }
+    formats.sort();
+    formats.dedup();
+
+    let epoch = crate::cli::source_date_epoch()?;
+    let mtime = epoch.unwrap_or_else(now);
+    let version = a
+        .image_version
+        .clone()
+        .unwrap_or_else(|| version_from_epoch(mtime));
+    if version.is_empty() || version.chars().any(|c| c.is_whitespace() || c == '"') {
+        bail!("--image-version {version:?}: expected a version without spaces or quotes");
+    }
+    let config = match &a.config {
+        Some(p) => Some(check_config(p)?),
+        None => None,
+    };
+    let base = match a.base.clone().unwrap_or_else(|| flavor.default_base()) {
+        b if b == "archive" => BaseSource::Archive,
+        b => BaseSource::Image(ImageSource::parse(&b).context("--base")?),
+    };
+    let components = match &a.components {
+        Some(c) => ImageSource::parse(c).context("--components")?,
+        None => default_components(option_env!("BUILD_IMAGE_DEFAULT_COMPONENTS"))?,
+    };
+    let k3s = if a.without.contains(&Optional::K3s) {
+        None
+    } else {
+        Some(ImageSource::parse(&a.k3s_image).context("--k3s-image")?)
+    };
+    let cmdline = match &a.cmdline {
+        Some(extra) => format!("{} {extra}", default_cmdline(&arch)),
+        None => default_cmdline(&arch).to_string(),
+    };
+    a.compression.validate()?;
+
+    std::fs::create_dir_all(&a.output)
+        .with_context(|| format!("creating output directory {}", a.output.display()))?;
+    let out_dir = a
+        .output
+        .canonicalize()
+        .with_context(|| format!("output directory {}", a.output.display()))?;
+    let stem = format!("{}-{}-{}", flavor.name, flavor.release, arch);
+    Ok(BuildPlan {
+        flavor,
+        platform,
+        arch,
+        disk_arch,
+        formats,
+        epoch,
+        mtime,
+        version,
+        config,
+        base,
+        components,
+        k3s,
+        cmdline,
+        slot_size: a.slot_size,
+        esp_size: a.esp_size,
+        compression: a.compression.clone(),
+        insecure_registries: a.insecure_registries.clone(),
+        out_dir,
+        stem,
+    })
+}
+
+/// Reads the node config and checks it is YAML.
+fn check_config(p: &Path) -> Result<String> {
+    let text =
+        std::fs::read_to_string(p).with_context(|| format!("reading config {}", p.display()))?;
+    let _: serde_json::Value =
+        serde_saphyr::from_str(&text).map_err(|e| anyhow!("config {}: {e}", p.display()))?;
+    Ok(text)
+}
+
+/// The components layout `cargo xtask components` writes in the checkout
+/// this binary was built from (`built_in`, set by .cargo/config.toml), if
+/// it is there. A binary built elsewhere has no default: the message says
+/// how to get one.
+fn default_components(built_in: Option<&str>) -> Result<ImageSource> {
+    if let Some(dir) = built_in {
+        if Path::new(dir).join("index.json").is_file() {
+            return Ok(ImageSource::OciLayout {
+                dir: PathBuf::from(dir),
+                tag: None,
+            });
+        }
+    }
+    let checkout = built_in
+        .and_then(|d| Path::new(d).parent()?.parent())
+        .filter(|d| d.join("xtask").is_dir());
+    let how = match checkout {
+        Some(src) => format!(
+            "run `cargo xtask components` in {} (it writes {}), or pass --components",
+            src.display(),
+            built_in.unwrap_or_default()
+        ),
+        None => "build them from the build-image source with `cargo xtask components` and \
+                 pass --components oci-layout:DIR (or set BUILD_IMAGE_COMPONENTS)"
+            .to_string(),
+    };
+    bail!("no os-agent/os-init components image: {how}")
+}
+
+/// Kernel command line per architecture: both consoles, the serial one
+/// last so it is /dev/console (where os-init and os-agent report); `gpt`
+/// lets the kernel use the backup GPT if a write of the primary tore.
+pub fn default_cmdline(arch: &str) -> &'static str {
+    match arch {
+        "arm64" => "gpt console=tty0 console=ttyAMA0,115200n8",
+        _ => "gpt console=tty0 console=ttyS0,115200n8",
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Gregorian date and time of a Unix time, `YYYYMMDD.HHMMSS`.
+pub fn version_from_epoch(t: i64) -> String {
+    let (y, m, d, h, mi, s) = crate::apt::release::civil(t);
+    format!("{y:04}{m:02}{d:02}.{h:02}{mi:02}{s:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn components_default_to_the_checkouts_layout_or_say_how_to_get_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let checkout = tmp.path();
+        std::fs::create_dir_all(checkout.join("xtask")).unwrap();
+        let layout = checkout.join("target/components");
+        let dir = layout.to_str().unwrap();
+        let e = default_components(Some(dir)).unwrap_err().to_string();
+        assert!(
+            e.contains("run `cargo xtask components` in") && e.contains(dir),
+            "{e}"
+        );
+        let e = default_components(None).unwrap_err().to_string();
+        assert!(
+            e.contains("cargo xtask components") && e.contains("--components oci-layout:DIR"),
+            "{e}"
+        );
+        std::fs::create_dir_all(&layout).unwrap();
+        std::fs::write(layout.join("index.json"), "{}").unwrap();
+        match default_components(Some(dir)).unwrap() {
+            ImageSource::OciLayout { dir: d, tag: None } => assert_eq!(d, layout),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn versions_from_time() {
+        assert_eq!(super::version_from_epoch(0), "19700101.000000");
+        assert_eq!(super::version_from_epoch(1_700_000_000), "20231114.221320");
+    }
+}

@@ -1,0 +1,233 @@
+//! The stages that fill the root filesystem's tree: the base, the
+//! flavor's packages, os-agent/os-init and k3s, the node config, and
+//! finalisation.
+
+use std::path::Path;
+
+use anyhow::{anyhow, Context, Result};
+
+use super::inputs::Inputs;
+use super::lock::{BuildLock, LockedBase, LockedImage, LockedPackage};
+use super::plan::BuildPlan;
+use crate::apt;
+use crate::assemble::assemble_into;
+use crate::finalise::{self, k3s};
+use crate::kmod::ModuleIndex;
+use crate::oci::{ImageSource, Puller};
+use crate::progress::{Event, Reporter};
+use crate::tree::edit::Editor;
+use crate::tree::{ContentStore, FsTree};
+
+/// The root filesystem being built: its tree and the spool holding its
+/// file contents.
+pub struct Root {
+    pub tree: FsTree,
+    pub store: ContentStore,
+    /// The mtime of files the build creates.
+    pub mtime: i64,
+}
+
+impl Root {
+    /// An empty root whose contents spool into `spool`.
+    pub fn new(spool: &Path, mtime: i64) -> Result<Root> {
+        Ok(Root {
+            tree: FsTree::new(),
+            store: ContentStore::new_in(spool)?,
+            mtime,
+        })
+    }
+
+    pub fn edit(&mut self) -> Editor<'_> {
+        Editor {
+            tree: &mut self.tree,
+            store: &mut self.store,
+            mtime: self.mtime,
+        }
+    }
+}
+
+fn stage(reporter: &dyn Reporter, message: String) {
+    reporter.event(Event::Stage { message });
+}
+
+/// The base: the layers of the base image, or the merged-/usr skeleton an
+/// archive bootstrap starts from.
+pub fn add_base(
+    plan: &BuildPlan,
+    inputs: &Inputs,
+    puller: &Puller<'_>,
+    root: &mut Root,
+    lock: &mut BuildLock,
+) -> Result<()> {
+    match &inputs.base {
+        None => {
+            stage(
+                puller.reporter,
+                format!(
+                    "bootstrapping a {} {} base from the package archive",
+                    plan.flavor.name, plan.flavor.release
+                ),
+            );
+            merged_usr(&mut root.edit(), &plan.arch)?;
+            lock.base = LockedBase::Archive { archive: true };
+        }
+        Some(img) => {
+            stage(
+                puller.reporter,
+                format!("merging the base image {}", img.source),
+            );
+            assemble_into(puller, img, &mut root.tree, &mut root.store)
+                .with_context(|| format!("assembling the base image {}", img.source))?;
+            lock.base = LockedBase::Image(LockedImage::of(img));
+        }
+    }
+    Ok(())
+}
+
+/// The flavor's packages and their dependencies, resolved against what the
+/// base has installed.
+pub fn add_packages(
+    plan: &BuildPlan,
+    inputs: &Inputs,
+    repositories: Vec<apt::Repository>,
+    fetcher: &apt::Fetcher,
+    puller: &Puller<'_>,
+    root: &mut Root,
+    lock: &mut BuildLock,
+) -> Result<()> {
+    stage(
+        puller.reporter,
+        format!(
+            "installing {} packages and their dependencies",
+            inputs.packages.len()
+        ),
+    );
+    let installed = apt::install_packages(
+        fetcher,
+        &repositories,
+        &apt::InstallRequest {
+            packages: &inputs.packages,
+            required: inputs.base.is_none(),
+            mtime: plan.mtime,
+        },
+        &puller.cache,
+        &mut root.tree,
+        &mut root.store,
+    )
+    .with_context(|| format!("installing the {} flavor's packages", plan.flavor.name))?;
+    lock.packages = installed.iter().map(LockedPackage::of).collect();
+    Ok(())
+}
+
+/// os-agent and os-init with their units, k3s, and the node config.
+/// Returns the k3s version.
+pub fn add_components(
+    plan: &BuildPlan,
+    inputs: &Inputs,
+    puller: &Puller<'_>,
+    root: &mut Root,
+    lock: &mut BuildLock,
+) -> Result<Option<String>> {
+    let comp = &inputs.components;
+    stage(
+        puller.reporter,
+        format!("adding os-agent and os-init from {}", comp.source),
+    );
+    assemble_into(puller, comp, &mut root.tree, &mut root.store)
+        .with_context(|| format!("adding the components image {}", comp.source))?;
+    for (path, what) in [
+        ("usr/bin/os-agent", "os-agent"),
+        ("usr/lib/build-image/os-init", "os-init"),
+    ] {
+        if !root.edit().exists(path) {
+            anyhow::bail!("components image {}: no /{path} ({what})", comp.source);
+        }
+    }
+    lock.components = Some(LockedImage::of(comp));
+
+    let mut k3s_version = None;
+    if let Some(img) = &inputs.k3s {
+        stage(puller.reporter, format!("adding k3s from {}", img.source));
+        let mut k3s_tree = FsTree::new();
+        assemble_into(puller, img, &mut k3s_tree, &mut root.store)
+            .with_context(|| format!("reading the k3s image {}", img.source))?;
+        let bin = k3s::binary(&k3s_tree, &root.store, &img.source.to_string())?;
+        k3s::layer(&mut root.edit(), &bin)?;
+        k3s_version = match &img.source {
+            ImageSource::Registry(r) => r.tag.as_deref().and_then(k3s::version_from_tag),
+            _ => None,
+        };
+        lock.k3s = Some(LockedImage {
+            version: k3s_version.clone(),
+            ..LockedImage::of(img)
+        });
+    }
+    if let Some(text) = &plan.config {
+        root.edit()
+            .write("etc/os-agent/config.yaml", text.as_bytes(), 0o600)?;
+    }
+    Ok(k3s_version)
+}
+
+/// Module indexes, then what maintainer scripts would have done
+/// (docs/finalisation.md); clamps mtimes for a reproducible build. Returns
+/// the kernel version the image boots.
+pub fn finalise(
+    plan: &BuildPlan,
+    k3s_version: Option<String>,
+    reporter: &dyn Reporter,
+    root: &mut Root,
+    lock: &mut BuildLock,
+) -> Result<String> {
+    let kver = ModuleIndex::versions(&root.tree)
+        .last()
+        .cloned()
+        .ok_or_else(|| {
+            anyhow!(
+                "no kernel modules in the image: the flavor's kernel package did not install \
+                 /lib/modules/VERSION"
+            )
+        })?;
+    stage(reporter, format!("kernel {kver}: module indexes"));
+    let depmod = crate::kmod::depmod::write_indexes(&mut root.tree, &mut root.store, &kver)
+        .with_context(|| format!("writing the module indexes of kernel {kver}"))?;
+    tracing::info!("module indexes: {depmod:?}");
+
+    stage(reporter, "finalising the root filesystem".into());
+    let info = finalise::ImageInfo {
+        flavor: plan.flavor.name.clone(),
+        release: plan.flavor.release.clone(),
+        arch: plan.arch.clone(),
+        version: plan.version.clone(),
+        k3s_version,
+    };
+    let report = finalise::finalise(&mut root.edit(), &info)?;
+    for s in &report.steps {
+        tracing::info!("finalise: {s}");
+    }
+    if let Some(e) = plan.epoch {
+        root.tree.clamp_mtimes(e);
+    }
+    lock.kernel = Some(kver.clone());
+    Ok(kver)
+}
+
+/// The merged-/usr symlinks a bootstrap starts from (as debootstrap and
+/// mmdebstrap make them), so packages' /bin, /sbin and /lib paths land
+/// under /usr.
+fn merged_usr(ed: &mut Editor<'_>, arch: &str) -> Result<()> {
+    let mut dirs = vec!["bin", "sbin", "lib"];
+    if arch == "amd64" {
+        dirs.push("lib64");
+    }
+    for d in dirs {
+        ed.mkdir(&format!("usr/{d}"), 0o755)?;
+        ed.symlink(d, &format!("usr/{d}"))?;
+    }
+    for d in [
+        "etc", "var", "tmp", "root", "dev", "proc", "sys", "run", "home",
+    ] {
+        ed.mkdir(d, 0o755)?;
+    }
+    Ok(())
+}

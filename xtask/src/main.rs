@@ -1,10 +1,17 @@
-//! `cargo xtask components [--output DIR] [--arch amd64,arm64]`: builds
+//! Repository tasks.
+//!
+//! `cargo xtask components [--output DIR] [--arch amd64,arm64]` builds
 //! os-agent and os-init as static musl binaries for each architecture and
 //! writes them, with os-agent's systemd units, as a multi-arch OCI image
 //! layout (by default `target/components`, tagged with the version).
 //! `build-image --components oci-layout:DIR` layers it into images; a
 //! source build of build-image defaults to `target/components` when it
-//! exists (see .cargo/config.toml).
+//! exists (see .cargo/config.toml). The musl targets are added with rustup
+//! when they are missing (rust-toolchain.toml names them).
+//!
+//! `cargo xtask docs [--output DIR]` writes build-image's man pages
+//! (`DIR/man/*.1`) and shell completions (`DIR/completions/`), by default
+//! under `target/`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -24,19 +31,111 @@ fn main() {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: cargo xtask components [--output DIR] [--arch amd64,arm64]");
+    eprintln!(
+        "usage: cargo xtask components [--output DIR] [--arch amd64,arm64]\n       \
+         cargo xtask docs [--output DIR]"
+    );
     std::process::exit(2);
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn run() -> Result<()> {
     let mut args = std::env::args().skip(1);
-    if args.next().as_deref() != Some("components") {
-        usage();
+    match args.next().as_deref() {
+        Some("components") => components(args),
+        Some("docs") => docs(args),
+        _ => usage(),
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
+}
+
+/// The musl targets the device binaries need, added with rustup when they
+/// are missing (a toolchain that rustup does not manage must have them).
+fn ensure_targets(triples: &[&str]) -> Result<()> {
+    let Ok(out) = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .current_dir(root())
+        .output()
+    else {
+        return Ok(());
+    };
+    let installed = String::from_utf8_lossy(&out.stdout);
+    let missing: Vec<&str> = triples
+        .iter()
+        .copied()
+        .filter(|t| !installed.lines().any(|l| l.trim() == *t))
+        .collect();
+    if missing.is_empty() || !out.status.success() {
+        return Ok(());
+    }
+    eprintln!("xtask: adding the Rust targets {}", missing.join(" "));
+    let status = Command::new("rustup")
+        .args(["target", "add"])
+        .args(&missing)
+        .current_dir(root())
+        .status()
+        .context("running rustup")?;
+    if !status.success() {
+        bail!(
+            "`rustup target add {}` failed; the device binaries are built for these targets",
+            missing.join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// `cargo xtask docs`: man pages and completions from build-image's own
+/// command-line definition.
+fn docs(mut args: impl Iterator<Item = String>) -> Result<()> {
+    let mut output = root().join("target");
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--output" | "-o" => output = PathBuf::from(args.next().unwrap_or_else(|| usage())),
+            _ => usage(),
+        }
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let run = |extra: &[&str]| -> Result<Vec<u8>> {
+        let out = Command::new(&cargo)
+            .args(["run", "-q", "--bin", "build-image", "--"])
+            .args(extra)
+            .current_dir(root())
+            .output()
+            .context("running cargo")?;
+        if !out.status.success() {
+            bail!(
+                "build-image {}: {}",
+                extra.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(out.stdout)
+    };
+    let man = output.join("man");
+    run(&[
+        "manpages",
+        man.to_str().context("output path is not UTF-8")?,
+    ])?;
+    let comp = output.join("completions");
+    std::fs::create_dir_all(&comp).with_context(|| format!("creating {}", comp.display()))?;
+    for (shell, file) in [
+        ("bash", "build-image.bash"),
+        ("zsh", "_build-image"),
+        ("fish", "build-image.fish"),
+    ] {
+        std::fs::write(comp.join(file), run(&["completions", shell])?)?;
+    }
+    println!("{}\n{}", man.display(), comp.display());
+    Ok(())
+}
+
+fn components(mut args: impl Iterator<Item = String>) -> Result<()> {
+    let root = root();
     let mut output = root.join("target/components");
     let mut arches = vec!["amd64".to_string(), "arm64".to_string()];
     while let Some(a) = args.next() {
@@ -60,6 +159,15 @@ fn run() -> Result<()> {
     let target_dir = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| root.join("target"));
+    let triples: Vec<&str> = arches
+        .iter()
+        .map(|a| match a.as_str() {
+            "amd64" => Ok("x86_64-unknown-linux-musl"),
+            "arm64" => Ok("aarch64-unknown-linux-musl"),
+            other => bail!("--arch {other}: expected amd64 or arm64"),
+        })
+        .collect::<Result<_>>()?;
+    ensure_targets(&triples)?;
     let blobs = output.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).with_context(|| format!("creating {}", blobs.display()))?;
     let mut manifests = Vec::new();

@@ -1,15 +1,18 @@
 //! GRUB for BIOS on the A/B disk, booted for real by SeaBIOS (QEMU's
-//! default firmware, no -kernel): core.img assembled from Debian's
-//! grub-pc-bin in `bios_grub`, boot.img in the MBR, and the same ESP and
-//! bootloader/grub.cfg as the UEFI path (tests/boot_grub.rs).
+//! default firmware, no -kernel): core.img assembled in-process from
+//! Debian's grub-pc-bin in `bios_grub`, boot.img in the MBR, and the same
+//! ESP and bootloader/grub.cfg as the UEFI path (tests/boot_grub.rs).
 //!
 //! 1. default_slot=a boots slot a;
 //! 2. trial_slot=b boots slot b once, and GRUB clears trial_slot on disk;
 //! 3. the next boot (same disk) is slot a again;
 //! 4. OVMF boots the same disk through the UEFI GRUB on the same ESP.
 //!
-//! The other tests check the installed bytes against what grub-install's
-//! setup writes, `sgdisk -v`, and the refusals.
+//! A second boot runs trixie's GRUB 2.12 from a core.img assembled the same
+//! way, which the host's grub-mkimage (2.06) could not build. The other
+//! tests check the installed bytes against what grub-install's setup
+//! writes, `sgdisk -v`, and the refusals; tests/grub_coreimg.rs compares
+//! core.img itself with grub-mkimage's.
 
 mod common;
 
@@ -20,12 +23,13 @@ use std::process::Command;
 use std::time::Duration;
 
 use boot_contract::grubenv::GrubEnv;
+use build_image::bootloader::bios::coreimg::CoreSpec;
 use build_image::bootloader::bios::{self, BiosImages, InstallError};
 use build_image::disk::{self, Arch, Layout};
 use build_image::tree::ContentStore;
 use common::abdisk::{self, grub_cfg, read_env, AbDisk};
 use common::boot::{busybox_root, deb_tree, file_bytes, kernel_and_initrd};
-use common::fixtures::debian_package_deb;
+use common::fixtures::{debian_package_deb, debian_release_deb};
 use common::qemu::{fresh_vars, tail, Vm, OVMF_VARS};
 use common::require_tool;
 
@@ -176,6 +180,77 @@ fn seabios_boots_default_slot_and_a_trial_slot_exactly_once() {
     // 4. The same disk under UEFI: the same grub.cfg and env decide.
     let c = boot_uefi(&disk_path, tmp.path());
     assert!(c.contains("root-init: slot a"), "{}", tail(&c, 40));
+}
+
+/// GRUB 2.12 from trixie's grub-pc-bin, its core.img assembled in-process
+/// (the host's grub-mkimage is 2.06): SeaBIOS loads it from `bios_grub`,
+/// the embedded config turns on the serial console and finds the ESP by
+/// its volume id, and normal mode runs grub.cfg from the ESP.
+#[test]
+fn seabios_boots_trixie_grub_2_12_from_a_native_core_img() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = ContentStore::new_in(tmp.path()).unwrap();
+    let deb = debian_release_deb("trixie", "grub-pc-bin", "amd64");
+    let tree = deb_tree(&deb, &mut store);
+    let grub = bios::GrubPc::from_tree(&tree, &store).unwrap();
+    assert_eq!(grub.files().grub_version().as_deref(), Some("2.12"));
+
+    let uuid = bios::fat_volume_uuid(ESP_VOLUME_ID);
+    let config = format!(
+        "serial --unit=0 --speed=115200\nterminal_output serial\n\
+         echo \"early config of the native core.img\"\n{}",
+        bios::early_config(&uuid, PREFIX).unwrap()
+    );
+    let modules: Vec<&str> = bios::MODULES.iter().copied().chain(["serial"]).collect();
+    let core_img = grub
+        .core_image(&CoreSpec {
+            modules: &modules,
+            config: &config,
+            prefix: PREFIX,
+        })
+        .unwrap();
+    let boot_img = grub.files().get("boot.img").unwrap().to_vec();
+
+    let cfg = "echo \"grub.cfg on the ESP: root=$root prefix=$prefix\"\nhalt\n";
+    let esp_files: Vec<(&str, &[u8])> = vec![("/EFI/debian/grub.cfg", cfg.as_bytes())];
+    let (slot_a, slot_b) = (tmp.path().join("a"), tmp.path().join("b"));
+    fs::write(&slot_a, b"").unwrap();
+    fs::write(&slot_b, b"").unwrap();
+    let spec = AbDisk {
+        arch: Arch::X86_64,
+        esp_size: ESP_SIZE,
+        persist_size: 0,
+        seed: b"bios-trixie",
+        volume_id: ESP_VOLUME_ID,
+        esp_files: &esp_files,
+        env: &GrubEnv::new(),
+        primary: None,
+        slots: (&slot_a, &slot_b),
+    };
+    let disk_path = tmp.path().join("disk.img");
+    let (layout, out) = abdisk::write(&disk_path, &spec, &mut store);
+    bios::install(&out, &layout, &boot_img, &core_img).unwrap();
+    drop(out);
+
+    let (status, c) = Vm::x86_64(256)
+        .virtio_disk(&disk_path)
+        .run(Duration::from_secs(120));
+    assert!(
+        c.contains("early config of the native core.img"),
+        "{}",
+        tail(&c, 40)
+    );
+    let line = c
+        .lines()
+        .find(|l| l.contains("grub.cfg on the ESP:"))
+        .unwrap_or_else(|| panic!("normal mode never ran grub.cfg:\n{}", tail(&c, 40)));
+    assert!(line.contains("prefix=(hd0,gpt"), "{line}");
+    assert!(line.trim_end().ends_with("/EFI/debian"), "{line}");
+    assert!(
+        status.is_some(),
+        "GRUB's halt did not power off:\n{}",
+        tail(&c, 40)
+    );
 }
 
 /// A small A/B image with nothing in its partitions, for install checks.

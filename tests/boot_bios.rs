@@ -26,12 +26,14 @@ use boot_contract::grubenv::GrubEnv;
 use build_image::bootloader::bios::coreimg::CoreSpec;
 use build_image::bootloader::bios::{self, BiosImages, InstallError};
 use build_image::disk::{self, Arch, Layout};
+use build_image::iso;
 use build_image::tree::ContentStore;
 use common::abdisk::{self, grub_cfg, read_env, AbDisk};
 use common::boot::{busybox_root, deb_tree, file_bytes, kernel_and_initrd};
 use common::fixtures::{debian_package_deb, debian_release_deb};
 use common::qemu::{fresh_vars, tail, Vm, OVMF_VARS};
 use common::require_tool;
+use hadris_fs::Content;
 
 const ESP_SIZE: u64 = 64 << 20;
 const ESP_VOLUME_ID: u32 = 0x2468_ace0;
@@ -182,6 +184,56 @@ fn seabios_boots_default_slot_and_a_trial_slot_exactly_once() {
     assert!(c.contains("root-init: slot a"), "{}", tail(&c, 40));
 }
 
+/// Trixie's grub-pc-bin (GRUB 2.12), through the path an image build takes.
+fn trixie_grub(store: &mut ContentStore) -> bios::GrubPc {
+    let deb = debian_release_deb("trixie", "grub-pc-bin", "amd64");
+    let tree = deb_tree(&deb, store);
+    let grub = bios::GrubPc::from_tree(&tree, store).unwrap();
+    assert_eq!(grub.files().grub_version().as_deref(), Some("2.12"));
+    grub
+}
+
+/// A core image of `modules` plus `serial`, whose embedded config turns
+/// on the serial console, prints `marker` and then runs `early`.
+fn serial_core(
+    grub: &bios::GrubPc,
+    modules: &[&str],
+    early: &str,
+    prefix: &str,
+    marker: &str,
+) -> Vec<u8> {
+    let config = format!(
+        "serial --unit=0 --speed=115200\nterminal_output serial\necho \"{marker}\"\n{early}"
+    );
+    let modules: Vec<&str> = modules.iter().copied().chain(["serial"]).collect();
+    grub.core_image(&CoreSpec {
+        modules: &modules,
+        config: &config,
+        prefix,
+    })
+    .unwrap()
+}
+
+/// Boots `vm` (SeaBIOS) until GRUB's `halt`; returns the line of the
+/// console that starts with `marker`, after checking `early` came first.
+fn grub_line(vm: Vm, early: &str, marker: &str) -> String {
+    let (status, c) = vm.run(Duration::from_secs(120));
+    let at = c
+        .find(early)
+        .unwrap_or_else(|| panic!("the embedded config never ran:\n{}", tail(&c, 40)));
+    let line = c[at..]
+        .lines()
+        .find(|l| l.contains(marker))
+        .unwrap_or_else(|| panic!("normal mode never ran grub.cfg:\n{}", tail(&c, 40)))
+        .to_string();
+    assert!(
+        status.is_some(),
+        "GRUB's halt did not power off:\n{}",
+        tail(&c, 40)
+    );
+    line
+}
+
 /// GRUB 2.12 from trixie's grub-pc-bin, its core.img assembled in-process
 /// (the host's grub-mkimage is 2.06): SeaBIOS loads it from `bios_grub`,
 /// the embedded config turns on the serial console and finds the ESP by
@@ -190,25 +242,10 @@ fn seabios_boots_default_slot_and_a_trial_slot_exactly_once() {
 fn seabios_boots_trixie_grub_2_12_from_a_native_core_img() {
     let tmp = tempfile::tempdir().unwrap();
     let mut store = ContentStore::new_in(tmp.path()).unwrap();
-    let deb = debian_release_deb("trixie", "grub-pc-bin", "amd64");
-    let tree = deb_tree(&deb, &mut store);
-    let grub = bios::GrubPc::from_tree(&tree, &store).unwrap();
-    assert_eq!(grub.files().grub_version().as_deref(), Some("2.12"));
-
+    let grub = trixie_grub(&mut store);
     let uuid = bios::fat_volume_uuid(ESP_VOLUME_ID);
-    let config = format!(
-        "serial --unit=0 --speed=115200\nterminal_output serial\n\
-         echo \"early config of the native core.img\"\n{}",
-        bios::early_config(&uuid, PREFIX).unwrap()
-    );
-    let modules: Vec<&str> = bios::MODULES.iter().copied().chain(["serial"]).collect();
-    let core_img = grub
-        .core_image(&CoreSpec {
-            modules: &modules,
-            config: &config,
-            prefix: PREFIX,
-        })
-        .unwrap();
+    let early = bios::early_config(&uuid, PREFIX).unwrap();
+    let core_img = serial_core(&grub, bios::MODULES, &early, PREFIX, "early config ran");
     let boot_img = grub.files().get("boot.img").unwrap().to_vec();
 
     let cfg = "echo \"grub.cfg on the ESP: root=$root prefix=$prefix\"\nhalt\n";
@@ -232,25 +269,64 @@ fn seabios_boots_trixie_grub_2_12_from_a_native_core_img() {
     bios::install(&out, &layout, &boot_img, &core_img).unwrap();
     drop(out);
 
-    let (status, c) = Vm::x86_64(256)
-        .virtio_disk(&disk_path)
-        .run(Duration::from_secs(120));
-    assert!(
-        c.contains("early config of the native core.img"),
-        "{}",
-        tail(&c, 40)
-    );
-    let line = c
-        .lines()
-        .find(|l| l.contains("grub.cfg on the ESP:"))
-        .unwrap_or_else(|| panic!("normal mode never ran grub.cfg:\n{}", tail(&c, 40)));
+    let vm = Vm::x86_64(256).virtio_disk(&disk_path);
+    let line = grub_line(vm, "early config ran", "grub.cfg on the ESP:");
     assert!(line.contains("prefix=(hd0,gpt"), "{line}");
     assert!(line.trim_end().ends_with("/EFI/debian"), "{line}");
-    assert!(
-        status.is_some(),
-        "GRUB's halt did not power off:\n{}",
-        tail(&c, 40)
+}
+
+/// The live ISO's BIOS path with a native core image of trixie's GRUB
+/// 2.12: El Torito (cdboot.img in front) from a CD, and boot.img in the
+/// hybrid MBR from a disk; both find the ISO by its label.
+#[test]
+fn seabios_boots_a_native_el_torito_image_as_cd_and_as_disk() {
+    const LABEL: &str = "NATIVE_CORE_TEST";
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = ContentStore::new_in(tmp.path()).unwrap();
+    let grub = trixie_grub(&mut store);
+    let early = bios::iso_early_config(LABEL, "/boot/grub").unwrap();
+    let core = serial_core(
+        &grub,
+        bios::ISO_MODULES,
+        &early,
+        "/boot/grub",
+        "early config ran",
     );
+    let mut core_img = grub.files().get("cdboot.img").unwrap().to_vec();
+    core_img.extend_from_slice(&core);
+    let images = BiosImages {
+        boot_img: grub.files().get("boot.img").unwrap().to_vec(),
+        core_img,
+    };
+    let cfg = "echo \"grub.cfg on the ISO: root=$root prefix=$prefix\"\nhalt\n";
+    let spec = iso::Spec {
+        volume_id: LABEL.into(),
+        application_id: "build-image test".into(),
+        mtime: 1_700_000_000,
+        files: vec![(
+            "boot/grub/grub.cfg".into(),
+            Content::bytes(cfg.as_bytes().to_vec()),
+        )],
+        bios: Some(&images),
+        esp: iso::esp_image(
+            &[("EFI/BOOT/README".into(), b"BIOS test".to_vec())],
+            1_700_000_000,
+            0x1357_9bdf,
+        )
+        .unwrap(),
+    };
+    let path = tmp.path().join("live.iso");
+    let out = File::create(&path).unwrap();
+    iso::write(&spec, &out).unwrap();
+    drop(out);
+
+    for (medium, vm) in [
+        ("CD", Vm::x86_64(256).ide_cd(&path)),
+        ("disk", Vm::x86_64(256).virtio_disk_ro(&path)),
+    ] {
+        let line = grub_line(vm, "early config ran", "grub.cfg on the ISO:");
+        assert!(line.trim_end().ends_with(")/boot/grub"), "{medium}: {line}");
+    }
 }
 
 /// A small A/B image with nothing in its partitions, for install checks.

@@ -298,3 +298,33 @@ fn bad_grub_files_are_refused_by_name() {
     assert!(bios::core_image(&dir, &uuid, "/EFI/a b").is_err());
     assert_eq!(build().unwrap(), core);
 }
+
+/// The pipeline reads the image's i386-pc files once: what the disk's or
+/// the ISO's core image would miss is refused then, before anything is
+/// written.
+#[test]
+fn an_image_without_a_needed_module_is_refused_up_front() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = ContentStore::new_in(tmp.path()).unwrap();
+    let mut tree = deb_tree(&debian_package_deb("grub-pc-bin", "amd64"), &mut store);
+    assert!(GrubPc::from_tree(&tree, &store).is_ok());
+    let dir = tree.lookup_path(bios::I386_PC_DIR.as_bytes()).unwrap();
+    // Only the ISO's core image needs iso9660.
+    tree.unlink(dir, b"iso9660.mod").unwrap();
+    let e = GrubPc::from_tree(&tree, &store).err().unwrap();
+    assert_eq!(
+        e.downcast_ref::<CoreImgError>(),
+        Some(&CoreImgError::MissingFile("iso9660.mod".into()))
+    );
+    let text = format!("{e:#}");
+    assert!(text.contains("/usr/lib/grub/i386-pc"), "{text}");
+    // Only the ISO's El Torito image needs cdboot.img.
+    let mut tree = deb_tree(&debian_package_deb("grub-pc-bin", "amd64"), &mut store);
+    let dir = tree.lookup_path(bios::I386_PC_DIR.as_bytes()).unwrap();
+    tree.unlink(dir, b"cdboot.img").unwrap();
+    let e = GrubPc::from_tree(&tree, &store).err().unwrap();
+    assert_eq!(
+        e.downcast_ref::<CoreImgError>(),
+        Some(&CoreImgError::MissingFile("cdboot.img".into()))
+    );
+}

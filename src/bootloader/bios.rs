@@ -287,6 +287,18 @@ impl GrubPc {
                 .with_context(|| format!("reading /{I386_PC_DIR}/{name} from the image"))?;
             files.insert(name, data);
         }
+        // Everything the disk's and the ISO's images need, before anything
+        // is built.
+        for modules in [MODULES, ISO_MODULES] {
+            coreimg::check(&files, modules)
+                .with_context(|| format!("checking the image's /{I386_PC_DIR}"))?;
+        }
+        for name in ["boot.img", "cdboot.img"] {
+            if files.get(name).is_none() {
+                return Err(coreimg::CoreImgError::MissingFile(name.into()))
+                    .with_context(|| format!("checking the image's /{I386_PC_DIR}"));
+            }
+        }
         Ok(GrubPc::from_files(files))
     }
 

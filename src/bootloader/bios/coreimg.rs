@@ -219,8 +219,7 @@ pub struct CoreSpec<'a> {
 /// size fields, and the compressed kernel with `spec`'s modules, config
 /// and prefix.
 pub fn assemble(files: &PcFiles, spec: &CoreSpec) -> Result<Vec<u8>, CoreImgError> {
-    let moddep = parse_moddep(files.file("moddep.lst")?)?;
-    let modules = resolve(&moddep, spec.modules)?;
+    let modules = check(files, spec.modules)?;
     let mut blobs = Vec::with_capacity(modules.len());
     for m in &modules {
         blobs.push((m.as_str(), files.file(&format!("{m}.mod"))?));
@@ -272,6 +271,21 @@ pub fn assemble(files: &PcFiles, spec: &CoreSpec) -> Result<Vec<u8>, CoreImgErro
         compressed.len()
     );
     Ok(out)
+}
+
+/// The files [`assemble`] reads: kernel.img, the decompressor,
+/// diskboot.img, and the module file of `modules` and each of their
+/// dependencies. Returns the modules in the order they are built in.
+pub fn check(files: &PcFiles, modules: &[&str]) -> Result<Vec<String>, CoreImgError> {
+    for name in ["kernel.img", "lzma_decompress.img", "diskboot.img"] {
+        files.file(name)?;
+    }
+    let moddep = parse_moddep(files.file("moddep.lst")?)?;
+    let modules = resolve(&moddep, modules)?;
+    for m in &modules {
+        files.file(&format!("{m}.mod"))?;
+    }
+    Ok(modules)
 }
 
 /// The uncompressed part: the kernel, the module info and the objects.

@@ -17,8 +17,10 @@
 //! - The ESP itself (grub.cfg, the env blocks, the kernels) is shared with
 //!   UEFI.
 //!
-//! [`core_image`] assembles core.img with the host's `grub-mkimage` (see
-//! [`mkimage`]); [`install`] then does, in-process and on a plain image
+//! [`core_image`] assembles core.img in-process from the target's own
+//! kernel.img, modules and decompressor, as `grub-mkimage -O i386-pc` does
+//! (see [`coreimg`]), so the build host needs no GRUB at all, let alone one
+//! of the target's version; [`install`] then does, in-process and on a plain image
 //! file, what `grub-install`'s setup does for a GPT disk with a BIOS boot
 //! partition: core.img into `bios_grub` with its blocklist patched, boot.img
 //! into the MBR with core.img's LBA, the boot drive taken from the BIOS, and
@@ -27,10 +29,10 @@
 //! --no-rs-codes`): the partition is reserved for GRUB, nothing else writes
 //! there.
 
-pub mod mkimage;
+pub mod coreimg;
+pub mod lzma;
 
-use std::ffi::OsString;
-use std::fs::{self, File};
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -38,6 +40,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::disk::{self, types, Layout, BIOS_GRUB, MBR_BOOT_CODE_SIZE, SECTOR};
 use crate::tree::{ContentStore, FsTree, InodeKind};
+use coreimg::{CoreSpec, PcFiles};
 
 /// Where the target's `grub-pc-bin` puts GRUB's i386-pc images and
 /// modules (relative to the root of the image tree).
@@ -47,8 +50,8 @@ pub const I386_PC_DIR: &str = "usr/lib/grub/i386-pc";
 /// and FAT of the ESP, `search` to find it, and everything
 /// `bootloader/grub.cfg` uses (`normal` for the script and menu, `test`
 /// for `[`, `loadenv` for `load_env`/`save_env`, `linux` for
-/// `linux`/`initrd`, `echo`, `halt`). Their dependencies are added by
-/// `grub-mkimage` from `moddep.lst`.
+/// `linux`/`initrd`, `echo`, `halt`). Their dependencies are added from
+/// `moddep.lst`.
 pub const MODULES: &[&str] = &[
     "biosdisk",
     "part_gpt",
@@ -61,16 +64,6 @@ pub const MODULES: &[&str] = &[
     "test",
     "loadenv",
     "halt",
-];
-
-/// Files of the i386-pc directory that building core.img and installing
-/// it read.
-const REQUIRED_FILES: &[&str] = &[
-    "boot.img",
-    "diskboot.img",
-    "kernel.img",
-    "lzma_decompress.img",
-    "moddep.lst",
 ];
 
 /// Size of boot.img and of one disk sector.
@@ -213,12 +206,17 @@ fn check_prefix(prefix: &str) -> Result<()> {
 
 /// Assembles core.img from the i386-pc directory of the target's
 /// `grub-pc-bin` (`i386_pc_dir`): diskboot.img, the LZMA-compressed kernel
-/// with [`MODULES`] built in, and [`early_config`]. Uses the host's
-/// `grub-mkimage`, which must be of the same upstream GRUB version as the
-/// modules.
+/// with [`MODULES`] built in, and [`early_config`] (see [`coreimg`]).
 pub fn core_image(i386_pc_dir: &Path, esp_uuid: &str, prefix: &str) -> Result<Vec<u8>> {
     let config = early_config(esp_uuid, prefix)?;
-    core_image_with(i386_pc_dir, &config, prefix, MODULES)
+    let files = PcFiles::from_dir(i386_pc_dir)?;
+    let spec = CoreSpec {
+        modules: MODULES,
+        config: &config,
+        prefix,
+    };
+    coreimg::assemble(&files, &spec)
+        .with_context(|| format!("assembling core.img from {}", i386_pc_dir.display()))
 }
 
 /// The modules built into the core image of the live ISO: [`MODULES`]
@@ -247,77 +245,6 @@ pub fn iso_early_config(label: &str, prefix: &str) -> Result<String> {
     ))
 }
 
-fn core_image_with(
-    i386_pc_dir: &Path,
-    config: &str,
-    prefix: &str,
-    modules: &[&str],
-) -> Result<Vec<u8>> {
-    mkimage::find()?;
-    check_i386_pc_dir(i386_pc_dir)?;
-    let target = target_version(i386_pc_dir)?;
-    let host = mkimage::version()?;
-    if target != host {
-        bail!(
-            "the image's GRUB modules in {} are GRUB {target}, the host's {} is GRUB {host}: \
-             core.img needs both of one version (install {} {target} on the host)",
-            i386_pc_dir.display(),
-            mkimage::TOOL,
-            mkimage::PACKAGE
-        );
-    }
-    let tmp = tempfile::tempdir().context("creating a directory for core.img")?;
-    let cfg = tmp.path().join("early.cfg");
-    fs::write(&cfg, config).with_context(|| format!("writing {}", cfg.display()))?;
-    let out = tmp.path().join("core.img");
-    let mut args: Vec<OsString> = vec![
-        "-O".into(),
-        "i386-pc".into(),
-        "-d".into(),
-        i386_pc_dir.into(),
-        "-c".into(),
-        cfg.into(),
-        "-p".into(),
-        prefix.into(),
-        "-o".into(),
-        out.clone().into(),
-    ];
-    args.extend(modules.iter().map(OsString::from));
-    mkimage::run(&args)?;
-    fs::read(&out).with_context(|| format!("reading {}", out.display()))
-}
-
-fn check_i386_pc_dir(dir: &Path) -> Result<()> {
-    let required = REQUIRED_FILES.iter().map(|f| f.to_string()).chain(
-        MODULES
-            .iter()
-            .chain(ISO_MODULES)
-            .map(|m| format!("{m}.mod")),
-    );
-    for f in required {
-        let p = dir.join(&f);
-        if !p.is_file() {
-            bail!(
-                "{} is missing: BIOS boot needs GRUB's i386-pc files from the image's grub-pc-bin \
-                 package",
-                p.display()
-            );
-        }
-    }
-    Ok(())
-}
-
-/// `grub_version` from the directory's modinfo.sh.
-fn target_version(dir: &Path) -> Result<String> {
-    let p = dir.join("modinfo.sh");
-    let text = fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("grub_version="))
-        .map(|v| v.trim().trim_matches(|c| c == '"' || c == '\'').to_string())
-        .filter(|v| !v.is_empty())
-        .with_context(|| format!("{} has no grub_version= line", p.display()))
-}
-
 /// boot.img and core.img for a BIOS boot.
 pub struct BiosImages {
     pub boot_img: Vec<u8>,
@@ -334,10 +261,10 @@ enum Boot {
 }
 
 /// GRUB's i386-pc files of an image tree that has `grub-pc-bin` installed
-/// ([`I386_PC_DIR`]), copied once to a temporary directory for
-/// `grub-mkimage`; the disk's and the ISO's boot images are made from it.
+/// ([`I386_PC_DIR`]), read once; the disk's and the ISO's boot images are
+/// made from them.
 pub struct GrubPc {
-    dir: tempfile::TempDir,
+    files: PcFiles,
 }
 
 impl GrubPc {
@@ -348,22 +275,40 @@ impl GrubPc {
         if !tree.inode(dir).kind.is_dir() {
             bail!("/{I386_PC_DIR} in the image is not a directory");
         }
-        let tmp = tempfile::tempdir().context("creating a directory for GRUB's i386-pc files")?;
+        let mut files = PcFiles::new();
         for (name, id) in tree.children(dir) {
             let InodeKind::File { content } = &tree.inode(id).kind else {
                 continue;
             };
             let name = std::str::from_utf8(name)
-                .ok()
-                .filter(|n| !n.contains('/'))
                 .with_context(|| format!("odd file name {name:?} in /{I386_PC_DIR}"))?;
             let data = store
                 .read_all(content)
                 .with_context(|| format!("reading /{I386_PC_DIR}/{name} from the image"))?;
-            let p = tmp.path().join(name);
-            fs::write(&p, data).with_context(|| format!("writing {}", p.display()))?;
+            files.insert(name, data);
         }
-        Ok(GrubPc { dir: tmp })
+        // Everything the disk's and the ISO's images need, before anything
+        // is built.
+        for modules in [MODULES, ISO_MODULES] {
+            coreimg::check(&files, modules)
+                .with_context(|| format!("checking the image's /{I386_PC_DIR}"))?;
+        }
+        for name in ["boot.img", "cdboot.img"] {
+            if files.get(name).is_none() {
+                return Err(coreimg::CoreImgError::MissingFile(name.into()))
+                    .with_context(|| format!("checking the image's /{I386_PC_DIR}"));
+            }
+        }
+        Ok(GrubPc::from_files(files))
+    }
+
+    /// GRUB's i386-pc files as given.
+    pub fn from_files(files: PcFiles) -> GrubPc {
+        GrubPc { files }
+    }
+
+    pub fn files(&self) -> &PcFiles {
+        &self.files
     }
 
     /// boot.img and the [`core_image`] of the disk, whose early config
@@ -381,6 +326,22 @@ impl GrubPc {
         self.images(&config, prefix, ISO_MODULES, Boot::ElTorito)
     }
 
+    /// core.img for a disk with `spec`'s modules, config and prefix.
+    pub fn core_image(&self, spec: &CoreSpec) -> Result<Vec<u8>> {
+        let core = coreimg::assemble(&self.files, spec).with_context(|| {
+            format!("assembling GRUB's core.img from the image's /{I386_PC_DIR}")
+        })?;
+        tracing::info!(
+            "GRUB {} core.img: {} bytes",
+            self.files
+                .grub_version()
+                .as_deref()
+                .unwrap_or("(version unknown)"),
+            core.len()
+        );
+        Ok(core)
+    }
+
     fn images(
         &self,
         config: &str,
@@ -388,28 +349,31 @@ impl GrubPc {
         modules: &[&str],
         boot: Boot,
     ) -> Result<BiosImages> {
-        let dir = self.dir.path();
-        let mut core_img = core_image_with(dir, config, prefix, modules)?;
+        let spec = CoreSpec {
+            modules,
+            config,
+            prefix,
+        };
+        let mut core_img = self.core_image(&spec)?;
+        let file = |name: &str| {
+            self.files
+                .get(name)
+                .map(<[u8]>::to_vec)
+                .ok_or_else(|| coreimg::CoreImgError::MissingFile(name.into()))
+                .with_context(|| format!("reading /{I386_PC_DIR}/{name} of the image"))
+        };
         if boot == Boot::ElTorito {
-            let cd = dir.join("cdboot.img");
-            let mut img = fs::read(&cd).with_context(|| {
-                format!(
-                    "reading {}: the image's grub-pc-bin has no cdboot.img",
-                    cd.display()
-                )
-            })?;
+            let mut img = file("cdboot.img")?;
             if img.len() != CDBOOT_SIZE {
                 bail!(
-                    "{}: {} bytes, expected {CDBOOT_SIZE}",
-                    cd.display(),
+                    "/{I386_PC_DIR}/cdboot.img of the image is {} bytes, expected {CDBOOT_SIZE}",
                     img.len()
                 );
             }
             img.extend_from_slice(&core_img);
             core_img = img;
         }
-        let boot = dir.join("boot.img");
-        let boot_img = fs::read(&boot).with_context(|| format!("reading {}", boot.display()))?;
+        let boot_img = file("boot.img")?;
         Ok(BiosImages { boot_img, core_img })
     }
 }

@@ -418,3 +418,120 @@ pub fn debian_kernel_deb_for(arch: &str) -> PathBuf {
     let pkg = pkg.split(':').next().unwrap().to_string();
     debian_package_deb_for(&pkg, arch)
 }
+
+/// apt options that read the package lists of Debian `release` (e.g.
+/// "trixie") for `arch` from a private state directory,
+/// `target/test-fixtures/apt-RELEASE-ARCH/`, fetched on first use and again
+/// when older than a day or when `refresh` is set. /etc/apt is not touched.
+pub fn release_apt_options(release: &str, arch: &str, refresh: bool) -> Vec<String> {
+    let dir = fixtures_dir().join(format!("apt-{release}-{arch}"));
+    let lists = dir.join("lists");
+    let sources = dir.join("sources.list");
+    let opts: Vec<String> = [
+        format!("APT::Architecture={arch}"),
+        format!("APT::Architectures={arch}"),
+        format!("Dir::Etc::sourcelist={}", sources.display()),
+        "Dir::Etc::sourceparts=-".to_string(),
+        format!("Dir::State::Lists={}", lists.display()),
+        format!("Dir::Cache::archives={}", dir.join("archives").display()),
+        "Acquire::Retries=3".to_string(),
+    ]
+    .into_iter()
+    .flat_map(|o| ["-o".to_string(), o])
+    .collect();
+    let stamp = dir.join("updated");
+    let fresh = |stamp: &Path| {
+        fs::metadata(stamp)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age < Duration::from_secs(24 * 3600))
+    };
+    if !refresh && fresh(&stamp) {
+        return opts;
+    }
+    fs::create_dir_all(&dir).unwrap();
+    let _lock = lock(&dir, Duration::from_secs(600));
+    if !refresh && fresh(&stamp) {
+        return opts;
+    }
+    require_tool("apt-get", "apt");
+    for d in [lists.join("partial"), dir.join("archives/partial")] {
+        fs::create_dir_all(d).unwrap();
+    }
+    fs::write(
+        &sources,
+        format!("deb http://deb.debian.org/debian {release} main\n"),
+    )
+    .unwrap();
+    let _ = fs::remove_file(&stamp);
+    let mut last = String::new();
+    for _ in 0..3 {
+        let out = Command::new("apt-get")
+            .args(&opts)
+            .args(["update", "-q"])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            fs::write(&stamp, b"").unwrap();
+            return opts;
+        }
+        last = String::from_utf8_lossy(&out.stderr).into_owned();
+    }
+    panic!(
+        "apt-get update of Debian {release} ({arch}) in {} failed 3 times:\n{last}",
+        dir.display()
+    );
+}
+
+/// A package of Debian `release` (e.g. `grub-pc-bin` of trixie) downloaded
+/// once with `apt-get download` through [`release_apt_options`], cached in
+/// `target/test-fixtures/debs-RELEASE-ARCH/`.
+pub fn debian_release_deb(release: &str, package: &str, arch: &str) -> PathBuf {
+    let dir = fixtures_dir().join(format!("debs-{release}-{arch}"));
+    fs::create_dir_all(&dir).unwrap();
+    let prefix = format!("{package}_");
+    let find = |dir: &Path| -> Option<PathBuf> {
+        fs::read_dir(dir)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.extension().is_some_and(|e| e == "deb")
+                    && p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+            })
+    };
+    if let Some(p) = find(&dir) {
+        return p;
+    }
+    let _lock = lock(&dir.join(package), Duration::from_secs(600));
+    if let Some(p) = find(&dir) {
+        return p;
+    }
+    let partial = dir.join(format!("{package}.partial"));
+    let mut last = String::new();
+    for attempt in 0..3 {
+        let _ = fs::remove_dir_all(&partial);
+        fs::create_dir_all(&partial).unwrap();
+        // A failure may come from stale lists (a point release replaced
+        // the package): fetch them again before the next try.
+        let opts = release_apt_options(release, arch, attempt > 0);
+        let out = Command::new("apt-get")
+            .args(&opts)
+            .args(["download", "-q", &format!("{package}:{arch}")])
+            .current_dir(&partial)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            if let Some(p) = find(&partial) {
+                let dest = dir.join(p.file_name().unwrap());
+                fs::rename(&p, &dest).unwrap();
+                let _ = fs::remove_dir_all(&partial);
+                return dest;
+            }
+        }
+        last = String::from_utf8_lossy(&out.stderr).into_owned();
+    }
+    panic!("apt-get download {package}:{arch} from Debian {release} failed 3 times:\n{last}");
+}

@@ -5,6 +5,7 @@
 
 pub mod gpt;
 pub mod grubenv;
+pub mod upgrade;
 
 /// GPT partition names of the A/B disk layout. The agent and init find
 /// partitions by these names.

@@ -11,14 +11,15 @@
 //! The partition names are the contract with the device: `os-init` and
 //! `os-agent` find the slots by these names, never by number.
 
-mod gpt;
 mod write;
 
 use std::ops::Range;
 
 use anyhow::{bail, Result};
+use boot_contract::gpt;
+use sha2::{Digest, Sha256};
 
-pub use gpt::{Guid, ParseGuidError, SECTOR};
+pub use boot_contract::gpt::{Guid, ParseGuidError};
 pub use write::{
     write_image, write_mbr_boot_code, PartitionWriter, Source, WriteFn, MBR_BOOT_CODE_SIZE,
 };
@@ -29,6 +30,25 @@ pub use write::{
 /// `root_a`/`root_b` are raw squashfs slots; `persist` is created or grown
 /// on first boot.
 pub use boot_contract::partition::{BIOS_GRUB, ESP, PERSIST, ROOT_A, ROOT_B};
+
+/// The sector size of the images build-image writes.
+pub const SECTOR: u64 = 512;
+
+/// A version-4-shaped GUID derived from `seed` and `purpose`, so the same
+/// seed always gives the same GUIDs and different purposes differ.
+pub fn derive_guid(seed: &[u8], purpose: &str) -> Guid {
+    let mut h = Sha256::new();
+    h.update(b"build-image/disk-guid\0");
+    h.update((seed.len() as u64).to_le_bytes());
+    h.update(seed);
+    h.update(purpose.as_bytes());
+    let d = h.finalize();
+    let mut g = [0u8; 16];
+    g.copy_from_slice(&d[..16]);
+    g[6] = (g[6] & 0x0F) | 0x40; // version 4
+    g[8] = (g[8] & 0x3F) | 0x80; // RFC 4122 variant
+    Guid::from_text_bytes(g)
+}
 
 /// Alignment (and size granularity) of every partition.
 pub const ALIGN: u64 = 1 << 20;
@@ -172,8 +192,8 @@ impl Layout {
     /// Places `specs` one after the other from 1 MiB, each aligned to
     /// [`ALIGN`], with 1 MiB after the last for the backup GPT.
     pub fn new(specs: &[PartitionSpec], seed: &[u8]) -> Result<Layout> {
-        if specs.len() > gpt::ENTRY_COUNT {
-            bail!("a GPT holds at most {} partitions", gpt::ENTRY_COUNT);
+        if specs.len() > gpt::NEW_ENTRY_COUNT {
+            bail!("a GPT holds at most {} partitions", gpt::NEW_ENTRY_COUNT);
         }
         let mut partitions: Vec<Partition> = Vec::with_capacity(specs.len());
         let mut at = ALIGN;
@@ -199,7 +219,7 @@ impl Layout {
             partitions.push(Partition {
                 name: s.name.clone(),
                 type_guid: s.type_guid,
-                guid: Guid::derive(seed, &format!("partition:{}", s.name)),
+                guid: derive_guid(seed, &format!("partition:{}", s.name)),
                 first_lba: at / SECTOR,
                 sectors: size / SECTOR,
             });
@@ -209,7 +229,7 @@ impl Layout {
             .checked_add(ALIGN)
             .ok_or_else(|| anyhow::anyhow!("the disk is too large"))?;
         Ok(Layout {
-            disk_guid: Guid::derive(seed, "disk"),
+            disk_guid: derive_guid(seed, "disk"),
             partitions,
             size,
         })
@@ -231,6 +251,16 @@ impl Layout {
 
     fn entries(&self) -> Vec<gpt::Entry> {
         self.partitions.iter().map(Partition::entry).collect()
+    }
+
+    /// The partition table of this layout.
+    pub fn gpt(&self) -> Result<gpt::Gpt> {
+        Ok(gpt::Gpt::new(
+            SECTOR,
+            self.total_sectors(),
+            self.disk_guid,
+            &self.entries(),
+        )?)
     }
 }
 
@@ -276,6 +306,16 @@ mod tests {
         all.sort();
         all.dedup();
         assert_eq!(all.len(), 6);
+    }
+
+    #[test]
+    fn derived_guids_are_stable_and_distinct() {
+        let a = derive_guid(b"seed", "disk");
+        assert_eq!(a, derive_guid(b"seed", "disk"));
+        assert_ne!(a, derive_guid(b"seed", "root_a"));
+        assert_ne!(a, derive_guid(b"seed2", "disk"));
+        assert_eq!(a.text_bytes()[6] >> 4, 4);
+        assert_eq!(a.text_bytes()[8] >> 6, 0b10);
     }
 
     #[test]

@@ -6,7 +6,6 @@ use std::os::unix::fs::FileExt;
 
 use anyhow::{bail, Context, Result};
 
-use super::gpt::{self, SECTOR};
 use super::Layout;
 
 const COPY_CHUNK: usize = 1 << 20;
@@ -104,25 +103,16 @@ pub fn write_mbr_boot_code(out: &File, code: &[u8]) -> Result<()> {
 
 /// The protective MBR, the primary GPT after it and the backup GPT in the
 /// last 33 sectors.
-fn write_gpt(layout: &Layout, out: &File) -> io::Result<()> {
-    let total = layout.total_sectors();
-    let entries = gpt::entry_array(&layout.entries());
-    let entries_crc = gpt::crc32(&entries);
-    let backup_entries = gpt::last_usable(total) + 1;
-    out.write_all_at(&gpt::protective_mbr(total), 0)?;
-    let primary = gpt::header(layout.disk_guid, total, 1, total - 1, 2, entries_crc);
-    out.write_all_at(&primary, SECTOR)?;
-    out.write_all_at(&entries, 2 * SECTOR)?;
-    out.write_all_at(&entries, backup_entries * SECTOR)?;
-    let backup = gpt::header(
-        layout.disk_guid,
-        total,
-        total - 1,
-        1,
-        backup_entries,
-        entries_crc,
-    );
-    out.write_all_at(&backup, (total - 1) * SECTOR)
+fn write_gpt(layout: &Layout, out: &File) -> Result<()> {
+    let table = layout.gpt()?;
+    out.write_all_at(
+        &boot_contract::gpt::protective_mbr(layout.total_sectors()),
+        0,
+    )?;
+    for (at, bytes) in table.writes() {
+        out.write_all_at(&bytes, at)?;
+    }
+    Ok(())
 }
 
 /// Copies `src` into `w`, skipping chunks of zeros (the image file is fresh,

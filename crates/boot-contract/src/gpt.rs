@@ -1,7 +1,8 @@
-//! Reading and rewriting an existing GUID partition table (UEFI 2.10
-//! §5.3) on the device: what os-init needs to add or grow the `persist`
-//! partition and to move the backup GPT to the end of a disk that is larger
-//! than the image written to it.
+//! The GUID partition table (UEFI 2.10 §5.3), one implementation for
+//! both sides: build-image makes new tables with [`Gpt::new`] (the A/B disk
+//! image); on the device, os-init reads and rewrites the existing one to add
+//! or grow the `persist` partition and to move the backup GPT to the end of
+//! a disk that is larger than the image written to it.
 //!
 //! The table is untrusted input: every field is checked and every failure is
 //! a [`GptError`] naming the copy, the field and what was expected. Only the
@@ -23,7 +24,7 @@ pub const MAX_NAME: usize = 36;
 const MAX_ENTRY_ARRAY: u64 = 1 << 20;
 
 /// A GUID as its 16 bytes on disk (the first three fields little-endian).
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Guid(pub [u8; 16]);
 
 /// Partition type GUIDs.
@@ -38,6 +39,57 @@ pub mod types {
 
 impl Guid {
     pub const NIL: Guid = Guid([0; 16]);
+
+    /// The GUID whose text form is `XXXXXXXX-XXXX-XXXX-XXXX-XXXXXXXXXXXX`,
+    /// at compile time (a bad string is a build error in a `const`).
+    pub const fn parse_const(s: &str) -> Guid {
+        const fn nibble(c: u8) -> u8 {
+            match c {
+                b'0'..=b'9' => c - b'0',
+                b'a'..=b'f' => c - b'a' + 10,
+                b'A'..=b'F' => c - b'A' + 10,
+                _ => panic!("bad hex digit in GUID"),
+            }
+        }
+        let b = s.as_bytes();
+        assert!(b.len() == 36, "a GUID has 36 characters");
+        let mut text = [0u8; 16];
+        let mut i = 0;
+        let mut n = 0;
+        while i < b.len() {
+            if b[i] == b'-' {
+                assert!(
+                    i == 8 || i == 13 || i == 18 || i == 23,
+                    "misplaced '-' in GUID"
+                );
+                i += 1;
+                continue;
+            }
+            text[n] = (nibble(b[i]) << 4) | nibble(b[i + 1]);
+            n += 1;
+            i += 2;
+        }
+        assert!(n == 16, "a GUID has 16 bytes");
+        Guid::from_text_bytes(text)
+    }
+
+    /// From the bytes in the order the text form shows them to the order
+    /// on disk (the first three fields little-endian).
+    pub const fn from_text_bytes(t: [u8; 16]) -> Guid {
+        Guid([
+            t[3], t[2], t[1], t[0], t[5], t[4], t[7], t[6], t[8], t[9], t[10], t[11], t[12], t[13],
+            t[14], t[15],
+        ])
+    }
+
+    /// The bytes in the order the text form shows them.
+    pub const fn text_bytes(&self) -> [u8; 16] {
+        let b = self.0;
+        [
+            b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6], b[8], b[9], b[10], b[11], b[12], b[13],
+            b[14], b[15],
+        ]
+    }
 
     /// A random (version 4, RFC 4122 variant) GUID from 16 random bytes.
     pub fn random_v4(mut bytes: [u8; 16]) -> Guid {
@@ -67,6 +119,30 @@ impl fmt::Display for Guid {
 impl fmt::Debug for Guid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self, f)
+    }
+}
+
+/// Why a GUID string was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad GUID {0:?}: expected XXXXXXXX-XXXX-XXXX-XXXX-XXXXXXXXXXXX")]
+pub struct ParseGuidError(pub String);
+
+impl std::str::FromStr for Guid {
+    type Err = ParseGuidError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || ParseGuidError(s.to_string());
+        let parts: Vec<&str> = s.split('-').collect();
+        if parts.iter().map(|p| p.len()).collect::<Vec<_>>() != [8, 4, 4, 4, 12] {
+            return Err(bad());
+        }
+        let hex = parts.concat();
+        let mut text = [0u8; 16];
+        for (i, b) in text.iter_mut().enumerate() {
+            *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2).ok_or_else(bad)?, 16)
+                .map_err(|_| bad())?;
+        }
+        Ok(Guid::from_text_bytes(text))
     }
 }
 
@@ -197,7 +273,67 @@ pub struct Gpt {
     entry_size: usize,
 }
 
+/// Entries in a table [`Gpt::new`] makes (what sgdisk and most tools use).
+pub const NEW_ENTRY_COUNT: usize = 128;
+
 impl Gpt {
+    /// A new table for a disk of `disk_sectors` sectors of `sector_size`
+    /// bytes: the primary header at LBA 1 with [`NEW_ENTRY_COUNT`] entries of
+    /// 128 bytes from LBA 2, the backup entries and header at the disk's
+    /// end, and `entries` in the first slots, checked (inside the usable
+    /// LBAs, no overlaps, names that fit).
+    pub fn new(
+        sector_size: u64,
+        disk_sectors: u64,
+        disk_guid: Guid,
+        entries: &[Entry],
+    ) -> Result<Gpt, GptError> {
+        if !matches!(sector_size, 512 | 1024 | 2048 | 4096) {
+            return Err(GptError::Change(format!(
+                "sector size {sector_size}: expected 512, 1024, 2048 or 4096"
+            )));
+        }
+        if entries.len() > NEW_ENTRY_COUNT {
+            return Err(GptError::Change(format!(
+                "{} partitions: a GPT made here holds at most {NEW_ENTRY_COUNT}",
+                entries.len()
+            )));
+        }
+        let array_bytes = (NEW_ENTRY_COUNT * MIN_ENTRY_SIZE) as u64;
+        let array_sectors = array_bytes.div_ceil(sector_size);
+        let first_usable = 2 + array_sectors;
+        let Some(last_usable) = disk_sectors
+            .checked_sub(2 + array_sectors)
+            .filter(|l| *l >= first_usable)
+        else {
+            return Err(GptError::Change(format!(
+                "a disk of {disk_sectors} sectors of {sector_size} bytes cannot hold a GPT"
+            )));
+        };
+        let mut header = vec![0u8; HEADER_SIZE];
+        header[..8].copy_from_slice(SIGNATURE);
+        header[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
+        header[12..16].copy_from_slice(&(HEADER_SIZE as u32).to_le_bytes());
+        header[24..32].copy_from_slice(&1u64.to_le_bytes());
+        header[32..40].copy_from_slice(&(disk_sectors - 1).to_le_bytes());
+        header[40..48].copy_from_slice(&first_usable.to_le_bytes());
+        header[48..56].copy_from_slice(&last_usable.to_le_bytes());
+        header[56..72].copy_from_slice(&disk_guid.0);
+        header[72..80].copy_from_slice(&2u64.to_le_bytes());
+        header[80..84].copy_from_slice(&(NEW_ENTRY_COUNT as u32).to_le_bytes());
+        header[84..88].copy_from_slice(&(MIN_ENTRY_SIZE as u32).to_le_bytes());
+        let mut gpt = Gpt {
+            sector_size,
+            header,
+            entries: vec![0u8; array_bytes as usize],
+            entry_size: MIN_ENTRY_SIZE,
+        };
+        for e in entries {
+            gpt.add(e)?;
+        }
+        Ok(gpt)
+    }
+
     /// Reads and checks the primary GPT of a disk of `disk_sectors` sectors
     /// of `sector_size` bytes: signature, header CRC, every header field
     /// against the disk's size, the entry array CRC and every used entry.
@@ -654,6 +790,23 @@ fn read_at<D: Read + Seek>(
     disk.seek(SeekFrom::Start(at))
         .and_then(|_| disk.read_exact(buf))
         .map_err(io_err(what))
+}
+
+/// A protective MBR for a new GPT disk of `disk_sectors` sectors: one
+/// partition of type 0xEE from LBA 1 covering the disk (capped at
+/// 2^32 − 1 sectors), no boot code.
+pub fn protective_mbr(disk_sectors: u64) -> [u8; 512] {
+    let mut m = [0u8; 512];
+    let p = &mut m[446..462];
+    p[1..4].copy_from_slice(&[0x00, 0x02, 0x00]); // CHS of LBA 1
+    p[4] = 0xEE;
+    p[5..8].copy_from_slice(&[0xFF, 0xFF, 0xFF]);
+    p[8..12].copy_from_slice(&1u32.to_le_bytes());
+    let size = u32::try_from(disk_sectors.saturating_sub(1)).unwrap_or(u32::MAX);
+    p[12..16].copy_from_slice(&size.to_le_bytes());
+    m[510] = 0x55;
+    m[511] = 0xAA;
+    m
 }
 
 /// Makes a protective MBR (one 0xEE partition from LBA 1) cover a disk of

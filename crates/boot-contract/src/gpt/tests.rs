@@ -368,3 +368,80 @@ fn guid_text_and_crc() {
     assert!(matches!(&g[19..20], "8" | "9" | "A" | "B"), "{g}");
     assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
 }
+
+#[test]
+fn guid_text_and_disk_order() {
+    let g: Guid = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B".parse().unwrap();
+    assert_eq!(g.to_string(), "C12A7328-F81F-11D2-BA4B-00A0C93EC93B");
+    assert_eq!(
+        g.0,
+        [
+            0x28, 0x73, 0x2A, 0xC1, 0x1F, 0xF8, 0xD2, 0x11, 0xBA, 0x4B, 0x00, 0xA0, 0xC9, 0x3E,
+            0xC9, 0x3B
+        ]
+    );
+    assert_eq!(Guid::parse_const("C12A7328-F81F-11D2-BA4B-00A0C93EC93B"), g);
+    assert_eq!(Guid::from_text_bytes(g.text_bytes()), g);
+    assert_eq!(g.text_bytes()[0], 0xC1);
+    assert!("C12A7328-F81F-11D2-BA4B".parse::<Guid>().is_err());
+    assert!("X12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+        .parse::<Guid>()
+        .is_err());
+}
+
+/// A table made from scratch passes `sgdisk -v`, reads back as written, and
+/// refuses what does not fit.
+#[test]
+fn new_tables_are_clean_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("new.img");
+    let sectors = 64 * MIB / 512;
+    let esp = Entry {
+        type_guid: Guid::parse_const("C12A7328-F81F-11D2-BA4B-00A0C93EC93B"),
+        guid: Guid::random_v4([7; 16]),
+        first_lba: 2048,
+        last_lba: 2048 + 2 * 2048 - 1,
+        attributes: 0,
+        name: "ESP".into(),
+    };
+    let root = Entry {
+        name: "root_a".into(),
+        first_lba: 6144,
+        last_lba: 6144 + 2048 * 10 - 1,
+        guid: Guid::random_v4([9; 16]),
+        ..esp.clone()
+    };
+    let disk_guid = Guid::random_v4([1; 16]);
+    let gpt = Gpt::new(512, sectors, disk_guid, &[esp.clone(), root.clone()]).unwrap();
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    f.set_len(64 * MIB).unwrap();
+    f.write_all(&protective_mbr(sectors)).unwrap();
+    gpt.write(&mut f, |_| Ok(())).unwrap();
+    assert_clean(&path);
+    let back = Gpt::read(&mut f, 512, sectors).unwrap();
+    assert_eq!(back.disk_guid(), disk_guid);
+    assert_eq!(back.find("root_a").unwrap().1, root);
+    let p = sgdisk(&["-p"], &path);
+    assert!(p.contains(&disk_guid.to_string()), "{p}");
+
+    let overlap = Entry {
+        name: "x".into(),
+        first_lba: 3000,
+        ..root.clone()
+    };
+    assert!(Gpt::new(512, sectors, disk_guid, &[esp.clone(), overlap]).is_err());
+    let outside = Entry {
+        name: "y".into(),
+        last_lba: sectors,
+        ..root.clone()
+    };
+    assert!(Gpt::new(512, sectors, disk_guid, &[outside]).is_err());
+    assert!(Gpt::new(512, 40, disk_guid, &[]).is_err());
+    assert!(Gpt::new(520, sectors, disk_guid, &[]).is_err());
+}

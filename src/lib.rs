@@ -14,13 +14,15 @@
 //!   indexes and closures);
 //! - formats: [`squashfs`], [`initramfs`] (cpio), [`fat`], [`disk`] (GPT),
 //!   [`iso`], and [`bootloader`] (ESP contents, BIOS GRUB);
-//! - [`progress`]: how stages report.
+//! - [`progress`]: how stages report; [`command`]: the one way another
+//!   program is run.
 
 pub mod apt;
 pub mod assemble;
 pub mod bootloader;
 pub mod cache;
 pub mod cli;
+pub mod command;
 pub mod disk;
 pub mod fat;
 pub mod finalise;

@@ -6,9 +6,8 @@
 //! program; otherwise `auths.<host>.auth` holds base64 `user:password`.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 use base64::Engine;
@@ -144,37 +143,24 @@ fn run_helper(helper: &str, registry: &str) -> Result<Option<Credentials>> {
         secret: String,
     }
     let prog = format!("docker-credential-{helper}");
-    let mut child = Command::new(&prog)
-        .arg("get")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("running credential helper {prog}"))?;
+    let tool = crate::command::Tool::new(
+        &prog,
+        format!("the credential helper named for {registry} in the registry auth file"),
+    );
     let server = if registry == DOCKER_HUB {
         "https://index.docker.io/v1/"
     } else {
         registry
     };
-    child
-        .stdin
-        .take()
-        .context("credential helper stdin")?
-        .write_all(server.as_bytes())
-        .with_context(|| format!("writing to credential helper {prog}"))?;
-    let out = child
-        .wait_with_output()
+    let out = tool
+        .output(&["get"], server.as_bytes())
         .with_context(|| format!("running credential helper {prog}"))?;
     if !out.status.success() {
         let msg = String::from_utf8_lossy(&out.stdout);
         if msg.contains("credentials not found") {
             return Ok(None);
         }
-        bail!(
-            "credential helper {prog} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        crate::command::check(std::path::Path::new(&prog), &["get"], &out)?;
     }
     let parsed: HelperOut = serde_json::from_slice(&out.stdout)
         .with_context(|| format!("parsing the output of credential helper {prog}"))?;

@@ -10,10 +10,13 @@
 //! exactly the order SquashFS and reproducible cpio archives need.
 
 mod content;
+pub mod guard;
 mod merge;
 
 pub use content::{AppendError, ContentRef, ContentStore};
-pub use merge::{merge_layer, LayerError, LayerErrorKind, LayerSource, MergeStats};
+pub use merge::{
+    header_id, header_mtime, merge_layer, LayerError, LayerErrorKind, LayerSource, MergeStats,
+};
 
 use std::collections::BTreeMap;
 

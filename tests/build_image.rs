@@ -305,6 +305,23 @@ fn debian_amd64_builds_and_boots_uefi_and_bios_with_persistence() {
         .as_str()
         .unwrap()
         .starts_with("sha256:"));
+    // ... and the Release of each source, fetched over HTTPS, with its date.
+    let repos = lock["repositories"].as_array().unwrap();
+    let suites: Vec<&str> = repos.iter().map(|r| r["suite"].as_str().unwrap()).collect();
+    assert_eq!(
+        suites,
+        ["bookworm", "bookworm-updates", "bookworm-security"]
+    );
+    for r in repos {
+        assert!(
+            r["url"]
+                .as_str()
+                .unwrap()
+                .starts_with("https://deb.debian.org/"),
+            "{r}"
+        );
+        assert!(r["date"].as_str().unwrap().ends_with(" UTC"), "{r}");
+    }
     let pkgs = lock["packages"].as_array().unwrap();
     assert!(pkgs.iter().any(|p| p["name"] == "systemd"));
     assert!(pkgs
@@ -573,6 +590,63 @@ fn a_repository_whose_signature_does_not_verify_is_refused() {
     assert!(err.contains("InRelease"), "{err}");
     assert!(err.to_lowercase().contains("signature"), "{err}");
     assert_no_output(&out);
+}
+
+/// A rebuild into an output directory whose lock file recorded a newer
+/// Release of the archive than the one served now (here: one dated 2100)
+/// is refused before anything is installed, naming the InRelease, fetched
+/// over HTTPS, and the lock file; the lock file stays as it was.
+#[test]
+fn a_release_older_than_the_lock_file_records_is_refused() {
+    let _one = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let env = TestEnv::new();
+    let out = env.tmp.path().join("dist");
+    fs::create_dir_all(&out).unwrap();
+    let lock = out.join("build-image.lock");
+    let text = serde_json::json!({
+        "apiVersion": "build-image/v1alpha1",
+        "kind": "BuildLock",
+        "repositories": [{
+            "url": "https://deb.debian.org/debian",
+            "suite": "bookworm",
+            "codename": "bookworm",
+            "date": "Fri, 01 Jan 2100 00:00:00 UTC",
+        }],
+    })
+    .to_string();
+    fs::write(&lock, &text).unwrap();
+    let o = env.run_raw(&[
+        "--cache-dir",
+        shared_cache().to_str().unwrap(),
+        "--base",
+        "archive",
+        "--without",
+        "k3s",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("https://deb.debian.org/debian/dists/bookworm/InRelease"),
+        "{err}"
+    );
+    assert!(
+        err.contains("older than the one seen before (2100-01-01 00:00:00 UTC, recorded in")
+            && err.contains(&lock.display().to_string()),
+        "{err}"
+    );
+    assert_eq!(fs::read_to_string(&lock).unwrap(), text);
+    let left: Vec<_> = fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        left,
+        ["build-image.lock"],
+        "left behind in {}",
+        out.display()
+    );
 }
 
 /// arm64 on this x86_64 machine without emulation at build time: the base

@@ -5,6 +5,7 @@
 use anyhow::{anyhow, Context, Result};
 
 use super::fetch::{Fetcher, Repository, Source};
+use super::freshness::{LockRecord, ReleaseStamp};
 use super::install::{install_debs, installed_packages, InstallOptions};
 use super::packages::Package;
 use super::release::Keyring;
@@ -29,17 +30,29 @@ pub struct InstallRequest<'a> {
     pub now: i64,
     /// mtime of the dpkg database files (`SOURCE_DATE_EPOCH`).
     pub mtime: i64,
+    /// The Releases the lock file being replaced recorded: none of the
+    /// sources may go back to an older one.
+    pub seen: Option<&'a LockRecord>,
+}
+
+/// What [`install_packages`] installed, and the Release of each source
+/// (what a lock file records).
+#[derive(Debug, Clone)]
+pub struct Installed {
+    /// In install order, each with its pinned sha256.
+    pub packages: Vec<Package>,
+    pub releases: Vec<ReleaseStamp>,
 }
 
 /// Installs `req.packages` and their dependencies into `tree`; returns the
-/// installed packages in install order (each with its pinned sha256).
+/// installed packages in install order and the sources' Releases.
 pub fn install_packages(
     fetcher: &Fetcher,
     req: &InstallRequest<'_>,
     cache: &BlobCache,
     tree: &mut FsTree,
     store: &mut ContentStore,
-) -> Result<Vec<Package>> {
+) -> Result<Installed> {
     let (first, _) = req
         .sources
         .first()
@@ -55,7 +68,21 @@ pub fn install_packages(
     let repos = req
         .sources
         .iter()
-        .map(|(s, k)| fetcher.load(s, k, cache, req.now))
+        .map(|(s, k)| {
+            let repo = fetcher.load(s, k, cache, req.now)?;
+            if let Some(lock) = req.seen {
+                lock.check(
+                    s,
+                    &repo.release,
+                    &format!(
+                        "{}/dists/{}/InRelease",
+                        s.url.trim_end_matches('/'),
+                        s.suite
+                    ),
+                )?;
+            }
+            Ok(repo)
+        })
         .collect::<Result<Vec<Repository>>>()?;
     let installed = installed_packages(tree, store)?;
     let all: Vec<Package> = repos
@@ -92,5 +119,11 @@ pub fn install_packages(
     }
     install_debs(tree, store, &debs, &InstallOptions { mtime: req.mtime })
         .context("installing packages")?;
-    Ok(plan)
+    Ok(Installed {
+        packages: plan,
+        releases: repos
+            .iter()
+            .map(|r| ReleaseStamp::new(&r.source, &r.release))
+            .collect(),
+    })
 }

@@ -9,6 +9,7 @@
 //! - [`deb`]: reading `.deb` archives (ar + control/data tars).
 //! - [`install`]: extraction into the tree and the dpkg database.
 //! - [`fetch`]: HTTP with retries into the blob cache.
+//! - [`freshness`]: a Release of the suite asked for, never an older one.
 //! - [`install_packages`]: all of the above in one call.
 //!
 //! See docs/apt.md.
@@ -18,6 +19,7 @@ pub mod deb;
 pub mod deb822;
 pub mod depends;
 pub mod fetch;
+pub mod freshness;
 pub mod install;
 mod md5;
 pub mod packages;
@@ -26,10 +28,11 @@ pub mod release;
 pub mod resolve;
 pub mod version;
 
-pub use client::{install_packages, InstallRequest};
+pub use client::{install_packages, InstallRequest, Installed};
 pub use deb::{read_deb, DebControl};
 pub use depends::{Alternatives, Dep, Relation};
 pub use fetch::{Fetcher, Repository, Source};
+pub use freshness::{LockRecord, ReleaseStamp};
 pub use install::{install_debs, installed_packages, verify_deb, InstallOptions, InstallReport};
 pub use packages::{parse_index, parse_status, MultiArch, Package};
 pub use release::{verify_inrelease, Keyring, Release, ReleaseFile};

@@ -391,6 +391,7 @@ pub fn run(g: &Global, a: BuildArgs, reporter: &dyn Reporter) -> Result<()> {
         }
     }
     let fetcher = apt::Fetcher::new();
+    let seen = apt::LockRecord::read(&out_dir.join("build-image.lock"))?;
     let installed = apt::install_packages(
         &fetcher,
         &apt::InstallRequest {
@@ -399,6 +400,7 @@ pub fn run(g: &Global, a: BuildArgs, reporter: &dyn Reporter) -> Result<()> {
             required: from_archive,
             now: now(),
             mtime,
+            seen: Some(&seen),
         },
         &puller.cache,
         &mut tree,
@@ -408,6 +410,7 @@ pub fn run(g: &Global, a: BuildArgs, reporter: &dyn Reporter) -> Result<()> {
     lock.set(
         "packages",
         json!(installed
+            .packages
             .iter()
             .map(|p| json!({
                 "name": p.name,
@@ -687,7 +690,17 @@ pub fn run(g: &Global, a: BuildArgs, reporter: &dyn Reporter) -> Result<()> {
         }
     }
 
-    // 7. Lock file, results.
+    // 7. Lock file, results. The Releases are recorded only now, after
+    // the lock's other fields seeded the filesystem ids: a Release dated
+    // later but listing the same packages builds the same image.
+    lock.set(
+        "repositories",
+        json!(installed
+            .releases
+            .iter()
+            .map(apt::ReleaseStamp::to_json)
+            .collect::<Vec<_>>()),
+    );
     let lock_i = staging.create(&out_dir, "build-image.lock")?;
     {
         let f = staging.file(lock_i);

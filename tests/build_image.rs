@@ -981,7 +981,7 @@ fn install_over_ssh(env: &TestEnv, iso: &Path, key: &Key) {
     let needed = doc["install"]["min_device_size"].as_u64().unwrap();
     blank_disk(&target, needed + (1 << 30));
     let device_config = format!(
-        "hostname: node-installed\nusers:\n  - name: root\n    ssh_authorized_keys: [\"{}\"]\n",
+        "hostname: node-installed\nssh: {{password_authentication: true}}\nusers:\n  - name: root\n    ssh_authorized_keys: [\"{}\"]\n",
         key.public
     );
     let install =
@@ -1021,6 +1021,13 @@ fn install_over_ssh(env: &TestEnv, iso: &Path, key: &Key) {
             "an unknown key got in as {user}: {}",
             ssh_text(o)
         );
+        // sshd lists the methods it would still accept: keys only, no
+        // password logins by default.
+        assert!(
+            ssh_text(o).contains("Permission denied (publickey)"),
+            "sshd offers more than keys to {user}: {}",
+            ssh_text(o)
+        );
     }
     assert!(!bad.status.success(), "a bad --config was accepted");
     let bad = ssh_text(&bad);
@@ -1048,11 +1055,20 @@ fn install_over_ssh(env: &TestEnv, iso: &Path, key: &Key) {
         .nic_ssh(ssh.port)
         .while_up("os-agent: boot ", Duration::from_secs(600), |_| {
             ssh.wait(key, "root", Duration::from_secs(180))?;
-            Ok::<_, String>(ssh.run(key, "root", "hostname && os-agent status --json", b""))
+            Ok::<_, String>((
+                ssh.run(key, "root", "hostname && os-agent status --json", b""),
+                ssh.run(&stranger, "root", "true", b""),
+            ))
         });
-    let hostname = hostname
+    let (hostname, stranger_root) = hostname
         .unwrap_or_else(|| panic!("installed disk: no boot line:\n{}", tail(&c, 80)))
         .unwrap_or_else(|e| panic!("{e}\n{}", tail(&c, 80)));
+    // The ESP's config allows password logins: sshd now offers them.
+    assert!(
+        ssh_text(&stranger_root).contains("Permission denied (publickey,password)"),
+        "ssh.password_authentication: true did not reach sshd: {}",
+        ssh_text(&stranger_root)
+    );
     boot_ok(
         &c,
         "disk installed over SSH",
@@ -1063,7 +1079,9 @@ fn install_over_ssh(env: &TestEnv, iso: &Path, key: &Key) {
         .find(|l| l.contains("os-agent: config applied"))
         .unwrap_or_else(|| panic!("no config line:\n{}", tail(&c, 80)));
     assert!(
-        applied.contains("build-image/config.yaml") && applied.contains("hostname=node-installed"),
+        applied.contains("build-image/config.yaml")
+            && applied.contains("hostname=node-installed")
+            && applied.contains("ssh_passwords=on"),
         "{applied}"
     );
     let out = String::from_utf8_lossy(&hostname.stdout);

@@ -20,7 +20,7 @@ use common::abdisk::read_fat_file;
 use common::fixtures::{debian_layout, fixtures_dir};
 use common::layer::{Compression, LayerBuilder};
 use common::oci::{Image, OciLayout};
-use common::qemu::{boot_line, fresh_vars, tail, Vm, AAVMF_VARS, OVMF_VARS};
+use common::qemu::{boot_line, fresh_vars, tail, Vm, AAVMF_VARS, OVMF_VARS, OVMF_VARS_MS};
 use common::registry::Registry;
 use common::ssh::{free_port, text as ssh_text, Key, Ssh};
 use common::{require_tool, sparse_copy, TestEnv};
@@ -647,6 +647,105 @@ fn a_release_older_than_the_lock_file_records_is_refused() {
         "left behind in {}",
         out.display()
     );
+}
+
+/// Secure Boot (OVMF enforcing, with Microsoft's keys as PCs ship) checks
+/// what docs/security.md says and no more: shim, GRUB and the kernel carry
+/// the distribution's signatures, so the image boots, and boots even with
+/// its grub.cfg and initrd changed after the build (neither is signed); a
+/// kernel with one byte changed is refused before it runs.
+#[test]
+fn secure_boot_checks_shim_grub_and_kernel_but_not_grub_cfg_or_initrd() {
+    let _one = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let env = TestEnv::new();
+    let config = config_file(env.tmp.path());
+    let (out, _) = build_with(
+        &env,
+        "amd64",
+        "archive",
+        "1.0.0-sb",
+        &config,
+        "sb",
+        &["--format", "disk"],
+    );
+    let work = env.tmp.path().join("sb-boot");
+    let (disk, vars) = vm_disk(&out.join("debian-bookworm-amd64.raw"), OVMF_VARS_MS, &work);
+    let image = format!("{}@@{}", disk.display(), esp_offset(&disk));
+    let mtools = |tool: &str, args: &[&str]| {
+        Command::new(tool)
+            .arg("-i")
+            .arg(&image)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let edit = |name: &str, change: &dyn Fn(Vec<u8>) -> Vec<u8>| -> bool {
+        let local = work.join("edit");
+        let o = mtools(
+            "mcopy",
+            &["-o", &format!("::{name}"), local.to_str().unwrap()],
+        );
+        if !o.status.success() {
+            return false;
+        }
+        fs::write(&local, change(fs::read(&local).unwrap())).unwrap();
+        let o = mtools(
+            "mcopy",
+            &["-o", local.to_str().unwrap(), &format!("::{name}")],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        true
+    };
+
+    // The unsigned parts, changed: a word on the kernel command line (in
+    // every grub.cfg GRUB might read), 4 KiB of zeros after the initrd.
+    let mark = |cfg: Vec<u8>| {
+        let text = String::from_utf8(cfg).unwrap();
+        assert!(text.contains("bi.slot=$slot "), "{text}");
+        text.replace("bi.slot=$slot ", "bi.slot=$slot sbtest=unsigned-grub-cfg ")
+            .into_bytes()
+    };
+    assert!(edit("/EFI/debian/grub.cfg", &mark));
+    for other in ["/EFI/BOOT/grub.cfg", "/EFI/ubuntu/grub.cfg"] {
+        edit(other, &mark);
+    }
+    assert!(edit("/a/initrd", &|mut b| {
+        b.extend_from_slice(&[0; 4096]);
+        b
+    }));
+    let c = pc()
+        .ovmf_secure_boot(&vars)
+        .virtio_disk(&disk)
+        .run_until("os-agent: boot ", Duration::from_secs(900));
+    assert!(c.contains("Secure boot enabled"), "{}", tail(&c, 80));
+    assert!(
+        c.lines()
+            .any(|l| l.contains("Kernel command line:") && l.contains("sbtest=unsigned-grub-cfg")),
+        "{}",
+        tail(&c, 80)
+    );
+    boot_ok(
+        &c,
+        "Secure Boot",
+        "os-agent: boot ok slot=a version=1.0.0-sb",
+    );
+
+    // One byte of the kernel changed: its signature no longer matches.
+    assert!(edit("/a/vmlinuz", &|mut k| {
+        let i = k.len() / 2;
+        k[i] ^= 0x01;
+        k
+    }));
+    let (_, c) = pc()
+        .ovmf_secure_boot(&vars)
+        .virtio_disk(&disk)
+        .run(Duration::from_secs(300));
+    assert!(
+        !c.contains("Kernel command line:") && !c.contains("os-init"),
+        "a changed kernel ran under Secure Boot:\n{}",
+        tail(&c, 60)
+    );
+    assert!(c.contains("bad shim signature"), "{}", tail(&c, 60));
 }
 
 /// arm64 on this x86_64 machine without emulation at build time: the base

@@ -16,7 +16,7 @@ use build_image::apt::{
 use build_image::cache::BlobCache;
 use build_image::oci::{Digest, RetryPolicy};
 use build_image::tree::{ContentStore, FsTree, InodeKind, Metadata};
-use common::aptrepo::{host_arch, real_debs, serve, Gpg, Repo};
+use common::aptrepo::{host_arch, real_debs, serve, Gpg, Head, Repo, RELEASE_DATE};
 
 const DEBIAN_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 
@@ -415,7 +415,7 @@ fn local_repository_resolve_fetch_install() {
     repo.publish("empty", future, |_, _| String::new(), |b| b);
     let mut tree2 = base_tree(&mut store, &repo.arch);
     let sources = [(source("empty"), &keyring), (source("test"), &keyring)];
-    let repos = apt::load_repositories(&fetcher, &sources, &cache, now).unwrap();
+    let repos = apt::load_repositories(&fetcher, &sources, &cache, now, None).unwrap();
     apt::check_available(&repos, &["hello".into(), "sl=1.0".into()]).unwrap();
     let err = apt::check_available(&repos, &["hello".into(), "nosuch".into(), "nope".into()])
         .unwrap_err()
@@ -432,8 +432,23 @@ fn local_repository_resolve_fetch_install() {
     let plan2 =
         apt::install_packages(&fetcher, &repos, &req, &cache, &mut tree2, &mut store).unwrap();
     assert_eq!(
-        plan2.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+        plan2
+            .packages
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>(),
         names
+    );
+    assert_eq!(
+        plan2
+            .releases
+            .iter()
+            .map(|r| (r.suite.as_str(), r.date))
+            .collect::<Vec<_>>(),
+        [
+            ("empty", apt::release::parse_date(RELEASE_DATE)),
+            ("test", apt::release::parse_date(RELEASE_DATE))
+        ]
     );
     assert_eq!(
         read(&tree2, &store, "var/lib/dpkg/status"),
@@ -509,6 +524,122 @@ fn local_repository_resolve_fetch_install() {
         e.contains("stale/InRelease") && e.contains("expired: Valid-Until 2025-01-11"),
         "{e}"
     );
+}
+
+/// A signed Release is not enough: one of another suite than the source
+/// asks for is refused, and so is one older than a Release seen before,
+/// in the cache or in the lock file the build replaces. The messages name
+/// the InRelease and both suites or both dates.
+#[test]
+fn another_suite_or_an_older_release_is_refused() {
+    let repo = Repo::new(&real_debs());
+    let future = "Sat, 11 Jul 2099 10:16:37 UTC";
+    let older = "Fri, 10 Jul 2026 10:16:37 UTC";
+    let keep = |_: &str, s: String| s;
+    let same = |b: Vec<u8>| b;
+    let head = |suite, codename, date| Head {
+        suite,
+        codename,
+        date,
+    };
+    // bullseye's Release, validly signed, where bookworm is asked for.
+    repo.publish_as(
+        "bookworm",
+        &head("oldstable", "bullseye", RELEASE_DATE),
+        future,
+        keep,
+        same,
+    );
+    // Debian's and Ubuntu's updates suites: one of the two fields matches.
+    let updates = head("stable-updates", "bookworm-updates", RELEASE_DATE);
+    repo.publish_as("bookworm-updates", &updates, future, keep, same);
+    let noble = head("noble-updates", "noble", RELEASE_DATE);
+    repo.publish_as("noble-updates", &noble, future, keep, same);
+    repo.publish("roll", future, keep, same);
+    let url = serve(repo.dir.path().to_path_buf());
+    let fetcher = Fetcher::new().with_retry(RetryPolicy {
+        attempts: 2,
+        first_delay: std::time::Duration::from_millis(10),
+    });
+    let source = |suite: &str| Source {
+        url: url.clone(),
+        suite: suite.into(),
+        components: vec!["main".into()],
+        arch: repo.arch.clone(),
+    };
+    let keyring = repo.keyring();
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = BlobCache::open(cache_dir.path()).unwrap();
+    let load = |suite: &str, cache: &BlobCache| {
+        fetcher
+            .load(&source(suite), &keyring, cache, FIXTURE_NOW)
+            .map_err(|e| format!("{e:#}"))
+    };
+
+    let e = load("bookworm", &cache).unwrap_err();
+    assert!(
+        e.contains(&format!("{url}/dists/bookworm/InRelease"))
+            && e.contains("for suite oldstable (codename bullseye)")
+            && e.contains("asks for bookworm"),
+        "{e}"
+    );
+    load("bookworm-updates", &cache).unwrap();
+    load("noble-updates", &cache).unwrap();
+
+    // Seen once, the mirror goes back a day: refused by the cache's record.
+    load("roll", &cache).unwrap();
+    repo.publish_as("roll", &head("roll", "roll", older), future, keep, same);
+    let e = load("roll", &cache).unwrap_err();
+    assert!(
+        e.contains(&format!("{url}/dists/roll/InRelease"))
+            && e.contains("dated 2026-07-10 10:16:37 UTC, older than the one seen before (2026-07-11 10:16:37 UTC, recorded in ")
+            && e.contains(&cache_dir.path().join("apt/releases").display().to_string()),
+        "{e}"
+    );
+
+    // A fresh cache has no record; the lock file of a build that saw the
+    // newer Release still refuses it.
+    let fresh_dir = tempfile::tempdir().unwrap();
+    let fresh = BlobCache::open(fresh_dir.path()).unwrap();
+    let lock_path = fresh_dir.path().join("build-image.lock");
+    let stamp = apt::ReleaseStamp {
+        url: url.clone(),
+        suite: "roll".into(),
+        codename: Some("roll".into()),
+        date: apt::release::parse_date(RELEASE_DATE),
+    };
+    std::fs::write(
+        &lock_path,
+        serde_json::json!({"repositories": [stamp.to_json()]}).to_string(),
+    )
+    .unwrap();
+    let lock = apt::LockRecord::read(&lock_path).unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let mut store = ContentStore::new_in(spool.path()).unwrap();
+    let mut tree = base_tree(&mut store, &repo.arch);
+    let sources = [(source("roll"), &keyring)];
+    let req = apt::InstallRequest {
+        packages: &["hello".into()],
+        required: false,
+        mtime: 1000,
+    };
+    let before = tree.entry_count();
+    let e = format!(
+        "{:#}",
+        apt::load_repositories(&fetcher, &sources, &fresh, FIXTURE_NOW, Some(&lock)).unwrap_err()
+    );
+    assert!(
+        e.contains(&format!("{url}/dists/roll/InRelease"))
+            && e.contains("older than the one seen before (2026-07-11 10:16:37 UTC, recorded in ")
+            && e.contains(&lock_path.display().to_string()),
+        "{e}"
+    );
+    assert_eq!(tree.entry_count(), before);
+    // Without that record the same request goes through.
+    let repos = apt::load_repositories(&fetcher, &sources, &fresh, FIXTURE_NOW, None).unwrap();
+    let done =
+        apt::install_packages(&fetcher, &repos, &req, &fresh, &mut tree, &mut store).unwrap();
+    assert_eq!(done.releases[0].date, apt::release::parse_date(older));
 }
 
 /// The host's own apt lists (as `apt-get update` left them): the bookworm

@@ -20,7 +20,7 @@ use common::abdisk::read_fat_file;
 use common::fixtures::{debian_layout, fixtures_dir};
 use common::layer::{Compression, LayerBuilder};
 use common::oci::{Image, OciLayout};
-use common::qemu::{boot_line, fresh_vars, tail, Vm, AAVMF_VARS, OVMF_VARS};
+use common::qemu::{boot_line, fresh_vars, tail, Vm, AAVMF_VARS, OVMF_VARS, OVMF_VARS_MS};
 use common::registry::Registry;
 use common::ssh::{free_port, text as ssh_text, Key, Ssh};
 use common::{require_tool, sparse_copy, TestEnv};
@@ -308,6 +308,23 @@ fn debian_amd64_builds_and_boots_uefi_and_bios_with_persistence() {
         .as_str()
         .unwrap()
         .starts_with("sha256:"));
+    // ... and the Release of each source, fetched over HTTPS, with its date.
+    let repos = lock["repositories"].as_array().unwrap();
+    let suites: Vec<&str> = repos.iter().map(|r| r["suite"].as_str().unwrap()).collect();
+    assert_eq!(
+        suites,
+        ["bookworm", "bookworm-updates", "bookworm-security"]
+    );
+    for r in repos {
+        assert!(
+            r["url"]
+                .as_str()
+                .unwrap()
+                .starts_with("https://deb.debian.org/"),
+            "{r}"
+        );
+        assert!(r["date"].as_str().unwrap().ends_with(" UTC"), "{r}");
+    }
     let pkgs = lock["packages"].as_array().unwrap();
     assert!(pkgs.iter().any(|p| p["name"] == "systemd"));
     assert!(pkgs
@@ -594,6 +611,165 @@ fn a_repository_whose_signature_does_not_verify_is_refused() {
     assert!(err.contains("InRelease"), "{err}");
     assert!(err.to_lowercase().contains("signature"), "{err}");
     assert_no_output(&out);
+}
+
+/// A rebuild into an output directory whose lock file recorded a newer
+/// Release of the archive than the one served now (here: one dated 2100)
+/// is refused before anything is installed, naming the InRelease, fetched
+/// over HTTPS, and the lock file; the lock file stays as it was.
+#[test]
+fn a_release_older_than_the_lock_file_records_is_refused() {
+    let _one = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let env = TestEnv::new();
+    let out = env.tmp.path().join("dist");
+    fs::create_dir_all(&out).unwrap();
+    let lock = out.join("build-image.lock");
+    let text = serde_json::json!({
+        "apiVersion": "build-image/v1alpha1",
+        "kind": "BuildLock",
+        "repositories": [{
+            "url": "https://deb.debian.org/debian",
+            "suite": "bookworm",
+            "codename": "bookworm",
+            "date": "Fri, 01 Jan 2100 00:00:00 UTC",
+        }],
+    })
+    .to_string();
+    fs::write(&lock, &text).unwrap();
+    let comps = format!("oci-layout:{}", components().display());
+    let o = env.run_raw(&[
+        "--cache-dir",
+        shared_cache().to_str().unwrap(),
+        "--base",
+        "archive",
+        "--components",
+        &comps,
+        "--without",
+        "k3s",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("https://deb.debian.org/debian/dists/bookworm/InRelease"),
+        "{err}"
+    );
+    assert!(
+        err.contains("older than the one seen before (2100-01-01 00:00:00 UTC, recorded in")
+            && err.contains(&lock.display().to_string()),
+        "{err}"
+    );
+    assert_eq!(fs::read_to_string(&lock).unwrap(), text);
+    let left: Vec<_> = fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        left,
+        ["build-image.lock"],
+        "left behind in {}",
+        out.display()
+    );
+}
+
+/// Secure Boot (OVMF enforcing, with Microsoft's keys as PCs ship) checks
+/// what docs/security.md says and no more: shim, GRUB and the kernel carry
+/// the distribution's signatures, so the image boots, and boots even with
+/// its grub.cfg and initrd changed after the build (neither is signed); a
+/// kernel with one byte changed is refused before it runs.
+#[test]
+fn secure_boot_checks_shim_grub_and_kernel_but_not_grub_cfg_or_initrd() {
+    let _one = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let env = TestEnv::new();
+    let config = config_file(env.tmp.path());
+    let (out, _) = build_with(
+        &env,
+        "amd64",
+        "archive",
+        "1.0.0-sb",
+        &config,
+        "sb",
+        &["--format", "disk"],
+    );
+    let work = env.tmp.path().join("sb-boot");
+    let (disk, vars) = vm_disk(&out.join("debian-bookworm-amd64.raw"), OVMF_VARS_MS, &work);
+    let image = format!("{}@@{}", disk.display(), esp_offset(&disk));
+    let mtools = |tool: &str, args: &[&str]| {
+        Command::new(tool)
+            .arg("-i")
+            .arg(&image)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let edit = |name: &str, change: &dyn Fn(Vec<u8>) -> Vec<u8>| -> bool {
+        let local = work.join("edit");
+        let o = mtools(
+            "mcopy",
+            &["-o", &format!("::{name}"), local.to_str().unwrap()],
+        );
+        if !o.status.success() {
+            return false;
+        }
+        fs::write(&local, change(fs::read(&local).unwrap())).unwrap();
+        let o = mtools(
+            "mcopy",
+            &["-o", local.to_str().unwrap(), &format!("::{name}")],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        true
+    };
+
+    // The unsigned parts, changed: a word on the kernel command line (in
+    // every grub.cfg GRUB might read), 4 KiB of zeros after the initrd.
+    let mark = |cfg: Vec<u8>| {
+        let text = String::from_utf8(cfg).unwrap();
+        assert!(text.contains("bi.slot=$slot "), "{text}");
+        text.replace("bi.slot=$slot ", "bi.slot=$slot sbtest=unsigned-grub-cfg ")
+            .into_bytes()
+    };
+    assert!(edit("/EFI/debian/grub.cfg", &mark));
+    for other in ["/EFI/BOOT/grub.cfg", "/EFI/ubuntu/grub.cfg"] {
+        edit(other, &mark);
+    }
+    assert!(edit("/a/initrd", &|mut b| {
+        b.extend_from_slice(&[0; 4096]);
+        b
+    }));
+    let c = pc()
+        .ovmf_secure_boot(&vars)
+        .virtio_disk(&disk)
+        .run_until("os-agent: boot ", Duration::from_secs(900));
+    assert!(c.contains("Secure boot enabled"), "{}", tail(&c, 80));
+    assert!(
+        c.lines()
+            .any(|l| l.contains("Kernel command line:") && l.contains("sbtest=unsigned-grub-cfg")),
+        "{}",
+        tail(&c, 80)
+    );
+    boot_ok(
+        &c,
+        "Secure Boot",
+        "os-agent: boot ok slot=a version=1.0.0-sb",
+    );
+
+    // One byte of the kernel changed: its signature no longer matches.
+    assert!(edit("/a/vmlinuz", &|mut k| {
+        let i = k.len() / 2;
+        k[i] ^= 0x01;
+        k
+    }));
+    let (_, c) = pc()
+        .ovmf_secure_boot(&vars)
+        .virtio_disk(&disk)
+        .run(Duration::from_secs(300));
+    assert!(
+        !c.contains("Kernel command line:") && !c.contains("os-init"),
+        "a changed kernel ran under Secure Boot:\n{}",
+        tail(&c, 60)
+    );
+    assert!(c.contains("bad shim signature"), "{}", tail(&c, 60));
 }
 
 /// arm64 on this x86_64 machine without emulation at build time: the base
@@ -964,7 +1140,7 @@ fn install_over_ssh(env: &TestEnv, iso: &Path, key: &Key) {
     let needed = doc["install"]["min_device_size"].as_u64().unwrap();
     blank_disk(&target, needed + (1 << 30));
     let device_config = format!(
-        "hostname: node-installed\nusers:\n  - name: root\n    ssh_authorized_keys: [\"{}\"]\n",
+        "hostname: node-installed\nssh: {{password_authentication: true}}\nusers:\n  - name: root\n    ssh_authorized_keys: [\"{}\"]\n",
         key.public
     );
     let install =
@@ -1004,6 +1180,13 @@ fn install_over_ssh(env: &TestEnv, iso: &Path, key: &Key) {
             "an unknown key got in as {user}: {}",
             ssh_text(o)
         );
+        // sshd lists the methods it would still accept: keys only, no
+        // password logins by default.
+        assert!(
+            ssh_text(o).contains("Permission denied (publickey)"),
+            "sshd offers more than keys to {user}: {}",
+            ssh_text(o)
+        );
     }
     assert!(!bad.status.success(), "a bad --config was accepted");
     let bad = ssh_text(&bad);
@@ -1031,11 +1214,20 @@ fn install_over_ssh(env: &TestEnv, iso: &Path, key: &Key) {
         .nic_ssh(ssh.port)
         .while_up("os-agent: boot ", Duration::from_secs(600), |_| {
             ssh.wait(key, "root", Duration::from_secs(180))?;
-            Ok::<_, String>(ssh.run(key, "root", "hostname && os-agent status --json", b""))
+            Ok::<_, String>((
+                ssh.run(key, "root", "hostname && os-agent status --json", b""),
+                ssh.run(&stranger, "root", "true", b""),
+            ))
         });
-    let hostname = hostname
+    let (hostname, stranger_root) = hostname
         .unwrap_or_else(|| panic!("installed disk: no boot line:\n{}", tail(&c, 80)))
         .unwrap_or_else(|e| panic!("{e}\n{}", tail(&c, 80)));
+    // The ESP's config allows password logins: sshd now offers them.
+    assert!(
+        ssh_text(&stranger_root).contains("Permission denied (publickey,password)"),
+        "ssh.password_authentication: true did not reach sshd: {}",
+        ssh_text(&stranger_root)
+    );
     boot_ok(
         &c,
         "disk installed over SSH",
@@ -1046,7 +1238,9 @@ fn install_over_ssh(env: &TestEnv, iso: &Path, key: &Key) {
         .find(|l| l.contains("os-agent: config applied"))
         .unwrap_or_else(|| panic!("no config line:\n{}", tail(&c, 80)));
     assert!(
-        applied.contains("build-image/config.yaml") && applied.contains("hostname=node-installed"),
+        applied.contains("build-image/config.yaml")
+            && applied.contains("hostname=node-installed")
+            && applied.contains("ssh_passwords=on"),
         "{applied}"
     );
     let out = String::from_utf8_lossy(&hostname.stdout);

@@ -447,6 +447,39 @@ fn assert_hostile(
     }
 }
 
+/// A 510 KB gzip layer whose one GNU long-name record is 512 MiB: refused
+/// by the record's header, naming the layer's digest and the record,
+/// without buffering it (the whole run stays far below the record's size)
+/// and without output.
+#[test]
+fn hostile_long_name_record_is_refused_before_it_is_read() {
+    let reg = Registry::start();
+    let bomb = common::layer::long_name_bomb(512 << 20);
+    assert!(bomb.size() < 1 << 20, "blob of {} bytes", bomb.size());
+    let (image, _) = push_layers(&reg, "layers/bomb", vec![bomb.clone()]);
+    let env = TestEnv::new();
+    let out = env.out_path("bomb.sqfs");
+    let (o, peak) = env.run_peak_rss(&["rootfs", &image, "-o", out.to_str().unwrap()], 1 << 30);
+    let err = assert_fails(&o);
+    eprintln!("build-image said: {err}");
+    eprintln!("peak RSS: {} MiB", peak >> 20);
+    assert_mentions(&err, bomb.hex());
+    assert_mentions(&err, "GNU long-name record of 536870912 bytes");
+    assert!(
+        peak < 200 << 20,
+        "peak RSS {} MiB for a {} KiB layer",
+        peak >> 20,
+        bomb.size() >> 10
+    );
+    assert!(
+        !out.exists(),
+        "{} exists after a failed build",
+        out.display()
+    );
+    let left = list_files(&env.out);
+    assert!(left.is_empty(), "output dir holds {left:?}");
+}
+
 #[test]
 fn hostile_dotdot_entry() {
     let evil = unique("evil");

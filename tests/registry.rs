@@ -655,6 +655,54 @@ fn bearer_token_with_credentials() {
     check_rootfs(&env, &image, &[&l1], &[]);
 }
 
+/// Credentials never travel in clear text to a token service the user did
+/// not trust with plain HTTP. The realm below is plain HTTP on a host that
+/// is not loopback by address (0.0.0.0, which reaches this machine's
+/// proxy): the pull fails before any token request; listing that host with
+/// --insecure-registry lets it through.
+#[test]
+fn credentials_are_not_sent_to_a_plain_http_realm() {
+    let reg = Registry::start();
+    let (l1, _) = sample_layers();
+    push_layers(&reg, "private/app", vec![l1.build(Compression::Gzip)]);
+    let proxy = Proxy::start(
+        &reg.host,
+        Fault::BearerToken {
+            creds: Some(("bob".into(), "hunter2".into())),
+        },
+    );
+    let (alias, _) = loopback_alias();
+    let port = proxy.host.rsplit(':').next().unwrap().to_string();
+    let realm = format!("http://{alias}:{port}/token");
+    proxy.set_realm_host(&format!("{alias}:{port}"));
+    let image = proxy.image("private/app", "latest");
+    let env = TestEnv::new();
+    env.login(&proxy.host, "bob", "hunter2");
+    let (out, o) = env.rootfs(&image, "x.sqfs", &[]);
+    let err = assert_fails(&o);
+    assert_mentions(&err, "refusing to send the credentials");
+    assert_mentions(&err, &realm);
+    assert!(!out.exists());
+    assert!(
+        !proxy
+            .requests()
+            .iter()
+            .any(|r| r.path.starts_with("/token")),
+        "credentials went to {realm}:\n{}",
+        proxy.log_text()
+    );
+
+    check_rootfs(&env, &image, &[&l1], &["--insecure-registry", &alias]);
+    assert!(
+        proxy
+            .requests()
+            .iter()
+            .any(|r| r.path.starts_with("/token") && r.status == 200),
+        "no token with --insecure-registry {alias}:\n{}",
+        proxy.log_text()
+    );
+}
+
 // ---------------------------------------------------------------- transport
 
 /// A host that is not one of the loopback names build-image trusts with

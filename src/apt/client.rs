@@ -8,6 +8,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 
 use super::fetch::{Fetcher, Repository, Source};
+use super::freshness::{LockRecord, ReleaseStamp};
 use super::install::{install_debs, installed_packages, InstallOptions};
 use super::packages::Package;
 use super::release::Keyring;
@@ -17,12 +18,15 @@ use crate::tree::{ContentStore, FsTree};
 
 /// Fetches and verifies the metadata of every source (each with the
 /// keyring that signs it); all must be for the same architecture. `now`
-/// is seconds since the epoch, for signature and `Valid-Until` checks.
+/// is seconds since the epoch, for signature and `Valid-Until` checks;
+/// `seen` holds the Releases the lock file being replaced recorded: no
+/// source may go back to an older one.
 pub fn load_repositories(
     fetcher: &Fetcher,
     sources: &[(Source, &Keyring)],
     cache: &BlobCache,
     now: i64,
+    seen: Option<&LockRecord>,
 ) -> Result<Vec<Repository>> {
     let (first, _) = sources
         .first()
@@ -37,7 +41,21 @@ pub fn load_repositories(
     }
     sources
         .iter()
-        .map(|(s, k)| fetcher.load(s, k, cache, now))
+        .map(|(s, k)| {
+            let repo = fetcher.load(s, k, cache, now)?;
+            if let Some(lock) = seen {
+                lock.check(
+                    s,
+                    &repo.release,
+                    &format!(
+                        "{}/dists/{}/InRelease",
+                        s.url.trim_end_matches('/'),
+                        s.suite
+                    ),
+                )?;
+            }
+            Ok(repo)
+        })
         .collect()
 }
 
@@ -85,9 +103,18 @@ pub struct InstallRequest<'a> {
     pub mtime: i64,
 }
 
+/// What [`install_packages`] installed, and the Release of each source
+/// (what a lock file records).
+#[derive(Debug, Clone)]
+pub struct Installed {
+    /// In install order, each with its pinned sha256.
+    pub packages: Vec<Package>,
+    pub releases: Vec<ReleaseStamp>,
+}
+
 /// Installs `req.packages` and their dependencies from `repos` into
-/// `tree`; returns the installed packages in install order (each with its
-/// pinned sha256).
+/// `tree`; returns the installed packages in install order and the
+/// sources' Releases.
 pub fn install_packages(
     fetcher: &Fetcher,
     repos: &[Repository],
@@ -95,7 +122,7 @@ pub fn install_packages(
     cache: &BlobCache,
     tree: &mut FsTree,
     store: &mut ContentStore,
-) -> Result<Vec<Package>> {
+) -> Result<Installed> {
     let arch = repos
         .first()
         .map(|r| r.source.arch.clone())
@@ -132,5 +159,11 @@ pub fn install_packages(
     }
     install_debs(tree, store, &debs, &InstallOptions { mtime: req.mtime })
         .context("installing packages")?;
-    Ok(plan)
+    Ok(Installed {
+        packages: plan,
+        releases: repos
+            .iter()
+            .map(|r| ReleaseStamp::new(&r.source, &r.release))
+            .collect(),
+    })
 }

@@ -8,6 +8,7 @@ use std::io::{self, Read};
 use anyhow::{anyhow, bail, Context, Result};
 
 use super::deb822::{self, Stanza};
+use crate::tree::guard::{record_error, HeaderWatch};
 
 /// What a package's control archive holds.
 #[derive(Debug, Clone, Default)]
@@ -147,12 +148,23 @@ fn decompress<'a>(
 fn read_control(stream: Box<dyn Read + '_>, what: &str) -> Result<DebControl> {
     let mut out = DebControl::default();
     let mut control = None;
-    let mut archive = tar::Archive::new(stream);
+    let watch = HeaderWatch::new();
+    let mut archive = tar::Archive::new(watch.guard(stream));
     for entry in archive
         .entries()
         .with_context(|| format!("{what}: reading the control archive"))?
     {
-        let mut entry = entry.with_context(|| format!("{what}: reading the control archive"))?;
+        let mut entry = match entry {
+            Ok(e) => e,
+            Err(e) => match record_error(&e) {
+                Some(r) => bail!("{what}: control archive: {r}"),
+                None => {
+                    return Err(anyhow!(e))
+                        .with_context(|| format!("{what}: reading the control archive"))
+                }
+            },
+        };
+        watch.after(&entry);
         if entry.header().entry_type().is_dir() {
             continue;
         }

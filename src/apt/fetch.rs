@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use super::freshness;
 use super::packages::{parse_index, Package};
 use super::release::{verify_inrelease, Keyring, Release};
 use crate::cache::{BlobCache, InsertError};
@@ -19,7 +20,7 @@ use crate::oci::{Digest, RetryPolicy};
 /// One apt source: `deb URL SUITE COMPONENTS` for one architecture.
 #[derive(Debug, Clone)]
 pub struct Source {
-    /// Repository root, e.g. `http://deb.debian.org/debian` (no trailing `/`).
+    /// Repository root, e.g. `https://deb.debian.org/debian` (no trailing `/`).
     pub url: String,
     pub suite: String,
     pub components: Vec<String>,
@@ -157,9 +158,10 @@ impl Fetcher {
         unreachable!("the loop returns on its last attempt")
     }
 
-    /// Fetches and verifies `InRelease`, then the `Packages` index of each
-    /// component for the source's architecture. `now` is seconds since
-    /// the epoch (for expiry checks).
+    /// Fetches and verifies `InRelease` (signature, expiry, suite, and not
+    /// older than the one the cache saw last, see [`freshness`]), then the
+    /// `Packages` index of each component for the source's architecture.
+    /// `now` is seconds since the epoch (for expiry checks).
     pub fn load(
         &self,
         source: &Source,
@@ -170,6 +172,8 @@ impl Fetcher {
         let url = format!("{}/InRelease", source.dists());
         let bytes = self.get_bytes(&url, MAX_INRELEASE)?;
         let release = verify_inrelease(&bytes, keyring, now, &url)?;
+        freshness::check_suite(&release, &source.suite, &url)?;
+        freshness::check_cached(cache, source, &release, &url)?;
         let mut packages = Vec::new();
         for comp in &source.components {
             let base = format!("{comp}/binary-{}/Packages", source.arch);

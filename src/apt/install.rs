@@ -22,8 +22,9 @@ use super::deb822::{self, Stanza};
 use super::md5::md5_hex;
 use super::packages::Package;
 use crate::cache::hash_reader;
+use crate::tree::guard::{record_error, HeaderWatch, MAX_PATH};
 use crate::tree::paths::{lossy, read_tree_file, resolve_dir, resolve_ro, split, write_tree_file};
-use crate::tree::{ContentStore, FsTree, InodeKind, Metadata};
+use crate::tree::{header_id, header_mtime, ContentStore, FsTree, InodeKind, Metadata};
 
 const STATUS: &str = "var/lib/dpkg/status";
 const INFO: &str = "var/lib/dpkg/info";
@@ -151,12 +152,23 @@ struct Unpacker<'a> {
 
 impl Unpacker<'_> {
     fn unpack(&mut self, data: &mut dyn Read) -> Result<()> {
-        let mut archive = tar::Archive::new(data);
+        let watch = HeaderWatch::new();
+        let mut archive = tar::Archive::new(watch.guard(data));
         for entry in archive
             .entries()
             .with_context(|| format!("{}: reading data.tar", self.what))?
         {
-            let entry = entry.with_context(|| format!("{}: reading data.tar", self.what))?;
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => match record_error(&e) {
+                    Some(r) => return Err(self.err(&r.name, r)),
+                    None => {
+                        return Err(anyhow!(e))
+                            .with_context(|| format!("{}: reading data.tar", self.what))
+                    }
+                },
+            };
+            watch.after(&entry);
             self.entry(entry)?;
         }
         Ok(())
@@ -174,17 +186,25 @@ impl Unpacker<'_> {
             return Ok(());
         }
         let raw = entry.path_bytes().into_owned();
+        let link_len = entry.link_name_bytes().map_or(0, |l| l.len());
+        if raw.len() > MAX_PATH || link_len > MAX_PATH {
+            return Err(self.err(
+                &raw[..raw.len().min(200)],
+                format!("path or link target longer than {MAX_PATH} bytes"),
+            ));
+        }
         if raw.first() == Some(&b'/') || split(&raw).contains(&&b".."[..]) {
             return Err(self.err(&raw, "path leaves the package root"));
         }
         let comps = split(&raw);
         self.entries += 1;
         let h = entry.header().clone();
+        let old = h.as_old();
         let meta = Metadata::new(
             (h.mode().unwrap_or(0o644) & 0o7777) as u16,
-            h.uid().unwrap_or(0) as u32,
-            h.gid().unwrap_or(0) as u32,
-            h.mtime().unwrap_or(0) as i64,
+            header_id(&old.uid, "uid").map_err(|k| self.err(&raw, k))?,
+            header_id(&old.gid, "gid").map_err(|k| self.err(&raw, k))?,
+            header_mtime(&old.mtime).map_err(|k| self.err(&raw, k))?,
         );
         let Some((name, parents)) = comps.split_last() else {
             self.list.push("/.".into());

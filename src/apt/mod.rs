@@ -11,6 +11,7 @@
 //! - [`fetch`]: HTTP with retries into the blob cache.
 //! - [`load_repositories`] then [`install_packages`]: a build's whole
 //!   `apt-get update && apt-get install`.
+//! - [`freshness`]: a Release of the suite asked for, never an older one.
 //!
 //! See docs/apt.md.
 
@@ -19,6 +20,7 @@ pub mod deb;
 pub mod deb822;
 pub mod depends;
 pub mod fetch;
+pub mod freshness;
 pub mod install;
 mod md5;
 pub mod packages;
@@ -26,10 +28,11 @@ pub mod release;
 pub mod resolve;
 pub mod version;
 
-pub use client::{check_available, install_packages, load_repositories, InstallRequest};
+pub use client::{check_available, install_packages, load_repositories, InstallRequest, Installed};
 pub use deb::{read_deb, DebControl};
 pub use depends::{Alternatives, Dep, Relation};
 pub use fetch::{Fetcher, Repository, Source};
+pub use freshness::{LockRecord, ReleaseStamp};
 pub use install::{install_debs, installed_packages, verify_deb, InstallOptions, InstallReport};
 pub use packages::{parse_index, parse_status, MultiArch, Package};
 pub use release::{verify_inrelease, Keyring, Release, ReleaseFile};

@@ -314,6 +314,9 @@ mod tests {
             for k in &r.keyrings {
                 assert!(!f.keyring(k).unwrap().is_empty());
             }
+            for url in r.url.values() {
+                assert!(url.starts_with("https://deb.debian.org/"), "{url}");
+            }
         }
     }
 

@@ -188,6 +188,24 @@ pub fn host_without_port(h: &str) -> &str {
     h.rsplit_once(':').map(|(a, _)| a).unwrap_or(h)
 }
 
+/// Whether `host` (without port or brackets) is this machine: an address
+/// in 127.0.0.0/8, `::1` (also as `::ffff:127.x.y.z`), or the name
+/// `localhost` exactly. Other names count by what they are, not by how
+/// they look: `127.attacker.example` is a name like any other, and
+/// `foo.localhost` goes to whatever the resolver says.
+pub fn is_loopback_host(host: &str) -> bool {
+    if host == "localhost" {
+        return true;
+    }
+    match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(a)) => a.is_loopback(),
+        Ok(std::net::IpAddr::V6(a)) => {
+            a.is_loopback() || a.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+        Err(_) => false,
+    }
+}
+
 impl fmt::Display for Reference {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.registry, self.repository)?;
@@ -231,6 +249,36 @@ mod tests {
         let r = Reference::parse("[::1]:5000/x:y").unwrap();
         assert_eq!(r.registry, "[::1]:5000");
         assert_eq!(r.host_name(), "::1");
+    }
+
+    #[test]
+    fn loopback_is_decided_by_address_not_by_look() {
+        for h in [
+            "127.0.0.1",
+            "127.1.2.3",
+            "127.255.255.254",
+            "::1",
+            "::ffff:127.0.0.1",
+            "localhost",
+        ] {
+            assert!(is_loopback_host(h), "{h}");
+        }
+        for h in [
+            "127.attacker.example",
+            "127.0.0.1.nip.io",
+            "127.0.0.1x",
+            "localhost.example",
+            "foo.localhost",
+            "localhost.",
+            "128.0.0.1",
+            "0.0.0.0",
+            "::",
+            "::ffff:10.0.0.1",
+            "10.0.0.1",
+            "",
+        ] {
+            assert!(!is_loopback_host(h), "{h}");
+        }
     }
 
     #[test]

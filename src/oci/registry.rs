@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 use super::auth::{self, Credentials};
 use super::manifest::{Descriptor, Digest, MANIFEST_ACCEPT};
-use super::reference::{host_without_port, Reference};
+use super::reference::{host_without_port, is_loopback_host, Reference};
 use crate::cache::{BlobCache, InsertError};
 use crate::progress::{short, Event, Reporter};
 use indicatif::HumanBytes;
@@ -76,20 +76,51 @@ impl RegistryClient {
     }
 
     fn scheme(&self, r: &Reference) -> &'static str {
-        let host = r.host_name();
-        let loopback = host == "localhost"
-            || host.starts_with("127.")
-            || host == "::1"
-            || host.ends_with(".localhost");
-        let listed = self
-            .insecure
-            .iter()
-            .any(|h| h == &r.registry || host_without_port(h) == host && !h.contains(':'));
-        if loopback || listed {
+        if self.plain_http_allowed(&r.registry) {
             "http"
         } else {
             "https"
         }
+    }
+
+    /// Whether `authority` (`host[:port]`) may be reached over plain HTTP:
+    /// a loopback address (parsed, see [`is_loopback_host`]) or a host the
+    /// user listed with `--insecure-registry`.
+    fn plain_http_allowed(&self, authority: &str) -> bool {
+        let host = host_without_port(authority);
+        is_loopback_host(host)
+            || self
+                .insecure
+                .iter()
+                .any(|h| h == authority || host_without_port(h) == host && !h.contains(':'))
+    }
+
+    /// Refuses a token realm that is not an http(s) URL, and a plain-HTTP
+    /// realm when credentials would go to it (unless its host may be
+    /// reached over plain HTTP anyway): a registry must not be able to
+    /// send the user's password across the network in clear text.
+    fn check_realm(&self, r: &Reference, realm: &str, with_creds: bool, what: &str) -> Result<()> {
+        let lower = realm.to_ascii_lowercase();
+        if lower.starts_with("https://") {
+            return Ok(());
+        }
+        if !lower.starts_with("http://") {
+            bail!(
+                "{what}: the bearer challenge of {} names the token service {realm:?}, which is not an https:// URL",
+                r.registry
+            );
+        }
+        let rest = &realm["http://".len()..];
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+        if with_creds && !self.plain_http_allowed(authority) {
+            bail!(
+                "{what}: the token service {realm} of {} is plain HTTP; refusing to send the credentials for {} to it (the realm must be https://, or its host loopback or listed with --insecure-registry)",
+                r.registry,
+                r.registry
+            );
+        }
+        Ok(())
     }
 
     fn url(&self, r: &Reference, path: &str) -> String {
@@ -252,6 +283,7 @@ impl RegistryClient {
                     .cloned()
                     .unwrap_or_else(|| format!("repository:{}:pull", r.repository));
                 url.push_str(&format!("{sep}scope={}", encode(&scope)));
+                self.check_realm(r, realm, creds.is_some(), what)?;
                 let authz = creds.as_ref().map(basic);
                 let mut delay = self.retry.first_delay;
                 for attempt in 1..=self.retry.attempts {
@@ -533,6 +565,50 @@ mod tests {
         assert_eq!(c.scheme(&r("reg.lan:6000/x")), "https");
         assert_eq!(c.scheme(&r("other.lan:7000/x")), "http");
         assert_eq!(c.scheme(&r("ghcr.io/x")), "https");
+        // Loopback is an address, not a prefix.
+        assert_eq!(c.scheme(&r("127.1.2.3:5000/x")), "http");
+        assert_eq!(c.scheme(&r("127.attacker.example/x")), "https");
+        assert_eq!(c.scheme(&r("127.attacker.example:5000/x")), "https");
+        assert_eq!(c.scheme(&r("127.0.0.1.nip.io:5000/x")), "https");
+        assert_eq!(c.scheme(&r("registry.localhost:5000/x")), "https");
         assert_eq!(encode("repository:a/b:pull"), "repository%3Aa%2Fb%3Apull");
+    }
+
+    #[test]
+    fn credentials_go_only_to_https_or_trusted_realms() {
+        let c = RegistryClient::new(vec!["reg.lan".into(), "tok.lan:8080".into()]);
+        let r = Reference::parse("ghcr.io/x").unwrap();
+        let ok = |realm: &str, creds: bool| c.check_realm(&r, realm, creds, "pull").is_ok();
+        assert!(ok("https://ghcr.io/token", true));
+        assert!(ok("HTTPS://auth.example/token?x=1", true));
+        assert!(ok("http://127.0.0.1:5000/token", true));
+        assert!(ok("http://[::1]:5000/token", true));
+        assert!(ok("http://localhost/token", true));
+        assert!(ok("http://reg.lan:9999/token", true));
+        assert!(ok("http://tok.lan:8080/token", true));
+        // Anonymous token requests carry nothing worth stealing.
+        assert!(ok("http://auth.example/token", false));
+        for realm in [
+            "http://auth.example/token",
+            "http://127.attacker.example/token",
+            "http://tok.lan:8081/token",
+            "http://localhost.attacker.example/token",
+            "http://127.0.0.1@attacker.example/token",
+            "http://0.0.0.0:5000/token",
+        ] {
+            let e = c
+                .check_realm(&r, realm, true, "pull")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("refusing to send the credentials for ghcr.io"),
+                "{realm}: {e}"
+            );
+        }
+        let e = c
+            .check_realm(&r, "ftp://x/token", false, "pull")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not an https:// URL"), "{e}");
     }
 }

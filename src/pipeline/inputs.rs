@@ -100,7 +100,10 @@ pub fn resolve(
             ));
         }
     }
-    let repositories = apt::load_repositories(fetcher, &sources, &puller.cache, now())
+    // A rebuild into the same directory must not go back to an older
+    // Release than the lock file it replaces records.
+    let seen = apt::LockRecord::read(&plan.out_dir.join("build-image.lock"))?;
+    let repositories = apt::load_repositories(fetcher, &sources, &puller.cache, now(), Some(&seen))
         .with_context(|| format!("reading the {} flavor's repositories", flavor.name))?;
     let packages = flavor.packages_for(&plan.arch);
     apt::check_available(&repositories, &packages)

@@ -22,6 +22,11 @@ pub struct BuildLock {
     pub k3s: Option<LockedImage>,
     /// The kernel version the image boots.
     pub kernel: Option<String>,
+    /// The Release of each package source (url, suite, codename, date). A
+    /// rebuild refuses an older one. Not part of [`BuildLock::seed`]: a
+    /// newer Release listing the same packages builds the same image.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub repositories: Vec<serde_json::Value>,
 }
 
 /// Where the base came from.
@@ -95,6 +100,7 @@ impl BuildLock {
             components: None,
             k3s: None,
             kernel: None,
+            repositories: Vec::new(),
         }
     }
 
@@ -109,6 +115,10 @@ impl BuildLock {
     /// FAT volume id come from it, so the same inputs give the same disk.
     pub fn seed(&self) -> [u8; 32] {
         use sha2::Digest as _;
-        sha2::Sha256::digest(serde_json::to_vec(self).expect("a lock serialises")).into()
+        let inputs = BuildLock {
+            repositories: Vec::new(),
+            ..self.clone()
+        };
+        sha2::Sha256::digest(serde_json::to_vec(&inputs).expect("a lock serialises")).into()
     }
 }

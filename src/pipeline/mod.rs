@@ -59,7 +59,7 @@ pub fn run(g: &Global, a: BuildArgs, reporter: &dyn Reporter) -> Result<BuildRes
     // The parsed indexes are the largest thing a build holds in memory:
     // they go as soon as the packages are in.
     let repositories = std::mem::take(&mut inputs.repositories);
-    root::add_packages(
+    let releases = root::add_packages(
         &plan,
         &inputs,
         repositories,
@@ -96,6 +96,7 @@ pub fn run(g: &Global, a: BuildArgs, reporter: &dyn Reporter) -> Result<BuildRes
         )?;
     }
     drop(disk);
+    lock.repositories = releases.iter().map(apt::ReleaseStamp::to_json).collect();
     let lock_file = staging.create(&plan.out_dir.join("build-image.lock"), "lock")?;
     std::io::Write::write_all(staging.file(lock_file), &lock.to_file_bytes())?;
     let artifacts = staging.commit()?;

@@ -85,7 +85,7 @@ pub fn add_base(
 }
 
 /// The flavor's packages and their dependencies, resolved against what the
-/// base has installed.
+/// base has installed. Returns the sources' Releases, for the lock file.
 pub fn add_packages(
     plan: &BuildPlan,
     inputs: &Inputs,
@@ -94,7 +94,7 @@ pub fn add_packages(
     puller: &Puller<'_>,
     root: &mut Root,
     lock: &mut BuildLock,
-) -> Result<()> {
+) -> Result<Vec<apt::ReleaseStamp>> {
     stage(
         puller.reporter,
         format!(
@@ -115,8 +115,8 @@ pub fn add_packages(
         &mut root.store,
     )
     .with_context(|| format!("installing the {} flavor's packages", plan.flavor.name))?;
-    lock.packages = installed.iter().map(LockedPackage::of).collect();
-    Ok(())
+    lock.packages = installed.packages.iter().map(LockedPackage::of).collect();
+    Ok(installed.releases)
 }
 
 /// os-agent and os-init with their units, k3s, and the node config.

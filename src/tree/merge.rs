@@ -15,6 +15,7 @@ use anyhow::{Context, Result};
 use base64::Engine;
 
 use super::content::AppendError;
+use super::guard::{record_error, HeaderWatch, MAX_PATH};
 use super::{ContentStore, FsTree, InodeId, InodeKind, Metadata};
 
 /// Identifies the layer being merged, for messages.
@@ -36,16 +37,56 @@ pub struct MergeStats {
 pub enum LayerErrorKind {
     ParentTraversal,
     AbsolutePath,
-    ThroughSymlink { component: String },
-    ParentNotDirectory { component: String },
+    ThroughSymlink {
+        component: String,
+    },
+    ParentNotDirectory {
+        component: String,
+    },
     Duplicate,
-    HardlinkTargetMissing { target: String },
-    HardlinkTargetUnsafe { target: String },
-    HardlinkToDirectory { target: String },
+    HardlinkTargetMissing {
+        target: String,
+    },
+    HardlinkTargetUnsafe {
+        target: String,
+    },
+    HardlinkToDirectory {
+        target: String,
+    },
     RootNotDirectory,
-    UnsupportedType { typeflag: u8 },
-    Truncated { expected: u64, got: u64 },
-    BadPax { key: String },
+    UnsupportedType {
+        typeflag: u8,
+    },
+    Truncated {
+        expected: u64,
+        got: u64,
+    },
+    BadPax {
+        key: String,
+    },
+    /// A GNU long-name/long-link record or PAX header over the limit.
+    RecordTooLarge {
+        typeflag: u8,
+        size: u64,
+    },
+    PathTooLong {
+        len: usize,
+    },
+    LinkTooLong {
+        len: usize,
+    },
+    /// A uid or gid that does not fit 32 bits (it would wrap, to 0 for
+    /// 2^32) or an mtime beyond `i64`, from the header or a PAX record
+    /// (`source`).
+    OutOfRange {
+        field: String,
+        value: String,
+        source: &'static str,
+    },
+    /// A numeric header field that is not a number.
+    BadField {
+        field: &'static str,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +95,12 @@ pub struct LayerError {
     pub layer: String,
     pub entry: String,
     pub kind: LayerErrorKind,
+}
+
+impl std::fmt::Display for LayerErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&describe(self))
+    }
 }
 
 fn describe(kind: &LayerErrorKind) -> String {
@@ -86,6 +133,32 @@ fn describe(kind: &LayerErrorKind) -> String {
             format!("entry data ended after {got} of {expected} bytes")
         }
         BadPax { key } => format!("malformed PAX record {key:?}"),
+        RecordTooLarge { typeflag, size } => format!(
+            "{} of {size} bytes; refused before reading it (the limit is {} bytes)",
+            super::guard::record_name(*typeflag),
+            super::guard::MAX_RECORD
+        ),
+        PathTooLong { len } => format!(
+            "path of {len} bytes; the limit is {} bytes",
+            super::guard::MAX_PATH
+        ),
+        LinkTooLong { len } => format!(
+            "link target of {len} bytes; the limit is {} bytes",
+            super::guard::MAX_PATH
+        ),
+        OutOfRange {
+            field,
+            value,
+            source,
+        } if field == "mtime" => format!("{field} {value} (from the {source}) is out of range"),
+        OutOfRange {
+            field,
+            value,
+            source,
+        } => format!(
+            "{field} {value} (from the {source}) does not fit in 32 bits; refused rather than wrapped to another owner"
+        ),
+        BadField { field } => format!("header field {field} is not a number"),
     }
 }
 
@@ -179,6 +252,20 @@ impl Applier<'_> {
 
     fn apply<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<()> {
         let raw_path = entry.path_bytes().into_owned();
+        if raw_path.len() > MAX_PATH {
+            let shown = &raw_path[..200];
+            return Err(self.err(
+                shown,
+                LayerErrorKind::PathTooLong {
+                    len: raw_path.len(),
+                },
+            ));
+        }
+        if let Some(link) = entry.link_name_bytes() {
+            if link.len() > MAX_PATH {
+                return Err(self.err(&raw_path, LayerErrorKind::LinkTooLong { len: link.len() }));
+            }
+        }
         let comps = split_path(&raw_path).map_err(|k| self.err(&raw_path, k))?;
         self.stats.entries += 1;
         let header = entry.header().clone();
@@ -382,22 +469,18 @@ impl Applier<'_> {
     }
 
     /// Mode, owner, mtime and xattrs, with PAX records taking precedence
-    /// over the fixed header fields.
+    /// over the fixed header fields. Owners that do not fit 32 bits and
+    /// numeric fields that are not numbers are refused, never wrapped or
+    /// defaulted (either could make a file root's).
     fn metadata<R: Read>(&self, entry: &mut tar::Entry<'_, R>, path: &[u8]) -> Result<Metadata> {
-        let h = entry.header();
-        let mut meta = Metadata::new(
-            (h.mode().unwrap_or(0o644) & 0o7777) as u16,
-            h.uid().unwrap_or(0) as u32,
-            h.gid().unwrap_or(0) as u32,
-            h.mtime().unwrap_or(0) as i64,
-        );
-        let Some(pax) = entry
+        let size = entry.size();
+        let h = entry.header().clone();
+        let (mut uid, mut gid, mut mtime) = (None, None, None);
+        let mut xattrs = BTreeMap::new();
+        let pax = entry
             .pax_extensions()
-            .with_context(|| format!("layer {}: reading PAX header", self.layer.name))?
-        else {
-            return Ok(meta);
-        };
-        for ext in pax {
+            .with_context(|| format!("layer {}: reading PAX header", self.layer.name))?;
+        for ext in pax.into_iter().flatten() {
             let ext = ext.with_context(|| {
                 format!(
                     "layer {}: entry {:?}: reading PAX record",
@@ -409,32 +492,103 @@ impl Applier<'_> {
             let value = ext.value_bytes();
             let bad = || self.err(path, LayerErrorKind::BadPax { key: lossy(key) });
             if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                meta.xattrs.insert(name.to_vec(), value.to_vec());
+                xattrs.insert(name.to_vec(), value.to_vec());
             } else if let Some(name) = key.strip_prefix(b"LIBARCHIVE.xattr.") {
                 let decoded = base64::engine::general_purpose::STANDARD_NO_PAD
                     .decode(value.strip_suffix(b"=").unwrap_or(value))
                     .or_else(|_| base64::engine::general_purpose::STANDARD.decode(value))
                     .map_err(|_| bad())?;
-                meta.xattrs.insert(percent_decode(name), decoded);
+                xattrs.insert(percent_decode(name), decoded);
             } else {
                 match key {
-                    b"uid" => meta.uid = parse_num(value).ok_or_else(bad)? as u32,
-                    b"gid" => meta.gid = parse_num(value).ok_or_else(bad)? as u32,
+                    b"uid" | b"gid" => {
+                        let v = parse_num(value).ok_or_else(bad)?;
+                        let id = u32::try_from(v).map_err(|_| {
+                            self.err(
+                                path,
+                                LayerErrorKind::OutOfRange {
+                                    field: lossy(key),
+                                    value: v.to_string(),
+                                    source: "PAX record",
+                                },
+                            )
+                        })?;
+                        if key == b"uid" {
+                            uid = Some(id);
+                        } else {
+                            gid = Some(id);
+                        }
+                    }
                     b"mtime" => {
                         let s = std::str::from_utf8(value).map_err(|_| bad())?;
                         let secs = s.split('.').next().unwrap_or("");
-                        meta.mtime = secs.parse::<i64>().map_err(|_| bad())?;
+                        mtime = Some(secs.parse::<i64>().map_err(|_| bad())?);
                     }
+                    // The tar reader sized the entry by this record when
+                    // it parsed; when it did not, the reader and any other
+                    // tool disagree on where the entry ends.
+                    b"size" if parse_num(value) != Some(size) => return Err(bad()),
                     _ => {}
                 }
             }
         }
+        let old = h.as_old();
+        let field = |k: LayerErrorKind| self.err(path, k);
+        let mut meta = Metadata::new(
+            (h.mode().unwrap_or(0o644) & 0o7777) as u16,
+            match uid {
+                Some(u) => u,
+                None => header_id(&old.uid, "uid").map_err(field)?,
+            },
+            match gid {
+                Some(g) => g,
+                None => header_id(&old.gid, "gid").map_err(field)?,
+            },
+            match mtime {
+                Some(t) => t,
+                None => header_mtime(&old.mtime).map_err(field)?,
+            },
+        );
+        meta.xattrs = xattrs;
         Ok(meta)
     }
 }
 
 fn parse_num(v: &[u8]) -> Option<u64> {
-    std::str::from_utf8(v).ok()?.parse().ok()
+    let s = std::str::from_utf8(v).ok()?;
+    if !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// A numeric header field; a blank one (all NULs or spaces) is 0.
+fn header_number(field: &[u8], name: &'static str) -> Result<u64, LayerErrorKind> {
+    if field.iter().all(|&b| b == 0 || b == b' ') {
+        return Ok(0);
+    }
+    super::guard::number(field).ok_or(LayerErrorKind::BadField { field: name })
+}
+
+/// A uid or gid header field (octal or base-256), refused when it does not
+/// fit 32 bits.
+pub fn header_id(field: &[u8], name: &'static str) -> Result<u32, LayerErrorKind> {
+    let v = header_number(field, name)?;
+    u32::try_from(v).map_err(|_| LayerErrorKind::OutOfRange {
+        field: name.into(),
+        value: v.to_string(),
+        source: "tar header",
+    })
+}
+
+/// The mtime header field, refused beyond `i64`.
+pub fn header_mtime(field: &[u8]) -> Result<i64, LayerErrorKind> {
+    let v = header_number(field, "mtime")?;
+    i64::try_from(v).map_err(|_| LayerErrorKind::OutOfRange {
+        field: "mtime".into(),
+        value: v.to_string(),
+        source: "tar header",
+    })
 }
 
 fn percent_decode(s: &[u8]) -> Vec<u8> {
@@ -470,7 +624,8 @@ pub fn merge_layer(
     layer: &LayerSource,
     tar_stream: impl Read,
 ) -> Result<MergeStats> {
-    let mut archive = tar::Archive::new(tar_stream);
+    let watch = HeaderWatch::new();
+    let mut archive = tar::Archive::new(watch.guard(tar_stream));
     let mut applier = Applier {
         tree,
         store,
@@ -482,7 +637,25 @@ pub fn merge_layer(
         .entries()
         .with_context(|| format!("layer {}: reading tar stream", layer.name))?;
     for entry in entries {
-        let entry = entry.with_context(|| format!("layer {}: reading tar entry", layer.name))?;
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                if let Some(r) = record_error(&e) {
+                    return Err(LayerError {
+                        layer: layer.name.clone(),
+                        entry: lossy(&r.name),
+                        kind: LayerErrorKind::RecordTooLarge {
+                            typeflag: r.typeflag,
+                            size: r.size,
+                        },
+                    }
+                    .into());
+                }
+                return Err(anyhow::Error::new(e))
+                    .with_context(|| format!("layer {}: reading tar entry", layer.name));
+            }
+        };
+        watch.after(&entry);
         applier.apply(entry)?;
     }
     Ok(applier.stats)
@@ -905,6 +1078,269 @@ mod tests {
                 minor: 1234
             }
         );
+    }
+}
+
+#[cfg(test)]
+mod limits {
+    use super::*;
+    use crate::tree::guard::MAX_RECORD;
+    use std::io::Cursor;
+
+    fn gnu_header(typeflag: u8, name: &[u8], size: u64) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name);
+        h.set_entry_type(tar::EntryType::new(typeflag));
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_cksum();
+        h
+    }
+
+    fn file_header(path: &str) -> tar::Header {
+        let mut h = gnu_header(b'0', path.as_bytes(), 1);
+        h.set_cksum();
+        h
+    }
+
+    /// A record of type `typeflag` whose body is `len` bytes of `fill`,
+    /// then a one-byte file `f` and the end marker.
+    fn with_record(typeflag: u8, name: &[u8], body: &[u8]) -> Vec<u8> {
+        let mut out = gnu_header(typeflag, name, body.len() as u64)
+            .as_bytes()
+            .to_vec();
+        out.extend_from_slice(body);
+        out.resize(out.len().next_multiple_of(512), 0);
+        out.extend_from_slice(file_header("f").as_bytes());
+        out.extend_from_slice(&[b'x'; 512]);
+        out.extend_from_slice(&[0; 1024]);
+        out
+    }
+
+    fn pax(records: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (k, v) in records {
+            let base = k.len() + v.len() + 3;
+            let mut len = base + base.to_string().len();
+            if len.to_string().len() != base.to_string().len() {
+                len = base + len.to_string().len();
+            }
+            out.extend_from_slice(format!("{len} {k}=").as_bytes());
+            out.extend_from_slice(v);
+            out.push(b'\n');
+        }
+        out
+    }
+
+    fn merge(bytes: impl Read) -> Result<(FsTree, MergeStats)> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tree = FsTree::new();
+        let mut store = ContentStore::new_in(dir.path()).unwrap();
+        let layer = LayerSource {
+            name: "sha256:feed".into(),
+        };
+        let stats = merge_layer(&mut tree, &mut store, &layer, bytes)?;
+        Ok((tree, stats))
+    }
+
+    fn kind(e: &anyhow::Error) -> LayerErrorKind {
+        e.downcast_ref::<LayerError>()
+            .unwrap_or_else(|| panic!("not a layer error: {e:#}"))
+            .kind
+            .clone()
+    }
+
+    /// Counts what was read from it.
+    struct Counted<R>(R, std::rc::Rc<std::cell::Cell<u64>>);
+    impl<R: Read> Read for Counted<R> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.0.read(buf)?;
+            self.1.set(self.1.get() + n as u64);
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn oversized_records_are_refused_before_their_body_is_read() {
+        for (typeflag, name) in [
+            (b'L', &b"././@LongLink"[..]),
+            (b'K', b"././@LongLink"),
+            (b'x', b"PaxHeaders/f"),
+            (b'g', b"pax_global_header"),
+        ] {
+            // A record announcing 1 TiB, backed by an endless stream.
+            let head = gnu_header(typeflag, name, 1 << 40).as_bytes().to_vec();
+            let read = std::rc::Rc::new(std::cell::Cell::new(0));
+            let stream = Counted(Cursor::new(head).chain(std::io::repeat(b'a')), read.clone());
+            let e = merge(stream).unwrap_err();
+            assert_eq!(
+                kind(&e),
+                LayerErrorKind::RecordTooLarge {
+                    typeflag,
+                    size: 1 << 40
+                }
+            );
+            let msg = format!("{e:#}");
+            assert!(msg.starts_with("layer sha256:feed: entry"), "{msg}");
+            assert!(msg.contains("1099511627776 bytes"), "{msg}");
+            assert!(
+                read.get() <= 64 << 10,
+                "{} bytes read for {msg}",
+                read.get()
+            );
+        }
+        // Just over the limit, with a real body.
+        let e =
+            merge(&with_record(b'L', b"././@LongLink", &vec![b'a'; MAX_RECORD as usize + 1])[..])
+                .unwrap_err();
+        assert_eq!(
+            kind(&e),
+            LayerErrorKind::RecordTooLarge {
+                typeflag: b'L',
+                size: MAX_RECORD + 1
+            }
+        );
+    }
+
+    #[test]
+    fn records_up_to_the_limit_and_long_paths_up_to_4096_bytes_work() {
+        // A 4096-byte path in a GNU long name, and a PAX header of exactly
+        // the limit (the path plus a large xattr).
+        let path = format!("{}ff", "d/".repeat(2047));
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(1);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, &path, &b"x"[..]).unwrap();
+        let bytes = b.into_inner().unwrap();
+        let (tree, _) = merge(&bytes[..]).unwrap();
+        assert!(tree.lookup_path(path.as_bytes()).is_some());
+
+        let xattr_len = (60_000..MAX_RECORD as usize)
+            .find(|&n| pax(&[("SCHILY.xattr.user.big", &vec![b'v'; n])]).len() as u64 == MAX_RECORD)
+            .unwrap();
+        let records = pax(&[("SCHILY.xattr.user.big", &vec![b'v'; xattr_len])]);
+        assert_eq!(records.len() as u64, MAX_RECORD);
+        let (tree, _) = merge(&with_record(b'x', b"PaxHeaders/f", &records)[..]).unwrap();
+        let f = tree.inode(tree.lookup_path(b"f").unwrap());
+        assert_eq!(f.meta.xattrs[&b"user.big"[..]].len(), xattr_len);
+    }
+
+    #[test]
+    fn paths_and_link_targets_over_4096_bytes_are_refused() {
+        let long = "p/".repeat(2100) + "f";
+        let e = merge(&with_record(b'x', b"PaxHeaders/f", &pax(&[("path", long.as_bytes())]))[..])
+            .unwrap_err();
+        assert_eq!(kind(&e), LayerErrorKind::PathTooLong { len: long.len() });
+        let e = merge(&with_record(b'L', b"././@LongLink", long.as_bytes())[..]).unwrap_err();
+        assert_eq!(kind(&e), LayerErrorKind::PathTooLong { len: long.len() });
+        let e = merge(&with_record(b'K', b"././@LongLink", long.as_bytes())[..]).unwrap_err();
+        assert_eq!(kind(&e), LayerErrorKind::LinkTooLong { len: long.len() });
+    }
+
+    #[test]
+    fn owners_beyond_32_bits_are_refused_not_wrapped() {
+        for (key, value) in [
+            ("uid", "4294967296"),
+            ("gid", "4294967296"),
+            ("uid", "18446744073709551615"),
+        ] {
+            let e =
+                merge(&with_record(b'x', b"PaxHeaders/f", &pax(&[(key, value.as_bytes())]))[..])
+                    .unwrap_err();
+            assert_eq!(
+                kind(&e),
+                LayerErrorKind::OutOfRange {
+                    field: key.into(),
+                    value: value.into(),
+                    source: "PAX record"
+                }
+            );
+            assert!(
+                format!("{e:#}").contains("does not fit in 32 bits"),
+                "{e:#}"
+            );
+        }
+        let ok = pax(&[("uid", b"4294967295"), ("gid", b"3000000")]);
+        let (tree, _) = merge(&with_record(b'x', b"PaxHeaders/f", &ok)[..]).unwrap();
+        let f = tree.inode(tree.lookup_path(b"f").unwrap());
+        assert_eq!((f.meta.uid, f.meta.gid), (u32::MAX, 3_000_000));
+        for bad in ["-1", "1e3", "+5", " 7", ""] {
+            let e =
+                merge(&with_record(b'x', b"PaxHeaders/f", &pax(&[("uid", bad.as_bytes())]))[..])
+                    .unwrap_err();
+            assert_eq!(
+                kind(&e),
+                LayerErrorKind::BadPax { key: "uid".into() },
+                "{bad:?}"
+            );
+        }
+    }
+
+    /// GNU base-256 header fields hold more than 32 bits.
+    #[test]
+    fn header_fields_are_refused_when_out_of_range_or_not_numbers() {
+        let entry = |edit: &dyn Fn(&mut [u8; 512])| {
+            let mut h = *file_header("f").as_bytes();
+            edit(&mut h);
+            let mut t = tar::Header::from_byte_slice(&h).clone();
+            t.set_cksum();
+            let mut out = t.as_bytes().to_vec();
+            out.extend_from_slice(&[b'x'; 512]);
+            out.extend_from_slice(&[0; 1024]);
+            merge(&out[..])
+        };
+        let e = entry(&|h| {
+            h[108..116].copy_from_slice(&[0x80, 0, 0, 1, 0, 0, 0, 0]);
+        })
+        .unwrap_err();
+        assert_eq!(
+            kind(&e),
+            LayerErrorKind::OutOfRange {
+                field: "uid".into(),
+                value: "4294967296".into(),
+                source: "tar header"
+            }
+        );
+        let e = entry(&|h| h[116..124].copy_from_slice(b"12x4567\0")).unwrap_err();
+        assert_eq!(kind(&e), LayerErrorKind::BadField { field: "gid" });
+        let e = entry(&|h| {
+            h[136..148].copy_from_slice(&[
+                0x80, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            ]);
+        })
+        .unwrap_err();
+        assert!(
+            matches!(kind(&e), LayerErrorKind::OutOfRange { ref field, .. } if field == "mtime"),
+            "{e:#}"
+        );
+        // Blank fields are 0, as other tar readers take them.
+        let (tree, _) = entry(&|h| h[108..124].fill(0)).unwrap();
+        let f = tree.inode(tree.lookup_path(b"f").unwrap());
+        assert_eq!((f.meta.uid, f.meta.gid), (0, 0));
+    }
+
+    /// The tar reader sizes an entry by a PAX `size` it can parse; one it
+    /// cannot parse would leave it and other tools disagreeing.
+    #[test]
+    fn pax_size_must_be_the_entry_size() {
+        let (tree, _) =
+            merge(&with_record(b'x', b"PaxHeaders/f", &pax(&[("size", b"1")]))[..]).unwrap();
+        assert!(tree.lookup_path(b"f").is_some());
+        for bad in ["0x1", "one", "-1"] {
+            let e =
+                merge(&with_record(b'x', b"PaxHeaders/f", &pax(&[("size", bad.as_bytes())]))[..])
+                    .unwrap_err();
+            assert_eq!(
+                kind(&e),
+                LayerErrorKind::BadPax { key: "size".into() },
+                "{bad}"
+            );
+        }
     }
 }
 

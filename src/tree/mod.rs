@@ -11,11 +11,14 @@
 
 mod content;
 pub mod edit;
+pub mod guard;
 mod merge;
 pub(crate) mod paths;
 
 pub use content::{AppendError, ContentRef, ContentStore};
-pub use merge::{merge_layer, LayerError, LayerErrorKind, LayerSource, MergeStats};
+pub use merge::{
+    header_id, header_mtime, merge_layer, LayerError, LayerErrorKind, LayerSource, MergeStats,
+};
 
 use std::collections::BTreeMap;
 

@@ -211,6 +211,16 @@ pub fn serve(root: PathBuf) -> String {
     format!("http://{addr}")
 }
 
+/// The Date of every Release [`Repo::publish`] writes.
+pub const RELEASE_DATE: &str = "Sat, 11 Jul 2026 10:16:37 UTC";
+
+/// The fields of a published Release that say which one it is.
+pub struct Head<'a> {
+    pub suite: &'a str,
+    pub codename: &'a str,
+    pub date: &'a str,
+}
+
 pub struct Repo {
     pub dir: tempfile::TempDir,
     pub gpg: Gpg,
@@ -234,10 +244,28 @@ impl Repo {
     }
 
     /// Writes dists/SUITE with a Packages.gz for the pool (stanzas passed
-    /// through `tweak`) and a signed InRelease (then `tamper`ed).
+    /// through `tweak`) and a signed InRelease (then `tamper`ed) whose
+    /// Suite and Codename are SUITE and whose Date is [`RELEASE_DATE`].
     pub fn publish(
         &self,
         suite: &str,
+        valid_until: &str,
+        tweak: impl Fn(&str, String) -> String,
+        tamper: impl Fn(Vec<u8>) -> Vec<u8>,
+    ) {
+        let head = Head {
+            suite,
+            codename: suite,
+            date: RELEASE_DATE,
+        };
+        self.publish_as(suite, &head, valid_until, tweak, tamper)
+    }
+
+    /// [`Repo::publish`] into dists/`dir` with the Release fields of `head`.
+    pub fn publish_as(
+        &self,
+        dir: &str,
+        head: &Head<'_>,
         valid_until: &str,
         tweak: impl Fn(&str, String) -> String,
         tamper: impl Fn(Vec<u8>) -> Vec<u8>,
@@ -266,15 +294,18 @@ impl Repo {
             index.push('\n');
         }
         let rel = format!("main/binary-{}/Packages.gz", self.arch);
-        let dists = self.dir.path().join("dists").join(suite);
+        let dists = self.dir.path().join("dists").join(dir);
         std::fs::create_dir_all(dists.join(format!("main/binary-{}", self.arch))).unwrap();
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         gz.write_all(index.as_bytes()).unwrap();
         let gz = gz.finish().unwrap();
         std::fs::write(dists.join(&rel), &gz).unwrap();
         let release = format!(
-            "Origin: Test\nSuite: {suite}\nCodename: {suite}\nDate: Sat, 11 Jul 2026 10:16:37 UTC\n\
+            "Origin: Test\nSuite: {}\nCodename: {}\nDate: {}\n\
              Valid-Until: {valid_until}\nArchitectures: {}\nComponents: main\nSHA256:\n {} {} {rel}\n",
+            head.suite,
+            head.codename,
+            head.date,
             self.arch,
             Digest::of(&gz).hex(),
             gz.len()

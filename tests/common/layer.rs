@@ -240,6 +240,85 @@ impl Layer {
     }
 }
 
+/// A gzip layer whose first record is a GNU long name of `name_len` bytes
+/// (`a`s), naming a one-byte file, written as a stream: the blob stays
+/// small (gzip packs the repeated byte about 1000:1, so 512 MiB make about
+/// 510 KB) while a reader that buffers the record needs `name_len` bytes.
+pub fn long_name_bomb(name_len: u64) -> Layer {
+    use sha2::{Digest as _, Sha256};
+    struct Both {
+        gz: flate2::write::GzEncoder<Vec<u8>>,
+        sha: Sha256,
+    }
+    impl Write for Both {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.sha.update(b);
+            self.gz.write_all(b)?;
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut w = Both {
+        gz: flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default()),
+        sha: Sha256::new(),
+    };
+    let mut head = Vec::new();
+    write_header(
+        &mut head,
+        &Header {
+            name: b"././@LongLink".to_vec(),
+            prefix: Vec::new(),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size: name_len,
+            mtime: 0,
+            flag: b'L',
+            link: Vec::new(),
+            dev: (0, 0),
+        },
+    );
+    w.write_all(&head).unwrap();
+    let chunk = vec![b'a'; 1 << 20];
+    let mut left = name_len;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        w.write_all(&chunk[..n]).unwrap();
+        left -= n as u64;
+    }
+    w.write_all(&vec![
+        0;
+        (name_len.next_multiple_of(512) - name_len) as usize
+    ])
+    .unwrap();
+    let mut rest = Vec::new();
+    write_entry(
+        &mut rest,
+        &Entry {
+            path: b"a".to_vec(),
+            kind: EntryKind::File(b"x".to_vec()),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: DEFAULT_MTIME,
+            xattrs: BTreeMap::new(),
+            pax_path: false,
+        },
+    );
+    rest.extend_from_slice(&[0u8; 1024]);
+    w.write_all(&rest).unwrap();
+    let diff_id = format!("sha256:{}", hex::encode(w.sha.finalize()));
+    let blob = w.gz.finish().unwrap();
+    Layer {
+        digest: sha256_digest(&blob),
+        diff_id,
+        blob,
+        compression: Compression::Gzip,
+    }
+}
+
 fn type_flag(kind: &EntryKind) -> u8 {
     match kind {
         EntryKind::File(_) => b'0',

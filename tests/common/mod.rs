@@ -209,6 +209,14 @@ impl TestEnv {
         run_cmd(cmd)
     }
 
+    /// Like [`TestEnv::run`], also returning the peak RSS in bytes (see
+    /// [`run_cmd_peak_rss`]).
+    pub fn run_peak_rss(&self, args: &[&str], kill_above: u64) -> (Output, u64) {
+        let mut cmd = self.command();
+        cmd.arg("--cache-dir").arg(&self.cache).args(args);
+        run_cmd_peak_rss(cmd, kill_above)
+    }
+
     /// Runs `build-image ARGS…` without adding `--cache-dir`.
     pub fn run_raw(&self, args: &[&str]) -> Output {
         let mut cmd = self.command();
@@ -277,6 +285,83 @@ pub fn run_cmd(mut cmd: Command) -> Output {
         stdout: t1.join().unwrap(),
         stderr: t2.join().unwrap(),
     }
+}
+
+/// Runs `cmd` like [`run_cmd`] and returns, with its output, the child's
+/// peak resident set size in bytes as the kernel accounts it (`wait4`'s
+/// `ru_maxrss`, covering the child's whole life and only this child). A
+/// child whose peak passes `kill_above` is killed at once rather than left
+/// to exhaust the machine; its peak is then reported as at least that.
+#[allow(clippy::zombie_processes)] // reaped by `wait4`, not `Child::wait`
+pub fn run_cmd_peak_rss(mut cmd: Command, kill_above: u64) -> (Output, u64) {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let mut so = child.stdout.take().unwrap();
+    let mut se = child.stderr.take().unwrap();
+    let t1 = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = so.read_to_end(&mut b);
+        b
+    });
+    let t2 = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = se.read_to_end(&mut b);
+        b
+    });
+    let pid = child.id() as i32;
+    let start = Instant::now();
+    let (status, maxrss) = loop {
+        if let Some(done) = wait4(pid, libc::WNOHANG) {
+            break done;
+        }
+        // VmHWM: the peak so far, in kB.
+        let hwm = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+            .unwrap_or(0);
+        if hwm * 1024 > kill_above || start.elapsed() > RUN_TIMEOUT {
+            let _ = child.kill();
+            let (status, maxrss) = wait4(pid, 0).expect("wait4 on a killed child");
+            if start.elapsed() > RUN_TIMEOUT {
+                panic!("{cmd:?} did not finish within {RUN_TIMEOUT:?}");
+            }
+            break (status, maxrss.max(kill_above + 1));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let out = Output {
+        status,
+        stdout: t1.join().unwrap(),
+        stderr: t2.join().unwrap(),
+    };
+    (out, maxrss)
+}
+
+/// `wait4(pid, options)`: the exit status and peak RSS (bytes) of a child
+/// that has ended, `None` while it runs (with `WNOHANG`).
+#[allow(unsafe_code)]
+fn wait4(pid: i32, options: i32) -> Option<(std::process::ExitStatus, u64)> {
+    use std::os::unix::process::ExitStatusExt;
+    let mut status = 0;
+    // SAFETY: `rusage` is plain old data; all-zero is a valid value.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are to live locals of the right types.
+    let r = unsafe { libc::wait4(pid, &mut status, options, &mut ru) };
+    assert!(r >= 0, "wait4({pid}): {}", std::io::Error::last_os_error());
+    (r == pid).then(|| {
+        (
+            std::process::ExitStatus::from_raw(status),
+            ru.ru_maxrss as u64 * 1024,
+        )
+    })
 }
 
 pub fn stdout(o: &Output) -> String {

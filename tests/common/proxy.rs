@@ -59,6 +59,9 @@ struct State {
     fault: Fault,
     applied: usize,
     log: Vec<Logged>,
+    /// `host:port` the bearer challenge's realm names instead of the
+    /// proxy's own address.
+    realm_host: Option<String>,
 }
 
 /// The proxy; stops accepting on drop.
@@ -84,6 +87,7 @@ impl Proxy {
             fault,
             applied: 0,
             log: Vec::new(),
+            realm_host: None,
         }));
         let stop = Arc::new(AtomicBool::new(false));
         let (st, sp, up, me) = (
@@ -110,6 +114,12 @@ impl Proxy {
     /// `HOST/REPO:TAG` through the proxy.
     pub fn image(&self, repo: &str, tag: &str) -> String {
         format!("{}/{repo}:{tag}", self.host)
+    }
+
+    /// Makes the bearer challenge name `http://HOST_PORT/token` as its realm
+    /// (a token service somewhere else than the registry).
+    pub fn set_realm_host(&self, host_port: &str) {
+        self.state.lock().unwrap().realm_host = Some(host_port.to_string());
     }
 
     pub fn requests(&self) -> Vec<Logged> {
@@ -326,6 +336,8 @@ fn handle(
                     .map(|repo| format!(",scope=\"repository:{repo}:pull\""))
                     .unwrap_or_default();
                 log(state, &req, 401, Some("bearer-challenge"));
+                let realm_host = state.lock().unwrap().realm_host.clone();
+                let realm_host = realm_host.as_deref().unwrap_or(me);
                 respond(
                     &mut conn,
                     "401 Unauthorized",
@@ -333,7 +345,7 @@ fn handle(
                         (
                             "WWW-Authenticate",
                             format!(
-                                "Bearer realm=\"http://{me}/token\",service=\"test-registry\"{scope}"
+                                "Bearer realm=\"http://{realm_host}/token\",service=\"test-registry\"{scope}"
                             ),
                         ),
                         ("Content-Type", "application/json".into()),

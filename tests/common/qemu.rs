@@ -13,6 +13,11 @@ use super::require_tool;
 
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// OVMF built with Secure Boot (and SMM to guard its variables).
+pub const OVMF_CODE_SECBOOT: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
+/// A variable store with Microsoft's keys enrolled and Secure Boot on, as
+/// PCs ship: it trusts the distributions' shim.
+pub const OVMF_VARS_MS: &str = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd";
 pub const AAVMF_CODE: &str = "/usr/share/AAVMF/AAVMF_CODE.fd";
 pub const AAVMF_VARS: &str = "/usr/share/AAVMF/AAVMF_VARS.fd";
 
@@ -88,6 +93,18 @@ impl Vm {
     /// UEFI on x86_64, with the variable store `vars` (see [`fresh_vars`]).
     pub fn ovmf(self, vars: &Path) -> Vm {
         self.pflash(OVMF_CODE, vars)
+    }
+
+    /// UEFI with Secure Boot enforced, on a q35 machine with SMM (the
+    /// secure firmware needs it), with `vars` copied from [`OVMF_VARS_MS`].
+    pub fn ovmf_secure_boot(self, vars: &Path) -> Vm {
+        self.args([
+            "-machine",
+            "q35,smm=on",
+            "-global",
+            "driver=cfi.pflash01,property=secure,value=on",
+        ])
+        .pflash(OVMF_CODE_SECBOOT, vars)
     }
 
     /// UEFI on aarch64, with the variable store `vars`.

@@ -21,6 +21,13 @@ pub const HOST_KEYS_DIR: &str = "/var/lib/os-agent/ssh";
 /// The host key whose presence marks a complete set.
 pub const HOST_KEY_MARK: &str = "ssh_host_ed25519_key";
 pub const SSH_KEYGEN: &str = "/usr/bin/ssh-keygen";
+/// The SSH server; without it there is no password policy to write.
+pub const SSHD: &str = "/usr/sbin/sshd";
+/// The drop-in that sets sshd's password policy. sshd keeps the first
+/// value it reads for a keyword, and Debian's and Ubuntu's sshd_config
+/// include `sshd_config.d/*.conf` (in name order) before their own
+/// settings: this file's `00-` name puts it before other drop-ins.
+pub const SSHD_DROP_IN: &str = "/etc/ssh/sshd_config.d/00-os-agent.conf";
 
 /// What a run did, for the log line.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -32,6 +39,27 @@ pub struct Report {
     pub users: Vec<String>,
     pub files_written: usize,
     pub k3s_role: Option<Role>,
+    pub ssh_passwords: SshPasswords,
+}
+
+/// What [`ssh_passwords`] left in place.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SshPasswords {
+    /// The image has no sshd.
+    #[default]
+    None,
+    Off,
+    On,
+}
+
+impl SshPasswords {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SshPasswords::None => "none",
+            SshPasswords::Off => "off",
+            SshPasswords::On => "on",
+        }
+    }
 }
 
 /// The whole `boot-config` command. `esp` is the mounted ESP (`--esp`);
@@ -45,6 +73,9 @@ pub fn boot_config(root: &Root, esp: Option<&std::path::Path>) -> Result<Report>
     let mut report = Report {
         boot_count: st.boot_count,
         ssh_host_keys: ssh_host_keys(root)?,
+        // Off until a valid configuration allows passwords: a refused
+        // configuration must not leave the image's default (Debian: on).
+        ssh_passwords: ssh_passwords(root, false)?,
         ..Report::default()
     };
     let found = match (esp, slot.as_deref()) {
@@ -112,7 +143,54 @@ pub fn apply(root: &Root, cfg: &Config, report: &mut Report) -> Result<()> {
         report.files_written += 1;
     }
     report.k3s_role = k3s::apply(root, cfg.k3s.as_ref())?;
+    report.ssh_passwords = ssh_passwords(root, cfg.ssh_passwords_allowed())?;
     Ok(())
+}
+
+/// The text of [`SSHD_DROP_IN`]: keys only, or passwords too.
+pub fn sshd_drop_in(passwords: bool) -> String {
+    let head = "# Written by os-agent boot-config at every boot from the node configuration\n\
+                # (`ssh.password_authentication`, docs/config.md); edit that, not this file.\n";
+    if passwords {
+        format!("{head}PasswordAuthentication yes\n")
+    } else {
+        format!("{head}PasswordAuthentication no\nKbdInteractiveAuthentication no\n")
+    }
+}
+
+/// Writes sshd's password policy when the image has sshd. An image whose
+/// sshd_config does not include `sshd_config.d` would never read it: that
+/// is said on stderr (the boot goes on; the image's own file decides).
+pub fn ssh_passwords(root: &Root, allow: bool) -> Result<SshPasswords> {
+    if !root.join(SSHD).exists() {
+        return Ok(SshPasswords::None);
+    }
+    let path = root.join(SSHD_DROP_IN);
+    create_dirs(path.parent().expect("a path below /etc/ssh"))?;
+    write_atomic(
+        &path,
+        sshd_drop_in(allow).as_bytes(),
+        Some(Owner::root(0o644)),
+    )?;
+    let main = read_optional(&root.join("/etc/ssh/sshd_config"))?.unwrap_or_default();
+    let included = main.lines().any(|l| {
+        let mut words = l.split_whitespace();
+        words
+            .next()
+            .is_some_and(|k| k.eq_ignore_ascii_case("include"))
+            && words.any(|w| w.contains("sshd_config.d/"))
+    });
+    if !included {
+        eprintln!(
+            "os-agent: warning: /etc/ssh/sshd_config does not include sshd_config.d; {SSHD_DROP_IN} (password logins {}) is not read",
+            if allow { "on" } else { "off" }
+        );
+    }
+    Ok(if allow {
+        SshPasswords::On
+    } else {
+        SshPasswords::Off
+    })
 }
 
 /// /etc/hostname, a `127.0.1.1` line in /etc/hosts, and the kernel's

@@ -205,14 +205,15 @@ pub fn run(args: &Args) -> Result<i32> {
                 .map(|p| p.display().to_string())
                 .collect();
             println!(
-                "os-agent: config applied boot_count={} files=[{}] hostname={} users=[{}] write_files={} k3s={} ssh_host_keys={}",
+                "os-agent: config applied boot_count={} files=[{}] hostname={} users=[{}] write_files={} k3s={} ssh_host_keys={} ssh_passwords={}",
                 r.boot_count,
                 files.join(" "),
                 r.hostname.as_deref().unwrap_or("-"),
                 r.users.join(" "),
                 r.files_written,
                 r.k3s_role.map(|x| x.as_str()).unwrap_or("off"),
-                r.ssh_host_keys.as_str()
+                r.ssh_host_keys.as_str(),
+                r.ssh_passwords.as_str()
             );
         }
         Cmd::Health => {

@@ -36,6 +36,30 @@ pub struct Config {
     pub write_files: Vec<WriteFile>,
     pub k3s: Option<K3s>,
     pub install: Option<Install>,
+    pub ssh: Option<Ssh>,
+}
+
+/// `ssh:`, the SSH server's policy:
+///
+/// ```yaml
+/// ssh:
+///   password_authentication: true   # default false: keys only
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ssh {
+    /// Let sshd accept passwords; off unless true.
+    pub password_authentication: Option<bool>,
+}
+
+impl Config {
+    /// Whether sshd may accept passwords: only when a file says so.
+    pub fn ssh_passwords_allowed(&self) -> bool {
+        self.ssh
+            .as_ref()
+            .and_then(|s| s.password_authentication)
+            .unwrap_or(false)
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -338,8 +362,8 @@ pub fn validate_merged(cfg: &Config) -> Result<()> {
 ///   earlier entry, new names are appended in order;
 /// - `write_files`: concatenated, applied in order (the later file's entry
 ///   for a path is written last and wins);
-/// - `k3s`, `install`: field by field, the later file's fields win; within
-///   `k3s.config` key by key; `k3s.args` as a whole list.
+/// - `k3s`, `install`, `ssh`: field by field, the later file's fields win;
+///   within `k3s.config` key by key; `k3s.args` as a whole list.
 pub fn merge(base: Config, over: Config) -> Config {
     let mut out = base;
     if over.hostname.is_some() {
@@ -376,6 +400,13 @@ pub fn merge(base: Config, over: Config) -> Config {
         (Some(b), Some(o)) => Some(Install {
             device: o.device.or(b.device),
             reboot: o.reboot.or(b.reboot),
+        }),
+    };
+    out.ssh = match (out.ssh, over.ssh) {
+        (None, o) => o,
+        (b, None) => b,
+        (Some(b), Some(o)) => Some(Ssh {
+            password_authentication: o.password_authentication.or(b.password_authentication),
         }),
     };
     out
@@ -570,6 +601,32 @@ install: {device: auto, reboot: true}
         );
         let e = p_err("install: {device: auto, rebot: true}\n");
         assert!(e.contains("rebot"), "{e}");
+    }
+
+    #[test]
+    fn ssh_passwords_are_off_unless_a_file_allows_them() {
+        assert!(!Config::default().ssh_passwords_allowed());
+        assert!(!p("ssh: {}\n").unwrap().ssh_passwords_allowed());
+        assert!(!p("ssh: {password_authentication: false}\n")
+            .unwrap()
+            .ssh_passwords_allowed());
+        let on = p("ssh:\n  password_authentication: true\n").unwrap();
+        assert!(on.ssh_passwords_allowed());
+        // Field by field: a later file without the field keeps the value,
+        // a later file with it decides.
+        let m = merge(on.clone(), p("ssh: {}\n").unwrap());
+        assert!(m.ssh_passwords_allowed());
+        let m = merge(on, p("ssh: {password_authentication: false}\n").unwrap());
+        assert!(!m.ssh_passwords_allowed());
+        for doc in [
+            "ssh: {password_authentication: yes please}\n",
+            "ssh: {PasswordAuthentication: true}\n",
+            "ssh: {passwords: true}\n",
+        ] {
+            let e = p_err(doc);
+            assert!(e.contains("line 1"), "{doc:?}: {e}");
+        }
+        assert!(p_err("ssh: {passwords: true}\n").contains("passwords"));
     }
 
     fn p_err(text: &str) -> String {

@@ -467,3 +467,70 @@ fn host_keys_baked_into_an_image_are_replaced_on_first_boot() {
         pubkey
     );
 }
+
+/// sshd's password logins: off by a drop-in read before the image's own
+/// settings (Debian's sshd allows them), on only when a configuration
+/// file says `ssh: {password_authentication: true}`, and off again when
+/// the configuration is refused.
+#[test]
+fn ssh_password_logins_are_off_unless_the_config_allows_them() {
+    const DROP_IN: &str = "/etc/ssh/sshd_config.d/00-os-agent.conf";
+    let dir = debian_root("a");
+    let r = dir.path();
+
+    // No sshd in the image: nothing to say.
+    let out = run_ok(r);
+    assert!(out.contains("ssh_passwords=none"), "{out}");
+    assert!(!r.join(DROP_IN.trim_start_matches('/')).exists());
+
+    write(r, "/usr/sbin/sshd", "");
+    write(
+        r,
+        "/etc/ssh/sshd_config",
+        "Include /etc/ssh/sshd_config.d/*.conf\nKbdInteractiveAuthentication no\nUsePAM yes\n",
+    );
+    let out = run_ok(r);
+    assert!(out.contains("ssh_passwords=off"), "{out}");
+    let off = read(r, DROP_IN);
+    let settings: Vec<&str> = off.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(
+        settings,
+        [
+            "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no"
+        ]
+    );
+    let m = fs::metadata(r.join(DROP_IN.trim_start_matches('/'))).unwrap();
+    assert_eq!((m.mode() & 0o7777, m.uid()), (0o644, 0));
+
+    write(
+        r,
+        "/var/lib/os-agent/config.yaml",
+        "ssh:\n  password_authentication: true\n",
+    );
+    let out = run_ok(r);
+    assert!(out.contains("ssh_passwords=on"), "{out}");
+    assert!(read(r, DROP_IN).contains("\nPasswordAuthentication yes\n"));
+
+    // A refused configuration leaves passwords off, whatever it asked.
+    write(
+        r,
+        "/var/lib/os-agent/config.yaml",
+        "ssh:\n  password_authentication: true\nhostnme: typo\n",
+    );
+    let o = agent(&["boot-config", "--root", r.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("hostnme"), "{}", stderr(&o));
+    assert_eq!(read(r, DROP_IN), off);
+
+    // An sshd_config that does not read the drop-ins is pointed out.
+    write(r, "/var/lib/os-agent/config.yaml", "");
+    write(r, "/etc/ssh/sshd_config", "UsePAM yes\n");
+    let o = agent(&["boot-config", "--root", r.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("does not include sshd_config.d"),
+        "{}",
+        stderr(&o)
+    );
+}

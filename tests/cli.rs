@@ -67,6 +67,50 @@ fn no_subcommand_builds_and_names_a_bad_flavor() {
     assert!(!out.exists(), "the output directory was created");
 }
 
+/// `--config` is checked with os-agent's own rules before anything is
+/// fetched: an unknown field (file, line, column and field named), a bad
+/// value (the field's path), an agent without a server.
+#[test]
+fn a_bad_node_config_fails_the_build_at_once() {
+    let env = TestEnv::new();
+    let out = env.out.join("dist");
+    for (text, want) in [
+        (
+            "hostname: edge-1\nusers:\n  - name: admin\n    ssh_keys: [x]\n",
+            &["node.yaml", "line 4", "ssh_keys"][..],
+        ),
+        (
+            "users:\n  - name: admin\n    passwd: hunter2\n",
+            &["node.yaml", "users[0].passwd", "crypt"][..],
+        ),
+        (
+            "k3s: {role: agent, token: t}\n",
+            &["node.yaml", "k3s.server"][..],
+        ),
+    ] {
+        let cfg = env.tmp.path().join("node.yaml");
+        fs::write(&cfg, text).unwrap();
+        let o = env.run(&[
+            "--components",
+            "oci-layout:/nonexistent",
+            "--config",
+            cfg.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(o.status.code(), Some(1), "{o:?}");
+        let err = stderr(&o);
+        for w in want {
+            assert_mentions(&err, w);
+        }
+        assert!(
+            !err.contains("components"),
+            "the config is checked before any input is resolved:\n{err}"
+        );
+        assert!(list_files(&out).is_empty());
+    }
+}
+
 #[test]
 fn rootfs_without_output_is_a_usage_error() {
     let env = TestEnv::new();

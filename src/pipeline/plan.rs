@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::cli::build::{BuildArgs, Format, Optional};
 use crate::disk;
@@ -153,12 +153,15 @@ pub fn plan(a: &BuildArgs) -> Result<BuildPlan> {
     })
 }
 
-/// Reads the node config and checks it is YAML.
+/// Reads the node config and checks it with the rules os-agent applies
+/// on the device (unknown fields, bad values; file, line and field named),
+/// so a mistake fails the build instead of the node's first boot.
 fn check_config(p: &Path) -> Result<String> {
     let text =
         std::fs::read_to_string(p).with_context(|| format!("reading config {}", p.display()))?;
-    let _: serde_json::Value =
-        serde_saphyr::from_str(&text).map_err(|e| anyhow!("config {}: {e}", p.display()))?;
+    let cfg = node_config::parse(&text, p).context("--config")?;
+    node_config::validate_merged(&cfg)
+        .with_context(|| format!("--config: {}", p.display()))?;
     Ok(text)
 }
 

@@ -119,7 +119,7 @@ pub fn apply(root: &Root, cfg: &Config, report: &mut Report) -> Result<()> {
         let field = format!("write_files[{i}] ({})", f.path);
         let data = match f.encoding {
             Encoding::Plain => f.content.clone().into_bytes(),
-            Encoding::B64 => crate::b64::decode(&f.content)
+            Encoding::B64 => node_config::b64::decode(&f.content)
                 .map_err(|e| Error::msg(format!("{field}.content: not valid base64: {e}")))?,
         };
         let mode = match &f.permissions {

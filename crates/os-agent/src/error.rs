@@ -45,3 +45,9 @@ macro_rules! bail {
         return Err($crate::error::Error::msg(format!($($arg)*)))
     };
 }
+
+impl From<node_config::ConfigError> for Error {
+    fn from(e: node_config::ConfigError) -> Self {
+        Error::msg(e)
+    }
+}

@@ -34,31 +34,7 @@ impl Root {
     }
 }
 
-/// Checks that `path` is absolute, has no `..` and no `.` components and
-/// names a file (not `/`).
-pub fn check_abs_path(path: &str) -> std::result::Result<(), &'static str> {
-    let p = Path::new(path);
-    if !p.is_absolute() {
-        return Err("must be an absolute path");
-    }
-    if path.ends_with('/') {
-        return Err("must name a file, not end with '/'");
-    }
-    // Path::components() drops "." silently: look at the text.
-    if path[1..]
-        .split('/')
-        .any(|c| c == "." || c == ".." || c.is_empty())
-    {
-        return Err("must not contain '.', '..' or empty components");
-    }
-    if path.contains('\0') {
-        return Err("must not contain NUL");
-    }
-    if p.parent().is_none() {
-        return Err("must name a file below /");
-    }
-    Ok(())
-}
+pub use node_config::check_abs_path;
 
 /// Reads a file that may be missing.
 pub fn read_optional(path: &Path) -> Result<Option<String>> {

@@ -22,37 +22,7 @@ pub const AGENT_MARKER: &str = "/run/os-agent/k3s-agent";
 pub const SERVER_UNIT: &str = "k3s.service";
 pub const AGENT_UNIT: &str = "k3s-agent.service";
 
-/// Turns `--name=value` / `--name` flags into k3s config keys: `name:
-/// value` (a bare flag is `true`); a flag given more than once becomes a
-/// list. Errors name `args[i]`.
-pub fn args_to_config(args: &[String]) -> std::result::Result<BTreeMap<String, Value>, String> {
-    let mut out: BTreeMap<String, Value> = BTreeMap::new();
-    for (i, a) in args.iter().enumerate() {
-        let Some(flag) = a.strip_prefix("--") else {
-            return Err(format!(
-                "args[{i}]: {a:?} is not a flag; write flags as \"--name=value\" or \"--name\""
-            ));
-        };
-        let (name, value) = match flag.split_once('=') {
-            Some((n, v)) => (n, Value::String(v.to_string())),
-            None => (flag, Value::Bool(true)),
-        };
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-            return Err(format!("args[{i}]: {a:?} has no valid flag name"));
-        }
-        match out.get_mut(name) {
-            None => {
-                out.insert(name.to_string(), value);
-            }
-            Some(Value::Array(list)) => list.push(value),
-            Some(prev) => {
-                let first = prev.take();
-                *prev = Value::Array(vec![first, value]);
-            }
-        }
-    }
-    Ok(out)
-}
+pub use node_config::args_to_config;
 
 /// The content of /etc/rancher/k3s/config.yaml: `config`, then the keys
 /// from `args` (replacing the same keys), then `token` and `server`.

@@ -16,7 +16,6 @@
 pub mod error;
 
 pub mod apply;
-pub mod b64;
 pub mod bootenv;
 pub mod cli;
 pub mod config;

@@ -47,7 +47,7 @@ pub const I386_PC_DIR: &str = "usr/lib/grub/i386-pc";
 /// and FAT of the ESP, `search` to find it, and everything
 /// `bootloader/grub.cfg` uses (`normal` for the script and menu, `test`
 /// for `[`, `loadenv` for `load_env`/`save_env`, `linux` for
-/// `linux`/`initrd`, `echo`, `halt`). Their dependencies are added by
+/// `linux`/`initrd`, `echo`, `sleep`, `halt`, `reboot`). Their dependencies are added by
 /// `grub-mkimage` from `moddep.lst`.
 pub const MODULES: &[&str] = &[
     "biosdisk",
@@ -61,6 +61,8 @@ pub const MODULES: &[&str] = &[
     "test",
     "loadenv",
     "halt",
+    "reboot",
+    "sleep",
 ];
 
 /// Files of the i386-pc directory that building core.img and installing

@@ -9,6 +9,7 @@ pub mod abdisk;
 pub mod aptrepo;
 pub mod boot;
 pub mod fixtures;
+pub mod images;
 pub mod layer;
 pub mod oci;
 pub mod proxy;

@@ -105,10 +105,10 @@ fn from_disk(root_dev: &str) -> Result<Option<()>> {
             }
             Some(why) => {
                 return Err(format!(
-                    "{} has no ext4 superblock, but holds data ({why}); \
-                     it is not formatted. A damaged ext4 can often be recovered \
-                     from a backup superblock: e2fsck -b 32768 {} (4 KiB blocks)",
-                    part.dev, part.dev
+                    "{} has no ext4 superblock, but holds data ({why}): it is not \
+                     formatted; repair it (e2fsck -b BLOCK -B SIZE {}) or, to start \
+                     anew with an empty persist, zero it (blkdiscard -z {}) and reboot",
+                    part.dev, part.dev, part.dev
                 ))
             }
         }

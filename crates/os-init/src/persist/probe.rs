@@ -11,20 +11,16 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 /// Bytes at the start that must be zero.
 pub const HEAD: u64 = 1 << 20;
 
-/// Why a partition is not blank, or `None` when it is.
+/// Why a partition is not blank, or `None` when it is. Names an ext2/3/4
+/// backup superblock when it finds one, with the `e2fsck` arguments that
+/// recover from it.
 pub fn not_blank<R: Read + Seek>(dev: &mut R, len: u64) -> io::Result<Option<String>> {
     let mut head = vec![0u8; HEAD.min(len) as usize];
     dev.seek(SeekFrom::Start(0))?;
     dev.read_exact(&mut head)?;
-    if let Some(at) = head.iter().position(|&b| b != 0) {
-        return Ok(Some(format!(
-            "its first MiB is not blank (a non-zero byte at {at})"
-        )));
-    }
+    let dirty = head.iter().position(|&b| b != 0);
+    let mut found = None;
     for (at, what) in deeper_signatures() {
-        if at.offset + at.magic.len() as u64 > len {
-            continue;
-        }
         let mut buf = vec![0u8; at.read_len()];
         if at.offset + buf.len() as u64 > len {
             continue;
@@ -32,10 +28,18 @@ pub fn not_blank<R: Read + Seek>(dev: &mut R, len: u64) -> io::Result<Option<Str
         dev.seek(SeekFrom::Start(at.offset))?;
         dev.read_exact(&mut buf)?;
         if at.matches(&buf) {
-            return Ok(Some(format!("{what} at byte {}", at.offset)));
+            found = Some(format!("{what} at byte {}", at.offset));
+            break;
         }
     }
-    Ok(None)
+    Ok(match (dirty, found) {
+        (None, None) => None,
+        (Some(at), None) => Some(format!(
+            "its first MiB is not blank (a non-zero byte at {at})"
+        )),
+        (None, Some(sig)) => Some(sig),
+        (Some(_), Some(sig)) => Some(format!("its first MiB is not blank; {sig}")),
+    })
 }
 
 /// Zeroes everything [`not_blank`] looks at, so that a partition created
@@ -106,7 +110,10 @@ fn deeper_signatures() -> Vec<(Sig, String)> {
                     magic: &[0x53, 0xEF],
                     ext: Some((group, log)),
                 },
-                format!("an ext2/3/4 backup superblock (group {group}, {bs}-byte blocks)"),
+                format!(
+                    "an ext2/3/4 backup superblock (group {group}, {bs}-byte blocks; \
+                     e2fsck -b {first} -B {bs} recovers from it)"
+                ),
             ));
         }
     }
@@ -203,6 +210,9 @@ mod tests {
             .unwrap();
         std::io::Write::write_all(&mut f, &vec![0u8; HEAD as usize]).unwrap();
         let why = not_blank(&mut f, 200 << 20).unwrap().unwrap();
-        assert!(why.contains("group 1, 4096-byte blocks"), "{why}");
+        assert!(
+            why.contains("group 1, 4096-byte blocks; e2fsck -b 32768 -B 4096"),
+            "{why}"
+        );
     }
 }

@@ -249,6 +249,13 @@ fn failed_trials_come_back_on_the_default_slot_by_themselves() {
         "os-init: trial boot: watchdog /dev/watchdog0 armed (60 s)",
         "root-init: slot b hangs",
     );
+    // Paused while persist is set up (no bound on an e2fsck), then armed
+    // again until the init takes it over.
+    expect_order(
+        &c,
+        "os-init: trial boot: watchdog paused while persist is set up",
+        "os-init: trial boot: watchdog /dev/watchdog0 armed (60 s)",
+    );
     expect_order(&c, "root-init: slot b hangs", back_on_a);
     // The default slot is no trial: no watchdog from os-init.
     let last = &c[c.rfind("os-init: root root_a").unwrap()..];

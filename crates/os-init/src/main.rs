@@ -220,16 +220,23 @@ fn boot() -> Result<std::convert::Infallible> {
     rustix::process::chroot(".").map_err(|e| format!("chroot into the new root: {e}"))?;
     rustix::process::chdir("/").map_err(|e| format!("entering /: {e}"))?;
 
-    persist::setup(&cmd, &dev)?;
+    // Checking and setting up persist has no time bound: no watchdog then.
+    if let Some(w) = watchdog.take() {
+        match w.disarm() {
+            Ok(()) => say("trial boot: watchdog paused while persist is set up"),
+            Err(e) => say(&format!("pausing the watchdog: {e}")),
+        }
+        persist::setup(&cmd, &dev)?;
+        // A full timeout from here for the init to take the watchdog over.
+        watchdog = arm_watchdog(&cmd);
+    } else {
+        persist::setup(&cmd, &dev)?;
+    }
 
     let init = param(&cmd, "bi.init").unwrap_or("/sbin/init");
-    if let Some(w) = watchdog.as_mut() {
-        // A full timeout for the init to take the watchdog over.
-        if let Err(e) = w.ping() {
-            say(&format!("pinging the watchdog: {e}"));
-        }
-    }
     say(&format!("switching to {init}"));
+    // Closed without the magic character when the init is executed.
+    let _running = watchdog;
     let err = std::process::Command::new(init).arg0(init).exec();
     Err(format!("executing {init}: {err}"))
 }

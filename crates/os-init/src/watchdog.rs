@@ -2,9 +2,11 @@
 //! `bi.trial=1`; os-init then starts the machine's watchdog (the drivers
 //! are in the initramfs's load list) with
 //! [`TRIAL_TIMEOUT_SEC`](boot_contract::watchdog::TRIAL_TIMEOUT_SEC)
-//! before it does anything that could hang, pings it once more just before
-//! it executes the root's init, and closes it without the "magic close"
-//! character, so the device keeps counting. systemd opens it next
+//! before it does anything that could hang, stops it while the persistent
+//! partition is checked and set up (an `e2fsck` of a large filesystem may
+//! take longer than any timeout, and must not be cut off), starts it again
+//! afterwards, and closes it without the "magic close" character just
+//! before it executes the root's init, so the device keeps counting. systemd opens it next
 //! (`RuntimeWatchdogSec=`, a drop-in build-image writes) and pings it from
 //! then on; an init that hangs before that, or a kernel that hangs, resets
 //! the machine, and GRUB (which cleared the trial before booting it) boots
@@ -59,5 +61,13 @@ impl Armed {
     /// close to stop the watchdog.
     pub fn ping(&mut self) -> std::io::Result<()> {
         self.file.write_all(b"\0")
+    }
+
+    /// Stops the watchdog ("magic close": `V`, then close), for work with
+    /// no time bound that must not be cut off by a reset, such as a
+    /// filesystem check. A driver that cannot stop (`nowayout`) keeps
+    /// counting.
+    pub fn disarm(mut self) -> std::io::Result<()> {
+        self.file.write_all(b"V")
     }
 }

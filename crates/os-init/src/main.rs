@@ -342,11 +342,13 @@ fn fail(what: &str) -> ! {
     eprintln!("os-init: rebooting in 5 s");
     std::thread::sleep(Duration::from_secs(5));
     rustix::fs::sync();
-    let _ = rustix::system::reboot(rustix::system::RebootCommand::Restart);
-    // reboot(2) does not return to PID 1 when it succeeds.
-    loop {
-        std::thread::sleep(Duration::from_secs(60));
+    // reboot(2) does not return when it succeeds. If it fails, PID 1
+    // exiting makes the kernel panic, and panic= on the command line
+    // reboots from there.
+    if let Err(e) = rustix::system::reboot(rustix::system::RebootCommand::Restart) {
+        eprintln!("os-init: reboot: {e}; exiting (the kernel panics and reboots)");
     }
+    std::process::exit(1)
 }
 
 fn main() {

@@ -58,8 +58,8 @@ pub fn setup(cmdline: &str, root_dev: &str) -> Result<()> {
         return record(persist::STATE_OFF, why);
     }
     match from_disk(root_dev) {
-        Ok(Some(_)) => record(persist::STATE_OK, ""),
-        Ok(None) => {
+        Ok(true) => record(persist::STATE_OK, ""),
+        Ok(false) => {
             let why = format!(
                 "no room for persist on the disk of {root_dev} (less than {} MiB after the last partition)",
                 disk::MIN_SIZE >> 20
@@ -72,12 +72,12 @@ pub fn setup(cmdline: &str, root_dev: &str) -> Result<()> {
 }
 
 /// Persist from its partition: found or created, checked, mounted, the
-/// machine-id and the bind mounts in place. `Ok(None)` when the disk has
-/// no room for it.
-fn from_disk(root_dev: &str) -> Result<Option<()>> {
+/// machine-id and the bind mounts in place: `Ok(true)`; `Ok(false)` when
+/// the disk has no room for it.
+fn from_disk(root_dev: &str) -> Result<bool> {
     let disk = Disk::of_partition(root_dev)?;
     let Some(part) = disk::ensure_persist(&disk)? else {
-        return Ok(None);
+        return Ok(false);
     };
     if part.change == Change::Created {
         // Blank, so that a power cut before mkfs finishes leaves a
@@ -153,7 +153,7 @@ fn from_disk(root_dev: &str) -> Result<Option<()>> {
         release();
         return Err(e);
     }
-    Ok(Some(()))
+    Ok(true)
 }
 
 /// Persist in RAM for this boot, said loudly, after `why` kept the

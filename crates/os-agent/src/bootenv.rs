@@ -91,29 +91,30 @@ pub struct BootEnv {
 }
 
 impl BootEnv {
-    /// The copy GRUB reads: the primary when it is valid, else the backup.
-    pub fn effective(&self) -> &GrubEnv {
-        match (&self.primary, &self.backup) {
-            (Ok(p), _) => p,
-            (Err(_), Ok(b)) => b,
-            (Err(_), Err(_)) => unreachable!("read() refuses two unusable copies"),
-        }
+    /// The copy GRUB reads: the primary when it is valid, else the backup
+    /// (None only for a value [`read`] would have refused).
+    pub fn effective(&self) -> Option<&GrubEnv> {
+        self.primary.as_ref().or(self.backup.as_ref()).ok()
     }
 
     /// `default_slot` as GRUB reads it.
     pub fn default_slot(&self) -> Option<&str> {
-        self.effective().get(DEFAULT_SLOT)
+        self.effective()?.get(DEFAULT_SLOT)
     }
 
     /// `trial_slot` as GRUB reads it ("" when none).
     pub fn trial_slot(&self) -> &str {
-        self.effective().get(TRIAL_SLOT).unwrap_or("")
+        self.effective()
+            .and_then(|e| e.get(TRIAL_SLOT))
+            .unwrap_or("")
     }
 
     /// `trial_booted`: the trial GRUB booted whose outcome is not yet
     /// settled.
     pub fn trial_booted(&self) -> Option<&str> {
-        self.effective().get(TRIAL_BOOTED).filter(|s| !s.is_empty())
+        self.effective()?
+            .get(TRIAL_BOOTED)
+            .filter(|s| !s.is_empty())
     }
 
     /// Why a copy cannot be used (the next write repairs it).

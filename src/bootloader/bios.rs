@@ -50,8 +50,8 @@ pub const I386_PC_DIR: &str = "usr/lib/grub/i386-pc";
 /// and FAT of the ESP, `search` to find it, and everything
 /// `bootloader/grub.cfg` uses (`normal` for the script and menu, `test`
 /// for `[`, `loadenv` for `load_env`/`save_env`, `linux` for
-/// `linux`/`initrd`, `echo`, `halt`). Their dependencies are added from
-/// `moddep.lst`.
+/// `linux`/`initrd`, `echo`, `sleep`, `halt`, `reboot`). Their dependencies
+/// are added from `moddep.lst`.
 pub const MODULES: &[&str] = &[
     "biosdisk",
     "part_gpt",
@@ -64,6 +64,8 @@ pub const MODULES: &[&str] = &[
     "test",
     "loadenv",
     "halt",
+    "reboot",
+    "sleep",
 ];
 
 /// Size of boot.img and of one disk sector.

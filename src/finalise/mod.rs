@@ -80,6 +80,7 @@ pub fn finalise(ed: &mut Editor<'_>, info: &ImageInfo) -> Result<Report> {
     timezone(ed, &mut r)?;
     identity(ed, info, &mut r)?;
     network(ed, &mut r)?;
+    watchdog(ed, &mut r)?;
     ed.write(
         "usr/lib/systemd/system-preset/10-build-image.preset",
         PRESET.as_bytes(),
@@ -414,5 +415,26 @@ fn network(ed: &mut Editor<'_>, r: &mut Report) -> Result<()> {
     if ed.exists("usr/lib/systemd/systemd-resolved") || ed.exists("lib/systemd/systemd-resolved") {
         ed.symlink("etc/resolv.conf", "../run/systemd/resolve/stub-resolv.conf")?;
     }
+    Ok(())
+}
+
+/// systemd pings the hardware watchdog while it runs, so a hung kernel or
+/// PID 1 resets the machine (os-init arms the device before systemd for a
+/// trial boot; systemd takes it over).
+fn watchdog(ed: &mut Editor<'_>, r: &mut Report) -> Result<()> {
+    use boot_contract::watchdog::{RUNTIME_SEC, SYSTEMD_DROPIN};
+    if !(ed.exists("usr/lib/systemd/systemd") || ed.exists("lib/systemd/systemd")) {
+        return Ok(());
+    }
+    let conf = format!(
+        "# build-image: use the hardware watchdog where the machine has one.\n\
+         [Manager]\n\
+         RuntimeWatchdogSec={RUNTIME_SEC}s\n\
+         RebootWatchdogSec=10min\n"
+    );
+    ed.write(SYSTEMD_DROPIN, conf.as_bytes(), 0o644)?;
+    r.steps.push(format!(
+        "systemd pings the hardware watchdog every {RUNTIME_SEC} s ({SYSTEMD_DROPIN})"
+    ));
     Ok(())
 }

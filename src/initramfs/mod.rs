@@ -14,7 +14,7 @@ use crate::tree::{ContentStore, FsTree, InodeId, InodeKind, Metadata};
 /// Modules os-init loads when the kernel has them (built-in or missing
 /// ones are skipped): storage controllers, USB and MMC storage, and the
 /// filesystems of the slots, the persistent partition, the ESP and a live
-/// ISO.
+/// ISO; hardware watchdogs.
 pub const BOOT_MODULES: &[&str] = &[
     // Storage: virtual, NVMe, SATA/SCSI, USB, SD/eMMC, CD.
     "virtio_pci",
@@ -53,6 +53,18 @@ pub const BOOT_MODULES: &[&str] = &[
     "nls_iso8859_1",
     "isofs",
     "loop",
+    // Hardware watchdogs, so that os-init can arm one for a trial boot and
+    // systemd (RuntimeWatchdogSec=) finds it: QEMU's and Intel chipsets'
+    // (i6300esb, iTCO_wdt), AMD's (sp5100_tco), the ACPI WDAT table's,
+    // Arm SBSA and the Raspberry Pi's. Not softdog: a kernel timer resets
+    // nothing when the kernel itself hangs, and as the first watchdog it
+    // would hide the real one from systemd.
+    "i6300esb",
+    "iTCO_wdt",
+    "sp5100_tco",
+    "wdat_wdt",
+    "sbsa_gwdt",
+    "bcm2835_wdt",
 ];
 
 /// The initramfs: os-init as /init, the closure of `wanted` modules (those

@@ -160,8 +160,7 @@ fn check_config(p: &Path) -> Result<String> {
     let text =
         std::fs::read_to_string(p).with_context(|| format!("reading config {}", p.display()))?;
     let cfg = node_config::parse(&text, p).context("--config")?;
-    node_config::validate_merged(&cfg)
-        .with_context(|| format!("--config: {}", p.display()))?;
+    node_config::validate_merged(&cfg).with_context(|| format!("--config: {}", p.display()))?;
     Ok(text)
 }
 
@@ -196,11 +195,14 @@ fn default_components(built_in: Option<&str>) -> Result<ImageSource> {
 
 /// Kernel command line per architecture: both consoles, the serial one
 /// last so it is /dev/console (where os-init and os-agent report); `gpt`
-/// lets the kernel use the backup GPT if a write of the primary tore.
+/// lets the kernel use the backup GPT if a write of the primary tore;
+/// `panic=10` reboots 10 s after a kernel panic (an init that dies, a
+/// kernel that cannot mount its root) instead of waiting forever, so a
+/// failed trial comes back on the default slot.
 pub fn default_cmdline(arch: &str) -> &'static str {
     match arch {
-        "arm64" => "gpt console=tty0 console=ttyAMA0,115200n8",
-        _ => "gpt console=tty0 console=ttyS0,115200n8",
+        "arm64" => "gpt panic=10 console=tty0 console=ttyAMA0,115200n8",
+        _ => "gpt panic=10 console=tty0 console=ttyS0,115200n8",
     }
 }
 

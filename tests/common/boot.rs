@@ -112,6 +112,30 @@ pub fn kernel_and_initrd(store: &mut ContentStore, modules: &[&str]) -> KernelAn
     kernel_and_initrd_from(&debian_kernel_deb("amd64"), &init, store, modules)
 }
 
+/// The Debian amd64 kernel and the initramfs an image build ships: os-init
+/// and the closure of `initramfs::BOOT_MODULES` (those this kernel has).
+pub fn kernel_and_shipped_initrd(store: &mut ContentStore) -> KernelAndInitrd {
+    let init = fs::read(os_init_binary()).unwrap();
+    let deb = debian_kernel_deb("amd64");
+    let kernel = deb_tree(&deb, store);
+    let version = ModuleIndex::versions(&kernel).remove(0);
+    let vmlinuz = file_bytes(&kernel, store, &format!("boot/vmlinuz-{version}"));
+    let idx = ModuleIndex::scan(&kernel, store, &version).unwrap();
+    let (initrd, _) = build_image::initramfs::build(
+        &idx,
+        &kernel,
+        store,
+        &init,
+        build_image::initramfs::BOOT_MODULES,
+    )
+    .unwrap();
+    KernelAndInitrd {
+        version,
+        vmlinuz,
+        initrd,
+    }
+}
+
 /// The kernel of a kernel package and the initramfs the image build makes
 /// (`initramfs::build`) from `init` and the closure of `modules`.
 fn kernel_and_initrd_from(

@@ -23,7 +23,8 @@ pub fn fixtures_dir() -> PathBuf {
     dir
 }
 
-struct Lock(PathBuf);
+/// Held while a fixture is being made; released when dropped.
+pub struct Lock(PathBuf);
 
 impl Drop for Lock {
     fn drop(&mut self) {
@@ -36,7 +37,7 @@ fn pid_alive(pid: u32) -> bool {
 }
 
 /// Takes `path.lock`, waiting (up to `max`) while a live process holds it.
-fn lock(path: &Path, max: Duration) -> Lock {
+pub fn lock(path: &Path, max: Duration) -> Lock {
     let lock_path = path.with_extension("lock");
     let start = Instant::now();
     loop {

@@ -10,6 +10,7 @@ pub mod aptrepo;
 pub mod boot;
 pub mod fixtures;
 pub mod grub_mkimage;
+pub mod images;
 pub mod layer;
 pub mod oci;
 pub mod proxy;

@@ -76,6 +76,18 @@ impl Vm {
         self
     }
 
+    /// Lets a guest reboot (or a watchdog reset it) within the run, instead
+    /// of ending it: for boots that must come back by themselves.
+    pub fn allow_reboot(mut self) -> Vm {
+        self.args.retain(|a| a != "-no-reboot");
+        self
+    }
+
+    /// QEMU's i6300esb watchdog (a reset when it fires).
+    pub fn watchdog(self) -> Vm {
+        self.args(["-device", "i6300esb", "-action", "watchdog=reset"])
+    }
+
     pub fn args<S: Into<String>>(mut self, args: impl IntoIterator<Item = S>) -> Vm {
         self.args.extend(args.into_iter().map(Into::into));
         self

@@ -34,6 +34,22 @@ pub mod persist {
     /// free space after the root slots.
     pub const MIN_SIZE: u64 = 32 << 20;
 
+    /// What os-init did with `persist` this boot, for `os-agent status`
+    /// and `health`: `key=value` lines, `state=` one of the `STATE_*`
+    /// values below, `reason=` (one line) when it is not [`STATE_OK`].
+    /// On the running system's `/run` (a tmpfs: one boot only).
+    pub const STATUS_FILE: &str = "/run/os/persist.status";
+    /// `persist` is mounted from its partition.
+    pub const STATE_OK: &str = "ok";
+    /// `persist` is off by design (`bi.persist=off`, a live boot, no room
+    /// on the disk): a tmpfs stands in for it.
+    pub const STATE_OFF: &str = "off";
+    /// `persist` should be there but could not be used (a filesystem
+    /// e2fsck cannot repair, a failing mkfs or resize, the partition not
+    /// appearing): a tmpfs stands in for it, and the data on the disk is
+    /// left untouched for someone to repair.
+    pub const STATE_DEGRADED: &str = "degraded";
+
     /// A path of the root made persistent.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct Path {
@@ -73,6 +89,13 @@ pub mod boot_env {
     pub const DEFAULT_SLOT: &str = "default_slot";
     /// Variable: a slot to boot once (`a`, `b` or empty).
     pub const TRIAL_SLOT: &str = "trial_slot";
+    /// Variable: the trial slot GRUB took out of `trial_slot` and booted
+    /// (`a`, `b` or empty). GRUB sets it in the same write that clears
+    /// `trial_slot`; os-agent clears it (and the trial in both copies) once
+    /// the trial's outcome is known: committed, rolled back by `health`,
+    /// or, when a later boot runs another slot, failed before `health`
+    /// could decide (it did not load, panicked or hung).
+    pub const TRIAL_BOOTED: &str = "trial_booted";
     /// The A/B slot names.
     pub const SLOTS: [&str; 2] = ["a", "b"];
     /// Kernel command line parameter naming the running slot: `a`, `b` or
@@ -80,6 +103,24 @@ pub mod boot_env {
     pub const CMDLINE_SLOT: &str = "bi.slot";
     /// `bi.slot` value of a live boot (ISO), which has no A/B state.
     pub const LIVE_SLOT: &str = "live";
+    /// Kernel command line flag GRUB adds when it boots a trial slot
+    /// (`bi.trial=1`): os-init arms the hardware watchdog for it.
+    pub const CMDLINE_TRIAL: &str = "bi.trial";
+}
+
+/// The hardware watchdog: a hung trial must reset the machine, so GRUB's
+/// try-once logic brings back the default slot.
+pub mod watchdog {
+    /// The watchdog device os-init arms on a trial boot.
+    pub const DEVICE: &str = "/dev/watchdog0";
+    /// The timeout os-init sets (seconds): systemd takes the device over
+    /// well within it and sets its own ([`RUNTIME_SEC`]).
+    pub const TRIAL_TIMEOUT_SEC: u32 = 60;
+    /// systemd's `RuntimeWatchdogSec=`: systemd pings the device while it
+    /// runs, so a hung PID 1 or kernel resets the machine.
+    pub const RUNTIME_SEC: u32 = 30;
+    /// The drop-in build-image writes (relative to the root).
+    pub const SYSTEMD_DROPIN: &str = "etc/systemd/system.conf.d/10-build-image-watchdog.conf";
 }
 
 /// The live/installer ISO: how os-init finds and mounts it, and the files

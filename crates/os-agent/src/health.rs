@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use boot_contract::boot_env::SLOTS;
 
-use crate::bootenv::{self, Commit, Esp};
+use crate::bootenv::{self, Commit, Esp, Settled};
 use crate::error::{Context, Result};
 use crate::fsutil::Root;
 use crate::{k3s, state, system};
@@ -220,13 +220,71 @@ pub fn announce(console: &std::path::Path, line: &str) {
     }
 }
 
+/// The ESP for writing: `--esp`, or found (and mounted) by its name.
+fn esp_rw(root: &Root, opts: &Options) -> Result<Esp> {
+    match &opts.esp {
+        Some(d) => Ok(Esp::at(d)),
+        None => Esp::locate(root, true),
+    }
+}
+
+/// Before waiting for the boot: settles the trial GRUB consumed (see
+/// [`bootenv::settle`]). A trial of another slot that never reached its
+/// health check is recorded as the latest rollback and reported.
+fn settle_trial(root: &Root, opts: &Options, running: Option<&str>) -> Result<()> {
+    let Some(running) = running.filter(|s| SLOTS.contains(s)) else {
+        return Ok(());
+    };
+    let settled = esp_rw(root, opts).and_then(|esp| bootenv::settle(esp.dir(), running));
+    let failed = match settled {
+        Ok(Settled::TrialFailed { slot }) => slot,
+        Ok(_) => return Ok(()),
+        Err(e) => {
+            announce(
+                &opts.console,
+                &format!("os-agent: the boot environment could not be settled: {e}"),
+            );
+            return Ok(());
+        }
+    };
+    let mut st = state::load(root)?;
+    st.last_rollback = Some(state::Rollback {
+        slot: failed.clone(),
+        version: "unknown".into(),
+        to: running.to_string(),
+        boot_count: st.boot_count,
+        reason: NO_VERDICT.into(),
+    });
+    state::save(root, &st)?;
+    announce(
+        &opts.console,
+        &format!(
+            "os-agent: trial of slot {failed} failed before its health check ({NO_VERDICT}): running slot {running}"
+        ),
+    );
+    Ok(())
+}
+
+/// The reason recorded for a trial that never reached its health check.
+pub const NO_VERDICT: &str = "no_health_verdict: it did not load, crashed or hung";
+
+/// `persist=degraded` when os-init could not use the persistent partition
+/// this boot (see [`boot_contract::persist::STATUS_FILE`]).
+fn persist_note(root: &Root) -> Option<String> {
+    let st = crate::system::persist_status(root);
+    (st.state.as_deref() == Some(boot_contract::persist::STATE_DEGRADED))
+        .then(|| "persist=degraded".to_string())
+}
+
 /// The whole `health` command. Returns whether the boot is healthy.
 pub fn run(root: &Root, opts: &Options) -> Result<bool> {
+    settle_trial(root, opts, system::running_slot(root)?.as_deref())?;
     let system_state = wait_system(opts.system_timeout)?;
     let mut notes = Vec::new();
     if system_state != "running" {
         notes.push(format!("system={system_state}"));
     }
+    notes.extend(persist_note(root));
     let mut bad_units = failed_units()?.unwrap_or_else(|| {
         notes.push("failed_units=unknown".into());
         Vec::new()
@@ -316,6 +374,15 @@ fn roll_back_a_trial(root: &Root, opts: &Options, verdict: &Verdict) -> Result<(
         reason,
     });
     state::save(root, &st)?;
+    // GRUB cleared trial_slot in the copy it loaded; the other copy must
+    // not arm the failed slot again either.
+    if let Err(e) = esp_rw(root, opts).and_then(|esp| bootenv::end_trial(esp.dir(), &verdict.slot))
+    {
+        announce(
+            &opts.console,
+            &format!("os-agent: clearing the trial in the boot environment: {e}"),
+        );
+    }
     announce(
         &opts.console,
         &format!(

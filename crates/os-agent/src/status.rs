@@ -37,6 +37,14 @@ pub struct Status {
     pub last_rollback: Option<state::Rollback>,
     /// Why the boot environment could not be read, when it could not.
     pub boot_env_error: Option<String>,
+    /// A copy of the boot environment that is unusable while the other
+    /// one serves (the next commit or `health` repairs it).
+    pub boot_env_warning: Option<String>,
+    /// `ok`, `off` or `degraded` (os-init's record of this boot); null
+    /// when there is none.
+    pub persist: Option<String>,
+    /// Why persist is `off` or `degraded`.
+    pub persist_reason: Option<String>,
 }
 
 pub fn gather(root: &Root, esp: Option<&PathBuf>) -> Result<Status> {
@@ -64,7 +72,13 @@ pub fn gather(root: &Root, esp: Option<&PathBuf>) -> Result<Status> {
         boot_count: st.boot_count,
         last_rollback: st.last_rollback,
         boot_env_error: None,
+        boot_env_warning: None,
+        persist: None,
+        persist_reason: None,
     };
+    let ps = system::persist_status(root);
+    status.persist = ps.state;
+    status.persist_reason = ps.reason;
     if slot.as_deref() == Some(LIVE_SLOT) {
         status.boot_state = "live".into();
         return Ok(status);
@@ -84,6 +98,10 @@ pub fn gather(root: &Root, esp: Option<&PathBuf>) -> Result<Status> {
             .into();
             status.default_slot = default;
             status.trial_slot = Some(env.trial_slot().to_string());
+            let damaged = env.damaged();
+            if !damaged.is_empty() {
+                status.boot_env_warning = Some(damaged.join("; "));
+            }
         }
         Err(e) => status.boot_env_error = Some(e.to_string()),
     }
@@ -124,6 +142,19 @@ impl Status {
                 "last rollback: slot {} (version {}) at boot {}, back to slot {}: {}",
                 r.slot, r.version, r.boot_count, r.to, r.reason
             );
+        }
+        if let Some(p) = &self.persist {
+            let _ = writeln!(
+                t,
+                "persist:       {p}{}",
+                self.persist_reason
+                    .as_deref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
+            );
+        }
+        if let Some(w) = &self.boot_env_warning {
+            let _ = writeln!(t, "boot env:      damaged copy: {w}");
         }
         if let Some(e) = &self.boot_env_error {
             let _ = writeln!(t, "boot env:      unreadable: {e}");

@@ -29,6 +29,37 @@ pub fn running_slot(root: &Root) -> Result<Option<String>> {
     Ok(cmdline_param(&text, CMDLINE_SLOT).map(str::to_string))
 }
 
+/// What os-init did with the persistent partition this boot
+/// ([`boot_contract::persist::STATUS_FILE`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PersistStatus {
+    /// `ok`, `off`, `degraded`; None without a record (not booted by
+    /// os-init, or an os-init that writes none).
+    pub state: Option<String>,
+    pub reason: Option<String>,
+}
+
+pub fn parse_persist_status(text: &str) -> PersistStatus {
+    let field = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k)?.strip_prefix('='))
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    PersistStatus {
+        state: field("state"),
+        reason: field("reason"),
+    }
+}
+
+/// Reads the record; an unreadable one counts as none.
+pub fn persist_status(root: &Root) -> PersistStatus {
+    match read_optional(&root.join(boot_contract::persist::STATUS_FILE)) {
+        Ok(Some(t)) => parse_persist_status(&t),
+        _ => PersistStatus::default(),
+    }
+}
+
 /// /usr/lib/build-image/image.json, written by the builder.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]

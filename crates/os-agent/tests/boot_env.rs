@@ -98,7 +98,7 @@ fn armed_trial_for_the_other_slot_is_kept() {
 type Damage = Box<dyn Fn(&Path)>;
 
 #[test]
-fn malformed_blocks_are_refused_and_left_untouched() {
+fn a_malformed_copy_is_repaired_from_the_good_one_and_two_are_refused() {
     let root = debian_root("b");
     let esp = tempfile::tempdir().unwrap();
     let cases: [(&str, Damage, &str); 4] = [
@@ -136,8 +136,34 @@ fn malformed_blocks_are_refused_and_left_untouched() {
         ),
     ];
     for (name, damage, want) in cases {
+        // One torn copy: status names it, and a commit repairs it from the
+        // other (grub-editenv reads both back).
         grub_env(esp.path(), "a", "");
         damage(&esp.path().join(name));
+        let s = status_json(root.path(), esp.path());
+        assert!(s["bootEnvWarning"].as_str().unwrap().contains(want), "{s}");
+        assert_eq!(s["defaultSlot"], "a", "{s}");
+        assert!(s["bootEnvError"].is_null(), "{s}");
+        let o = mark_good(root.path(), esp.path());
+        assert!(o.status.success(), "{name}/{want}: {}", stderr(&o));
+        assert!(stderr(&o).contains("repaired"), "{}", stderr(&o));
+        for n in ["grubenv", "grubenv.bak"] {
+            let f = esp.path().join(n);
+            assert_eq!(fs::metadata(&f).unwrap().len(), 1024, "{n}");
+            let list = editenv(&f, &["list"]);
+            assert!(list.lines().any(|l| l == "default_slot=b"), "{n}: {list}");
+        }
+        assert!(status_json(root.path(), esp.path())["bootEnvWarning"].is_null());
+
+        // Both torn: refused, neither copy changes, status names both.
+        grub_env(esp.path(), "a", "");
+        damage(&esp.path().join(name));
+        let other = if name == "grubenv" {
+            "grubenv.bak"
+        } else {
+            "grubenv"
+        };
+        fs::write(esp.path().join(other), [b'#'; 1024]).unwrap();
         let before: Vec<Option<Vec<u8>>> = ["grubenv", "grubenv.bak"]
             .iter()
             .map(|n| fs::read(esp.path().join(n)).ok())
@@ -155,7 +181,6 @@ fn malformed_blocks_are_refused_and_left_untouched() {
             .map(|n| fs::read(esp.path().join(n)).ok())
             .collect();
         assert_eq!(before, after, "{name}/{want}: neither copy may change");
-        // status still answers, naming the problem.
         let s = status_json(root.path(), esp.path());
         assert!(s["bootEnvError"].as_str().unwrap().contains(want), "{s}");
         assert!(s["defaultSlot"].is_null());
@@ -173,6 +198,11 @@ fn status_json_shape() {
         "{\"apiVersion\":\"os-agent/v1alpha1\",\"bootCount\":7}\n",
     );
     write(root.path(), "/run/os-agent/k3s-agent", "");
+    write(
+        root.path(),
+        "/run/os/persist.status",
+        "state=degraded\nreason=/dev/vda4 has no ext4 superblock\n",
+    );
     let s = status_json(root.path(), esp.path());
     assert_eq!(
         s,
@@ -189,7 +219,10 @@ fn status_json_shape() {
             "k3sRole": "agent",
             "bootCount": 7,
             "lastRollback": null,
-            "bootEnvError": null
+            "bootEnvError": null,
+            "bootEnvWarning": null,
+            "persist": "degraded",
+            "persistReason": "/dev/vda4 has no ext4 superblock"
         })
     );
     let o = agent(&[
@@ -206,6 +239,10 @@ fn status_json_shape() {
         "{text}"
     );
     assert!(text.contains("boot count:    7"), "{text}");
+    assert!(
+        text.contains("persist:       degraded (/dev/vda4 has no ext4 superblock)"),
+        "{text}"
+    );
 }
 
 #[test]

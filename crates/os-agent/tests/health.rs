@@ -107,3 +107,81 @@ fn reports_one_line_and_commits_only_when_healthy() {
         );
     }
 }
+
+/// Slot a runs after GRUB booted a trial of b (the primary copy says so;
+/// the backup still arms b), and os-init had to keep persist in RAM: the
+/// failed trial is recorded and cleared in both copies, and the boot is
+/// degraded whatever systemd says, without a reboot (a is the default).
+#[test]
+fn records_a_trial_that_never_reached_health_and_reports_degraded_persist() {
+    let root = debian_root("a");
+    let r = root.path();
+    let esp = tempfile::tempdir().unwrap();
+    grub_env(esp.path(), "a", "");
+    editenv(&esp.path().join("grubenv"), &["set", "trial_booted=b"]);
+    editenv(&esp.path().join("grubenv.bak"), &["set", "trial_slot=b"]);
+    write(
+        r,
+        "/var/lib/os-agent/state.json",
+        "{\"apiVersion\":\"os-agent/v1alpha1\",\"bootCount\":5}\n",
+    );
+    write(
+        r,
+        "/run/os/persist.status",
+        "state=degraded\nreason=/dev/vda4 has no ext4 superblock\n",
+    );
+    let console = r.join("console.log");
+    fs::write(&console, "").unwrap();
+    let o = agent(&[
+        "health",
+        "--root",
+        r.to_str().unwrap(),
+        "--esp",
+        esp.path().to_str().unwrap(),
+        "--console",
+        console.to_str().unwrap(),
+        "--timeout",
+        "5",
+        "--k3s-timeout",
+        "5",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let text = fs::read_to_string(&console).unwrap();
+    assert!(
+        text.contains(
+            "os-agent: trial of slot b failed before its health check (no_health_verdict: it did not load, crashed or hung): running slot a"
+        ),
+        "{text}"
+    );
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("os-agent: boot "))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        line.starts_with("os-agent: boot degraded slot=a") && line.contains("persist=degraded"),
+        "{line}"
+    );
+    assert!(!text.contains("rebooting"), "{text}");
+    for n in ["grubenv", "grubenv.bak"] {
+        let list = editenv(&esp.path().join(n), &["list"]);
+        for want in ["default_slot=a", "trial_slot=", "trial_booted="] {
+            assert!(list.lines().any(|l| l == want), "{n}: {list}");
+        }
+    }
+    let o = agent(&[
+        "status",
+        "--json",
+        "--root",
+        r.to_str().unwrap(),
+        "--esp",
+        esp.path().to_str().unwrap(),
+    ]);
+    let s: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(s["persist"], "degraded", "{s}");
+    assert_eq!(s["lastRollback"]["slot"], "b", "{s}");
+    assert_eq!(s["lastRollback"]["to"], "a", "{s}");
+    assert!(s["lastRollback"]["reason"]
+        .as_str()
+        .unwrap()
+        .starts_with("no_health_verdict"));
+}

@@ -15,14 +15,22 @@
 //!    system; see [`free_initramfs`]) and switches root to it;
 //! 5. sets up the persistent partition (see [`persist`]): creates or grows
 //!    `persist` on the root slot's disk, formats it with the root's own
-//!    mkfs.ext4 the first time, mounts it on `/run/os/persist`, writes the
-//!    kept machine-id to `/etc/machine-id` and bind-mounts the persistent
-//!    paths; `bi.persist=off` or `bi.slot=live` skips this;
+//!    mkfs.ext4 the first time (never a partition that holds data), checks
+//!    it with the root's `e2fsck -p`, mounts it on `/run/os/persist`,
+//!    writes the kept machine-id to `/etc/machine-id` and bind-mounts the
+//!    persistent paths; `bi.persist=off` or `bi.slot=live` skips this. A
+//!    `persist` that cannot be used is replaced by a tmpfs for the boot
+//!    (degraded, reported, never a reboot);
 //! 6. executes `/sbin/init` of the new root (`bi.init=PATH` overrides).
 //!
-//! On any failure it prints the cause on the console and reboots after a
-//! few seconds, so the boot loader's try-once logic can fall back to the
-//! other slot.
+//! On a trial boot (`bi.trial=1`, added by GRUB) it starts the hardware
+//! watchdog right after loading the modules (see [`watchdog`]).
+//!
+//! On any failure, and on a panic of its own, it prints the cause on the
+//! console and reboots after a few seconds, so the boot loader's try-once
+//! logic can fall back to the other slot. `OS_INIT_FAULT=panic` on the
+//! kernel command line (the kernel hands it to init as an environment
+//! variable) makes it panic on purpose, for tests of that path.
 
 use std::ffi::CString;
 use std::fs;
@@ -34,6 +42,7 @@ use rustix::mount::{mount, mount_move, MountFlags};
 
 mod live;
 mod persist;
+mod watchdog;
 
 type Result<T> = std::result::Result<T, String>;
 
@@ -165,7 +174,11 @@ fn boot() -> Result<std::convert::Infallible> {
     )?;
 
     let cmd = cmdline()?;
+    if std::env::var("OS_INIT_FAULT").as_deref() == Ok("panic") {
+        panic!("OS_INIT_FAULT=panic on the kernel command line");
+    }
     load_modules()?;
+    let mut watchdog = arm_watchdog(&cmd);
     let timeout = match param(&cmd, "bi.timeout") {
         Some(t) => Duration::from_secs(
             t.parse()
@@ -207,12 +220,51 @@ fn boot() -> Result<std::convert::Infallible> {
     rustix::process::chroot(".").map_err(|e| format!("chroot into the new root: {e}"))?;
     rustix::process::chdir("/").map_err(|e| format!("entering /: {e}"))?;
 
-    persist::setup(&cmd, &dev)?;
+    // Checking and setting up persist has no time bound: no watchdog then.
+    if let Some(w) = watchdog.take() {
+        match w.disarm() {
+            Ok(()) => say("trial boot: watchdog paused while persist is set up"),
+            Err(e) => say(&format!("pausing the watchdog: {e}")),
+        }
+        persist::setup(&cmd, &dev)?;
+        // A full timeout from here for the init to take the watchdog over.
+        watchdog = arm_watchdog(&cmd);
+    } else {
+        persist::setup(&cmd, &dev)?;
+    }
 
     let init = param(&cmd, "bi.init").unwrap_or("/sbin/init");
     say(&format!("switching to {init}"));
+    // Closed without the magic character when the init is executed.
+    let _running = watchdog;
     let err = std::process::Command::new(init).arg0(init).exec();
     Err(format!("executing {init}: {err}"))
+}
+
+/// Starts the hardware watchdog when this is a trial boot; reports and
+/// goes on without one otherwise (no watchdog, or one that cannot be set).
+fn arm_watchdog(cmd: &str) -> Option<watchdog::Armed> {
+    use boot_contract::watchdog::{DEVICE, TRIAL_TIMEOUT_SEC};
+    if param(cmd, boot_contract::boot_env::CMDLINE_TRIAL) != Some("1") {
+        return None;
+    }
+    match watchdog::arm(DEVICE, TRIAL_TIMEOUT_SEC) {
+        Ok(Some(w)) => {
+            say(&format!(
+                "trial boot: watchdog {DEVICE} armed ({} s): a hang resets the machine",
+                w.timeout
+            ));
+            Some(w)
+        }
+        Ok(None) => {
+            say("trial boot: no hardware watchdog on this machine");
+            None
+        }
+        Err(e) => {
+            say(&format!("trial boot: the watchdog could not be armed: {e}"));
+            None
+        }
+    }
 }
 
 /// Deletes the initramfs's files, as `switch_root` does: the root is a
@@ -278,15 +330,34 @@ fn remove_tree(dir: &Path, ours: &dyn Fn(&fs::Metadata) -> bool) -> Freed {
     freed
 }
 
+/// Reports a fatal failure and reboots: as PID 1, exiting would panic the
+/// kernel, and only a reboot lets GRUB fall back to the default slot.
+/// Outside PID 1 (a mistaken run on a host) it exits instead.
+fn fail(what: &str) -> ! {
+    eprintln!("os-init: {what}");
+    if !rustix::process::getpid().is_init() {
+        eprintln!("os-init: not PID 1: exiting instead of rebooting");
+        std::process::exit(1);
+    }
+    eprintln!("os-init: rebooting in 5 s");
+    std::thread::sleep(Duration::from_secs(5));
+    rustix::fs::sync();
+    // reboot(2) does not return when it succeeds. If it fails, PID 1
+    // exiting makes the kernel panic, and panic= on the command line
+    // reboots from there.
+    if let Err(e) = rustix::system::reboot(rustix::system::RebootCommand::Restart) {
+        eprintln!("os-init: reboot: {e}; exiting (the kernel panics and reboots)");
+    }
+    std::process::exit(1)
+}
+
 fn main() {
+    std::panic::set_hook(Box::new(|info| fail(&format!("panic: {info}"))));
     let e = match boot() {
         Ok(never) => match never {},
         Err(e) => e,
     };
-    eprintln!("os-init: error: {e}");
-    eprintln!("os-init: rebooting in 5 s");
-    std::thread::sleep(Duration::from_secs(5));
-    let _ = rustix::system::reboot(rustix::system::RebootCommand::Restart);
+    fail(&format!("error: {e}"));
 }
 
 #[cfg(test)]

@@ -53,9 +53,9 @@ fn tool(name: &str) -> Result<String> {
         .ok_or_else(|| format!("the root has no {name} in /sbin or /usr/sbin (install e2fsprogs)"))
 }
 
-/// Runs a tool of the root (os-init has switched into it), showing the
-/// tail of its output if it fails.
-fn run(argv: &[&str]) -> Result<()> {
+/// Runs a tool of the root (os-init has switched into it): its exit code
+/// and the tail of its output.
+fn run_code(argv: &[&str]) -> Result<(i32, String)> {
     let out = Command::new(argv[0])
         .args(&argv[1..])
         .env_clear()
@@ -63,18 +63,47 @@ fn run(argv: &[&str]) -> Result<()> {
         .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("running {}: {e}", argv[0]))?;
-    if out.status.success() {
-        return Ok(());
-    }
     let text =
         String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<&str> = text.lines().collect();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let tail = lines[lines.len().saturating_sub(8)..].join("\n  ");
-    Err(format!(
-        "{} failed ({}):\n  {tail}",
-        argv.join(" "),
-        out.status
-    ))
+    Ok((out.status.code().unwrap_or(-1), tail))
+}
+
+/// Runs a tool of the root, showing the tail of its output if it fails.
+fn run(argv: &[&str]) -> Result<()> {
+    match run_code(argv)? {
+        (0, _) => Ok(()),
+        (code, tail) => Err(format!(
+            "{} failed (exit status {code}):\n  {tail}",
+            argv.join(" ")
+        )),
+    }
+}
+
+/// `e2fsck -p` (preen: repairs what is safe to repair without asking):
+/// Ok when the filesystem is clean or was repaired, Err with e2fsck's
+/// words when it is not usable (exit status 4 and up).
+pub fn check(dev: &str) -> Result<()> {
+    // A root without e2fsck says nothing about the filesystem: mount it.
+    let e2fsck = match tool("e2fsck") {
+        Ok(t) => t,
+        Err(e) => {
+            say(&format!("warning: {e}: {dev} is mounted unchecked"));
+            return Ok(());
+        }
+    };
+    let (code, tail) = run_code(&[&e2fsck, "-p", dev])?;
+    match code {
+        0 => Ok(()),
+        1 | 2 => {
+            say(&format!("e2fsck repaired {dev}:\n  {tail}"));
+            Ok(())
+        }
+        _ => Err(format!(
+            "{e2fsck} -p {dev} cannot repair it (exit status {code}):\n  {tail}"
+        )),
+    }
 }
 
 pub fn mkfs(dev: &str, label: &str) -> Result<()> {

@@ -1,7 +1,10 @@
 //! The persistent partition: found or created on the disk of the root slot,
-//! grown to the disk's end, formatted with the root's own mkfs.ext4,
-//! mounted at [`persist::MOUNT`] and bind-mounted over [`persist::PATHS`];
-//! the machine-id lives on it.
+//! grown to the disk's end, formatted with the root's own mkfs.ext4 (only
+//! when created this boot, or blank: see [`probe`]), checked with the
+//! root's `e2fsck -p`, mounted at [`persist::MOUNT`] and bind-mounted over
+//! [`persist::PATHS`]; the machine-id lives on it. When it cannot be used,
+//! a tmpfs stands in for it for the boot (degraded), and
+//! [`persist::STATUS_FILE`] tells os-agent which.
 //!
 //! This runs after os-init has switched into the new root (the overlay
 //! over the slot's squashfs, with `/dev`, `/proc`, `/sys` and `/run` moved
@@ -11,6 +14,7 @@
 mod blkpg;
 mod disk;
 mod fs;
+mod probe;
 
 use std::fs::{self as stdfs, OpenOptions};
 use std::io::Write;
@@ -43,25 +47,73 @@ pub fn random(buf: &mut [u8]) -> Result<()> {
     Ok(())
 }
 
-/// Sets up persist for a root slot on partition `root_dev`.
+/// Sets up persist for a root slot on partition `root_dev`. A `persist`
+/// that should be there but cannot be used never stops the boot (a reboot
+/// would only meet it again): a tmpfs takes its place, the console and
+/// [`persist::STATUS_FILE`] say why, and the partition is left as it is
+/// for repair.
 pub fn setup(cmdline: &str, root_dev: &str) -> Result<()> {
     if let Some(why) = disabled(cmdline) {
         say(&format!("persist off ({why}): all changes stay in memory"));
-        return Ok(());
+        return record(persist::STATE_OFF, why);
     }
+    match from_disk(root_dev) {
+        Ok(true) => record(persist::STATE_OK, ""),
+        Ok(false) => {
+            let why = format!(
+                "no room for persist on the disk of {root_dev} (less than {} MiB after the last partition)",
+                disk::MIN_SIZE >> 20
+            );
+            say(&format!("{why}: all changes stay in memory"));
+            record(persist::STATE_OFF, &why)
+        }
+        Err(e) => degraded(&e),
+    }
+}
+
+/// Persist from its partition: found or created, checked, mounted, the
+/// machine-id and the bind mounts in place: `Ok(true)`; `Ok(false)` when
+/// the disk has no room for it.
+fn from_disk(root_dev: &str) -> Result<bool> {
     let disk = Disk::of_partition(root_dev)?;
     let Some(part) = disk::ensure_persist(&disk)? else {
-        say(&format!(
-            "no room for persist on {} (less than {} MiB after the last partition): \
-             all changes stay in memory",
-            disk.dev(),
-            disk::MIN_SIZE >> 20
-        ));
-        return Ok(());
+        return Ok(false);
     };
-    let sb = fs::superblock(&part.dev)?;
-    if part.change == Change::Created || sb.is_none() {
+    if part.change == Change::Created {
+        // Blank, so that a power cut before mkfs finishes leaves a
+        // partition the next boot formats again.
+        let mut f = OpenOptions::new()
+            .write(true)
+            .open(&part.dev)
+            .map_err(|e| format!("opening {}: {e}", part.dev))?;
+        probe::wipe(&mut f, part.bytes)
+            .and_then(|_| f.sync_all())
+            .map_err(|e| format!("wiping the new partition {}: {e}", part.dev))?;
         fs::mkfs(&part.dev, persist::LABEL)?;
+    } else if fs::superblock(&part.dev)?.is_none() {
+        let mut f =
+            stdfs::File::open(&part.dev).map_err(|e| format!("opening {}: {e}", part.dev))?;
+        match probe::not_blank(&mut f, part.bytes)
+            .map_err(|e| format!("reading {}: {e}", part.dev))?
+        {
+            None => {
+                say(&format!(
+                    "{} has no filesystem and is blank: formatting it",
+                    part.dev
+                ));
+                fs::mkfs(&part.dev, persist::LABEL)?;
+            }
+            Some(why) => {
+                return Err(format!(
+                    "{} has no ext4 superblock, but holds data ({why}): it is not \
+                     formatted; repair it (e2fsck -b BLOCK -B SIZE {}) or, to start \
+                     anew with an empty persist, zero it (blkdiscard -z {}) and reboot",
+                    part.dev, part.dev, part.dev
+                ))
+            }
+        }
+    } else {
+        fs::check(&part.dev)?;
     }
     stdfs::create_dir_all(persist::MOUNT)
         .map_err(|e| format!("creating {}: {e}", persist::MOUNT))?;
@@ -76,20 +128,82 @@ pub fn setup(cmdline: &str, root_dev: &str) -> Result<()> {
     say(&format!("mounted {} on {}", part.dev, persist::MOUNT));
 
     // Grow when the entry grew now, or when a grow was interrupted before
-    // (the filesystem is well short of its partition).
+    // (the filesystem is well short of its partition). A failed grow
+    // leaves a smaller but healthy filesystem: reported, not fatal.
     let fs_bytes = fs::superblock(&part.dev)?.map_or(0, |s| s.bytes);
     let grown = matches!(part.change, Change::Grown { .. });
     if grown || fs_bytes + (16 << 20) < part.bytes {
-        fs::grow(&part.dev)?;
-        let now = fs::superblock(&part.dev)?.map_or(0, |s| s.bytes);
-        say(&format!(
-            "resized the persist filesystem from {} MiB to {} MiB",
-            fs_bytes >> 20,
-            now >> 20
-        ));
+        match fs::grow(&part.dev) {
+            Ok(()) => {
+                let now = fs::superblock(&part.dev)?.map_or(0, |s| s.bytes);
+                say(&format!(
+                    "resized the persist filesystem from {} MiB to {} MiB",
+                    fs_bytes >> 20,
+                    now >> 20
+                ));
+            }
+            Err(e) => say(&format!(
+                "warning: growing persist failed, it stays at {} MiB: {e}",
+                fs_bytes >> 20
+            )),
+        }
     }
+    let rest = machine_id().and_then(|_| bind_paths());
+    if let Err(e) = rest {
+        release();
+        return Err(e);
+    }
+    Ok(true)
+}
+
+/// Persist in RAM for this boot, said loudly, after `why` kept the
+/// partition from being used.
+fn degraded(why: &str) -> Result<()> {
+    release();
+    for line in why.lines() {
+        eprintln!("os-init: PERSIST DEGRADED: {line}");
+    }
+    eprintln!(
+        "os-init: PERSIST DEGRADED: this boot keeps {} in RAM; nothing written there survives \
+         a reboot, and the partition is left untouched for repair",
+        persist::MOUNT
+    );
+    let reason = why.lines().map(str::trim).collect::<Vec<_>>().join(" ");
+    record(persist::STATE_DEGRADED, &reason)?;
+    stdfs::create_dir_all(persist::MOUNT)
+        .map_err(|e| format!("creating {}: {e}", persist::MOUNT))?;
+    mount(
+        "tmpfs",
+        persist::MOUNT,
+        "tmpfs",
+        MountFlags::NOSUID | MountFlags::NODEV,
+        Some(c"mode=0755"),
+    )
+    .map_err(|e| format!("mounting a tmpfs on {}: {e}", persist::MOUNT))?;
     machine_id()?;
     bind_paths()
+}
+
+/// Undoes the mounts [`from_disk`] may have made (best effort).
+fn release() {
+    use rustix::mount::{unmount, UnmountFlags};
+    for p in persist::PATHS.iter().rev() {
+        let _ = unmount(p.path, UnmountFlags::DETACH);
+    }
+    let _ = unmount(persist::MOUNT, UnmountFlags::DETACH);
+}
+
+/// Writes [`persist::STATUS_FILE`].
+fn record(state: &str, reason: &str) -> Result<()> {
+    let path = Path::new(persist::STATUS_FILE);
+    if let Some(dir) = path.parent() {
+        stdfs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    }
+    let mut text = format!("state={state}\n");
+    if !reason.is_empty() {
+        text.push_str(&format!("reason={}\n", reason.replace('\n', " ")));
+    }
+    stdfs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))
 }
 
 /// The machine-id kept on persist (made on first boot), written to

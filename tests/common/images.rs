@@ -1,0 +1,195 @@
+//! Full images built once per target dir and shared by test binaries: the
+//! default amd64 image is what tests/build_image.rs's `build` makes (a
+//! Debian base from a local registry, the archive's packages, the k3s
+//! stand-in, the components of `cargo xtask components`, the test node
+//! config), stored under `target/test-fixtures/images/KEY/`. KEY hashes
+//! everything the build reads that a change in this repository can
+//! change: the build-image binary, the components layout, the k3s
+//! stand-in's source, the config and the arguments. A newer key replaces
+//! older ones (a build is ~1 GiB of sparse files).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use super::fixtures::{debian_layout, fixtures_dir, lock};
+use super::layer::{Compression, LayerBuilder};
+use super::oci::{Image, OciLayout};
+use super::registry::Registry;
+use super::{TestEnv, BIN};
+
+pub const K3S_TAG: &str = "v1.31.4-k3s1";
+/// `--image-version` of the default image.
+pub const VERSION: &str = "1.0.0-test";
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `cargo xtask components` into the fixtures directory.
+pub fn components() -> PathBuf {
+    let out = fixtures_dir().join("components");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let o = Command::new(cargo)
+        .args(["xtask", "components", "--output"])
+        .arg(&out)
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "cargo xtask components failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
+/// A k3s image whose /bin/k3s is tests/fixtures/k3s-standin.rs built for
+/// `arch`.
+pub fn k3s_standin_layout(arch: &str, dir: &Path) -> OciLayout {
+    let triple = match arch {
+        "amd64" => "x86_64-unknown-linux-musl",
+        _ => "aarch64-unknown-linux-musl",
+    };
+    let bin = dir.join(format!("k3s-{arch}"));
+    let o = Command::new("rustc")
+        .args([
+            "--edition",
+            "2021",
+            "-O",
+            "--target",
+            triple,
+            "-C",
+            "linker=rust-lld",
+        ])
+        .arg(root().join("tests/fixtures/k3s-standin.rs"))
+        .arg("-o")
+        .arg(&bin)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "building the k3s stand-in (needs `rustup target add {triple}`):\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let layer = LayerBuilder::new()
+        .dir("bin")
+        .file("bin/k3s", fs::read(&bin).unwrap())
+        .mode(0o755)
+        .symlink("bin/kubectl", "k3s")
+        .build(Compression::Gzip);
+    let layout = OciLayout::create(dir.join(format!("k3s-layout-{arch}")));
+    layout.add_image(K3S_TAG, &Image::new(arch, vec![layer]));
+    layout
+}
+
+/// A well-formed public key whose private half does not exist.
+pub const NO_SUCH_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBuildImageTestKeyOnlyForTestsAAAAAAAAAAA test@build-image";
+
+/// The node config of the test images.
+pub fn node_config() -> String {
+    r#"hostname: node-test
+users:
+  - name: admin
+    ssh_authorized_keys:
+      - "ADMIN_KEY"
+    groups: [sudo]
+write_files:
+  - path: /etc/motd
+    content: "build-image test node\n"
+    permissions: "0644"
+k3s:
+  enabled: true
+  role: server
+  token: test-token
+"#
+    .replace("ADMIN_KEY", NO_SUCH_KEY)
+}
+
+fn sha256_file(path: &Path) -> Vec<u8> {
+    let mut h = Sha256::new();
+    let mut f = fs::File::open(path).unwrap();
+    std::io::copy(&mut f, &mut h).unwrap();
+    h.finalize().to_vec()
+}
+
+/// The output directory of the default amd64 build (`debian` flavor,
+/// version [`VERSION`]): `debian-bookworm-amd64.raw`, `.squashfs`, `.iso`,
+/// `build-image.lock`. Built on first use; later calls (from any test
+/// binary) reuse it. Treat it as read-only: boot copies of it.
+pub fn default_amd64() -> PathBuf {
+    let comps = components();
+    let mut h = Sha256::new();
+    h.update(sha256_file(Path::new(BIN)));
+    h.update(fs::read(comps.join("index.json")).unwrap());
+    h.update(fs::read(root().join("tests/fixtures/k3s-standin.rs")).unwrap());
+    h.update(node_config());
+    let (base, digests) = debian_layout();
+    h.update(&digests.manifest);
+    let args = [
+        "--flavor",
+        "debian",
+        "--arch",
+        "amd64",
+        "--image-version",
+        VERSION,
+    ];
+    h.update(args.join("\0"));
+    let key: String = h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let images = fixtures_dir().join("images");
+    fs::create_dir_all(&images).unwrap();
+    let out = images.join(format!("debian-amd64-{key}"));
+    let _lock = lock(&images.join("build"), Duration::from_secs(1800));
+    if out.join("build-image.lock").is_file() {
+        return out;
+    }
+    // Older builds go: only the current one is kept.
+    for e in fs::read_dir(&images).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() && p != out {
+            let _ = fs::remove_dir_all(&p);
+        }
+    }
+    let env = TestEnv::new();
+    let reg = Registry::start();
+    reg.push(&base, "bookworm", "library/debian");
+    let k3s = k3s_standin_layout("amd64", env.tmp.path());
+    reg.push(&k3s, K3S_TAG, "rancher/k3s");
+    let config = env.tmp.path().join("node.yaml");
+    fs::write(&config, node_config()).unwrap();
+    let partial = out.with_extension("partial");
+    let _ = fs::remove_dir_all(&partial);
+    let cache = fixtures_dir().join("build-cache");
+    let comps = format!("oci-layout:{}", comps.display());
+    let base_ref = reg.image("library/debian", "bookworm");
+    let k3s_ref = reg.image("rancher/k3s", K3S_TAG);
+    let mut full: Vec<&str> = vec!["--cache-dir", cache.to_str().unwrap(), "--json"];
+    full.extend(args);
+    full.extend([
+        "--base",
+        &base_ref,
+        "--k3s-image",
+        &k3s_ref,
+        "--components",
+        &comps,
+        "--config",
+        config.to_str().unwrap(),
+        "--output",
+        partial.to_str().unwrap(),
+    ]);
+    let o = env.run_raw(&full);
+    assert!(
+        o.status.success(),
+        "build failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    fs::rename(&partial, &out).unwrap();
+    out
+}

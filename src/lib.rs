@@ -34,6 +34,7 @@ pub mod kmod;
 pub mod oci;
 pub mod pipeline;
 pub mod progress;
+pub mod retry;
 pub mod squashfs;
 pub mod staging;
 pub mod tree;

@@ -15,7 +15,8 @@ use super::freshness;
 use super::packages::{parse_index, Package};
 use super::release::{verify_inrelease, Keyring, Release};
 use crate::cache::{BlobCache, InsertError};
-use crate::oci::{Digest, RetryPolicy};
+use crate::oci::Digest;
+use crate::retry::{Attempt, RetryPolicy};
 
 /// One apt source: `deb URL SUITE COMPONENTS` for one architecture.
 #[derive(Debug, Clone)]
@@ -80,29 +81,24 @@ impl Fetcher {
             let f = std::fs::File::open(path).with_context(|| format!("opening {url}"))?;
             return Ok(Box::new(f));
         }
-        let mut delay = self.retry.first_delay;
-        let mut last = anyhow!("no attempt made");
-        for attempt in 1..=self.retry.attempts {
+        self.retry.run(&format!("GET {url}"), |_| {
             match self.agent.get(url).call() {
-                Ok(resp) if resp.status().is_success() => {
-                    return Ok(Box::new(resp.into_body().into_reader()));
-                }
+                Ok(resp) if resp.status().is_success() => Ok(Attempt::Done(Box::new(
+                    resp.into_body().into_reader(),
+                )
+                    as Box<dyn Read + Send>)),
                 Ok(resp) => {
                     let status = resp.status();
-                    last = anyhow!("GET {url}: HTTP {status}");
-                    if !(status.is_server_error() || status.as_u16() == 429) {
-                        return Err(last);
+                    let e = anyhow!("GET {url}: HTTP {status}");
+                    if status.is_server_error() || status.as_u16() == 429 {
+                        Ok(Attempt::Retry(e))
+                    } else {
+                        Err(e)
                     }
                 }
-                Err(e) => last = anyhow!(e).context(format!("GET {url}")),
+                Err(e) => Ok(Attempt::Retry(anyhow!(e))),
             }
-            tracing::warn!("{last:#} (attempt {attempt}/{})", self.retry.attempts);
-            if attempt < self.retry.attempts {
-                std::thread::sleep(delay);
-                delay *= 2;
-            }
-        }
-        Err(last)
+        })
     }
 
     /// Downloads a small file whose hash is not known in advance.
@@ -134,28 +130,19 @@ impl Fetcher {
         if let Some(p) = cache.get_verified(&digest, Some(size))? {
             return Ok(p);
         }
-        let mut delay = self.retry.first_delay;
-        for attempt in 1..=self.retry.attempts {
+        self.retry.run(what, |_| {
             let mut reader = self.open(url).with_context(|| what.to_string())?;
             match cache.insert(&digest, Some(size), &mut reader, &mut |_| {}) {
-                Ok(p) => return Ok(p),
-                Err(e) if e.is_transient() && attempt < self.retry.attempts => {
-                    tracing::warn!(
-                        "{what}: {e} (attempt {attempt}/{}); retrying",
-                        self.retry.attempts
-                    );
-                    std::thread::sleep(delay);
-                    delay *= 2;
-                }
-                Err(InsertError::DigestMismatch { expected, actual }) => bail!(
+                Ok(p) => Ok(Attempt::Done(p)),
+                Err(e) if e.is_transient() => Ok(Attempt::Retry(anyhow!(e))),
+                Err(InsertError::DigestMismatch { expected, actual }) => Err(anyhow!(
                     "{what}: {url} has sha256 {} but the signed index says {}; nothing was cached",
                     actual.hex(),
                     expected.hex()
-                ),
-                Err(e) => return Err(anyhow!(e).context(format!("{what}: fetching {url}"))),
+                )),
+                Err(e) => Err(anyhow!(e).context(format!("{what}: fetching {url}"))),
             }
-        }
-        unreachable!("the loop returns on its last attempt")
+        })
     }
 
     /// Fetches and verifies `InRelease` (signature, expiry, suite, and not

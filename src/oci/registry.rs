@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine;
@@ -23,21 +22,8 @@ use crate::cache::{BlobCache, InsertError};
 use crate::progress::{short, Event, Reporter};
 use indicatif::HumanBytes;
 
-/// How often and how patiently to retry.
-#[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
-    pub attempts: u32,
-    pub first_delay: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            attempts: 5,
-            first_delay: Duration::from_millis(250),
-        }
-    }
-}
+use crate::retry::Attempt;
+pub use crate::retry::RetryPolicy;
 
 pub struct RegistryClient {
     agent: ureq::Agent,
@@ -151,27 +137,12 @@ impl RegistryClient {
         accept: Option<&str>,
         what: &str,
     ) -> Result<ureq::http::Response<ureq::Body>> {
-        let mut delay = self.retry.first_delay;
-        let mut last = None;
-        for attempt in 1..=self.retry.attempts {
-            match self.get_once(r, url, accept, what)? {
-                Outcome::Ok(resp) => return Ok(resp),
-                Outcome::Transient(e) => {
-                    tracing::warn!("{what}: {e:#} (attempt {attempt}/{})", self.retry.attempts);
-                    last = Some(e);
-                }
-            }
-            if attempt < self.retry.attempts {
-                std::thread::sleep(delay);
-                delay *= 2;
-            }
-        }
-        Err(last
-            .unwrap_or_else(|| anyhow!("no attempt made"))
-            .context(format!(
-                "{what}: giving up after {} attempts",
-                self.retry.attempts
-            )))
+        self.retry.run(what, |_| {
+            Ok(match self.get_once(r, url, accept, what)? {
+                Outcome::Ok(resp) => Attempt::Done(resp),
+                Outcome::Transient(e) => Attempt::Retry(e),
+            })
+        })
     }
 
     fn send(
@@ -285,59 +256,51 @@ impl RegistryClient {
                 url.push_str(&format!("{sep}scope={}", encode(&scope)));
                 self.check_realm(r, realm, creds.is_some(), what)?;
                 let authz = creds.as_ref().map(basic);
-                let mut delay = self.retry.first_delay;
-                for attempt in 1..=self.retry.attempts {
+                let token_what = format!("{what}: requesting a token from {realm}");
+                let resp = self.retry.run(&token_what, |_| {
                     let resp = match self.send(&url, None, authz.as_deref()) {
                         Ok(resp) => resp,
-                        Err(e) if attempt < self.retry.attempts => {
-                            tracing::warn!("token request to {realm}: {e}");
-                            std::thread::sleep(delay);
-                            delay *= 2;
-                            continue;
-                        }
-                        Err(e) => {
-                            return Err(e).with_context(|| {
-                                format!("{what}: requesting a token from {realm}")
-                            })
-                        }
+                        Err(e) => return Ok(Attempt::Retry(anyhow!(e))),
                     };
                     let status = resp.status().as_u16();
-                    if (status == 429 || status >= 500) && attempt < self.retry.attempts {
-                        std::thread::sleep(delay);
-                        delay *= 2;
-                        continue;
+                    if status == 429 || status >= 500 {
+                        return Ok(Attempt::Retry(anyhow!(
+                            "the token service {realm} answered HTTP {status}"
+                        )));
                     }
-                    if status == 401 || status == 403 {
-                        bail!(
-                            "{what}: authentication to {} failed: the token service {realm} answered HTTP {status}{}",
-                            r.registry,
-                            if creds.is_none() { " (no credentials found for this registry)" } else { " (check the credentials)" }
-                        );
-                    }
-                    if !(200..300).contains(&status) {
-                        bail!("{what}: the token service {realm} answered HTTP {status}");
-                    }
-                    #[derive(Deserialize)]
-                    struct Token {
-                        token: Option<String>,
-                        access_token: Option<String>,
-                    }
-                    let mut resp = resp;
-                    let body = resp
-                        .body_mut()
-                        .with_config()
-                        .limit(MAX_MANIFEST)
-                        .read_to_vec()
-                        .with_context(|| format!("{what}: reading the token from {realm}"))?;
-                    let t: Token = serde_json::from_slice(&body).with_context(|| {
-                        format!("{what}: the token service {realm} sent malformed JSON")
-                    })?;
-                    let token = t.token.or(t.access_token).ok_or_else(|| {
-                        anyhow!("{what}: the token service {realm} sent no token")
-                    })?;
-                    return Ok(format!("Bearer {token}"));
+                    Ok(Attempt::Done(resp))
+                })?;
+                let status = resp.status().as_u16();
+                if status == 401 || status == 403 {
+                    bail!(
+                        "{what}: authentication to {} failed: the token service {realm} answered HTTP {status}{}",
+                        r.registry,
+                        if creds.is_none() { " (no credentials found for this registry)" } else { " (check the credentials)" }
+                    );
                 }
-                unreachable!("the loop returns on its last attempt")
+                if !(200..300).contains(&status) {
+                    bail!("{what}: the token service {realm} answered HTTP {status}");
+                }
+                #[derive(Deserialize)]
+                struct Token {
+                    token: Option<String>,
+                    access_token: Option<String>,
+                }
+                let mut resp = resp;
+                let body = resp
+                    .body_mut()
+                    .with_config()
+                    .limit(MAX_MANIFEST)
+                    .read_to_vec()
+                    .with_context(|| format!("{what}: reading the token from {realm}"))?;
+                let t: Token = serde_json::from_slice(&body).with_context(|| {
+                    format!("{what}: the token service {realm} sent malformed JSON")
+                })?;
+                let token = t
+                    .token
+                    .or(t.access_token)
+                    .ok_or_else(|| anyhow!("{what}: the token service {realm} sent no token"))?;
+                Ok(format!("Bearer {token}"))
             }
             other => bail!(
                 "{what}: unsupported authentication scheme {other:?} from {}",
@@ -395,8 +358,7 @@ impl RegistryClient {
         }
         let what = format!("fetching blob {d} of {}/{}", r.registry, r.repository);
         let url = self.url(r, &format!("blobs/{d}"));
-        let mut delay = self.retry.first_delay;
-        for attempt in 1..=self.retry.attempts {
+        self.retry.run(&what, |_| {
             let resp = self.get(r, &url, None, &what)?;
             progress.event(Event::Start {
                 id: d.to_string(),
@@ -422,24 +384,14 @@ impl RegistryClient {
                 }),
             });
             match result {
-                Ok(p) => return Ok(p),
-                Err(e) if e.is_transient() && attempt < self.retry.attempts => {
-                    tracing::warn!(
-                        "{what}: {e} (attempt {attempt}/{}); retrying",
-                        self.retry.attempts
-                    );
-                    std::thread::sleep(delay);
-                    delay *= 2;
-                }
-                Err(e @ InsertError::DigestMismatch { .. }) => {
-                    return Err(anyhow!(e).context(format!(
-                        "{what}: the registry sent corrupted content; nothing was cached"
-                    )))
-                }
-                Err(e) => return Err(anyhow!(e).context(what)),
+                Ok(p) => Ok(Attempt::Done(p)),
+                Err(e) if e.is_transient() => Ok(Attempt::Retry(anyhow!(e))),
+                Err(e @ InsertError::DigestMismatch { .. }) => Err(anyhow!(e).context(format!(
+                    "{what}: the registry sent corrupted content; nothing was cached"
+                ))),
+                Err(e) => Err(anyhow!(e).context(what.clone())),
             }
-        }
-        unreachable!("the loop returns on its last attempt")
+        })
     }
 }
 

@@ -15,7 +15,7 @@ use super::root::Root;
 use crate::bootloader::{bios, esp};
 use crate::cli::build::Format;
 use crate::disk::{self, Layout, Source};
-use crate::fat::{self, FatOptions};
+use crate::fat::{self, FatOptions, FatType};
 use crate::progress::{Event, Reporter, Task};
 use crate::squashfs;
 use crate::staging::{Staged, Staging};
@@ -130,6 +130,8 @@ pub fn write_disk(
             .partition(disk::ESP)
             .map(|p| p.size())
             .unwrap_or(plan.esp_size),
+        // UEFI requires FAT32 for the system partition of a fixed disk.
+        fat_type: Some(FatType::Fat32),
         volume_label: "ESP".into(),
         volume_id,
         timestamp: plan.mtime,

@@ -447,6 +447,56 @@ fn fat32_output_is_unchanged() {
     );
 }
 
+/// The live ISO's El Torito image, built as the ISO build builds it:
+/// FAT16 at this size, label EFIBOOT, the given serial, and every boot
+/// file readable.
+#[test]
+fn the_iso_efi_image_passes_fsck_and_reads_back() {
+    use build_image::bootloader::esp::{efi_files, live_tree, BootChain};
+    tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = ContentStore::new_in(tmp.path()).unwrap();
+    let (shim, grub, mm) = (noise(950_000, 31), noise(2_600_000, 32), noise(850_000, 33));
+    let cfg =
+        "search --no-floppy --set=root --label DEBIAN_AMD64\nconfigfile /boot/grub/grub.cfg\n";
+    let efi = efi_files("amd64").unwrap();
+    let chain = BootChain {
+        grub: &grub,
+        shim: Some((&shim, Some(&mm))),
+        files: &efi,
+        grub_cfg: cfg,
+    };
+    let tree = live_tree(&chain, &mut store, T0).unwrap();
+    let image = build_image::iso::esp_image(&tree, &store, T0, 0xCAFE_F00D).unwrap();
+    let again = build_image::iso::esp_image(&tree, &store, T0, 0xCAFE_F00D).unwrap();
+    assert!(image == again, "two EFI images of one tree differ");
+    assert!(image.len() <= 8 * MIB as usize, "{} bytes", image.len());
+    let img = tmp.path().join("efi.img");
+    fs::write(&img, &image).unwrap();
+    assert_eq!(fsck_at(&img, 0, image.len() as u64), 16);
+
+    let target = img.display().to_string();
+    let info = minfo(&target);
+    assert!(
+        info.contains("disk label=\"EFIBOOT    \"")
+            && info.contains("serial number: CAFEF00D")
+            && info.contains("disk type=\"FAT16   \""),
+        "{info}"
+    );
+    let mut files = vec![
+        ("EFI/BOOT/BOOTX64.EFI".to_string(), shim),
+        ("EFI/BOOT/grubx64.efi".to_string(), grub),
+        ("EFI/BOOT/mmx64.efi".to_string(), mm),
+    ];
+    for dir in ["EFI/debian", "EFI/ubuntu", "EFI/BOOT"] {
+        files.push((format!("{dir}/grub.cfg"), cfg.as_bytes().to_vec()));
+    }
+    read_back(&target, &files);
+    let listing = run(Command::new("mdir").args(["-i", &target, "::/EFI/BOOT"]));
+    let listing = String::from_utf8_lossy(&listing);
+    assert!(listing.contains("2023-11-14  22:14"), "{listing}");
+}
+
 #[test]
 fn bigger_sizes_use_bigger_clusters() {
     tools();

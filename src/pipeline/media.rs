@@ -101,10 +101,12 @@ pub fn write_disk(
         &plan.cmdline,
     );
     let contents = esp::EspContents {
-        grub: &boot.grub,
-        shim: boot.shim_pair(),
-        files: &boot.efi,
-        grub_cfg: &grub_cfg,
+        chain: esp::BootChain {
+            grub: &boot.grub,
+            shim: boot.shim_pair(),
+            files: &boot.efi,
+            grub_cfg: &grub_cfg,
+        },
         slots: vec![("a", &boot.vmlinuz, &boot.initrd)],
     };
     let mut esp_store = ContentStore::new_in(spool)?;

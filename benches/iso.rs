@@ -16,6 +16,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use build_image::iso::{self, Spec};
+use build_image::tree::edit::Editor;
+use build_image::tree::{ContentStore, FsTree};
 use hadris_fs::Content;
 
 const MIB: usize = 1 << 20;
@@ -78,15 +80,17 @@ fn iso_writer_against_xorriso() {
     write(&tree, "boot/initrd", &initrd);
     write(&tree, "boot/grub/grub.cfg", &grub_cfg);
     write(&tree, "install/install.json", &manifest);
-    let esp = iso::esp_image(
-        &[
-            ("EFI/BOOT/BOOTX64.EFI".into(), noise(2 * MIB, 5)),
-            ("EFI/BOOT/grub.cfg".into(), grub_cfg.clone()),
-        ],
-        MTIME,
-        0x1234_5678,
-    )
-    .unwrap();
+    let mut store = ContentStore::new_in(work.path()).unwrap();
+    let mut esp_tree = FsTree::new();
+    let mut ed = Editor {
+        tree: &mut esp_tree,
+        store: &mut store,
+        mtime: MTIME,
+    };
+    ed.write("EFI/BOOT/BOOTX64.EFI", &noise(2 * MIB, 5), 0o644)
+        .unwrap();
+    ed.write("EFI/BOOT/grub.cfg", &grub_cfg, 0o644).unwrap();
+    let esp = iso::esp_image(&esp_tree, &store, MTIME, 0x1234_5678).unwrap();
     write(&tree, "boot/efi.img", &esp);
 
     let ours = work.path().join("ours.iso");

@@ -27,7 +27,8 @@ use build_image::bootloader::bios::coreimg::CoreSpec;
 use build_image::bootloader::bios::{self, BiosImages, InstallError};
 use build_image::disk::{self, Arch, Layout};
 use build_image::iso;
-use build_image::tree::ContentStore;
+use build_image::tree::edit::Editor;
+use build_image::tree::{ContentStore, FsTree};
 use common::abdisk::{self, grub_cfg, read_env, AbDisk};
 use common::boot::{busybox_root, deb_tree, file_bytes, kernel_and_initrd};
 use common::fixtures::{debian_package_deb, debian_release_deb};
@@ -299,6 +300,14 @@ fn seabios_boots_a_native_el_torito_image_as_cd_and_as_disk() {
         core_img,
     };
     let cfg = "echo \"grub.cfg on the ISO: root=$root prefix=$prefix\"\nhalt\n";
+    let mut esp_tree = FsTree::new();
+    Editor {
+        tree: &mut esp_tree,
+        store: &mut store,
+        mtime: 0,
+    }
+    .write("EFI/BOOT/README", b"BIOS test", 0o644)
+    .unwrap();
     let spec = iso::Spec {
         volume_id: LABEL.into(),
         application_id: "build-image test".into(),
@@ -308,12 +317,7 @@ fn seabios_boots_a_native_el_torito_image_as_cd_and_as_disk() {
             Content::bytes(cfg.as_bytes().to_vec()),
         )],
         bios: Some(&images),
-        esp: iso::esp_image(
-            &[("EFI/BOOT/README".into(), b"BIOS test".to_vec())],
-            1_700_000_000,
-            0x1357_9bdf,
-        )
-        .unwrap(),
+        esp: iso::esp_image(&esp_tree, &store, 1_700_000_000, 0x1357_9bdf).unwrap(),
     };
     let path = tmp.path().join("live.iso");
     let out = File::create(&path).unwrap();

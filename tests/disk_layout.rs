@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use build_image::disk::{self, types, Arch, Layout, Source};
-use build_image::fat::{self, FatOptions};
+use build_image::fat::{self, FatOptions, FatType};
 use build_image::tree::{ContentStore, FsTree, InodeKind, Metadata};
 use common::require_tool;
 use sha2::{Digest, Sha256};
@@ -122,6 +122,7 @@ fn build(arch: Arch, seed: &[u8]) -> Built {
     let esp_size = layout.partition(disk::ESP).unwrap().size();
     let opts = FatOptions {
         size_bytes: esp_size,
+        fat_type: Some(FatType::Fat32),
         volume_label: "ESP".into(),
         volume_id: 0xC0FF_EE00,
         timestamp: T0,
@@ -405,6 +406,7 @@ fn fat_writer_too_large_for_its_partition_fails() {
     let out = File::create(tmp.path().join("disk.img")).unwrap();
     let opts = FatOptions {
         size_bytes: 64 * MIB,
+        fat_type: Some(FatType::Fat32),
         volume_label: String::new(),
         volume_id: 1,
         timestamp: T0,

@@ -5,6 +5,7 @@
 use anyhow::{bail, Result};
 use boot_contract::grubenv::GrubEnv;
 
+use crate::tree::edit::Editor;
 use crate::tree::{ContentStore, FsTree};
 
 /// The try-once boot menu, with `@NAME@` and `@CMDLINE@` to fill in.
@@ -59,26 +60,28 @@ pub fn initial_env() -> Result<Vec<u8>> {
     Ok(env.encode()?.to_vec())
 }
 
-/// What goes on the ESP.
-pub struct EspContents<'a> {
+/// The signed boot chain and its grub.cfg: what both the A/B disk's ESP
+/// and the live ISO's El Torito EFI image hold.
+pub struct BootChain<'a> {
     /// The signed GRUB image.
     pub grub: &'a [u8],
     /// shim and MokManager, when the image has them.
     pub shim: Option<(&'a [u8], Option<&'a [u8]>)>,
     pub files: &'a EfiFiles,
     pub grub_cfg: &'a str,
+}
+
+/// What goes on the ESP.
+pub struct EspContents<'a> {
+    pub chain: BootChain<'a>,
     /// Kernel and initrd per slot (`a`, `b`).
     pub slots: Vec<(&'a str, &'a [u8], &'a [u8])>,
 }
 
-/// The ESP as a tree for [`crate::fat::write`].
-pub fn tree(c: &EspContents<'_>, store: &mut ContentStore, mtime: i64) -> Result<FsTree> {
-    let mut tree = FsTree::new();
-    let mut ed = crate::tree::edit::Editor {
-        tree: &mut tree,
-        store,
-        mtime,
-    };
+/// Writes the boot chain: shim as the removable-media loader with GRUB
+/// and MokManager next to it (or GRUB itself without shim), and grub.cfg
+/// where each vendor's GRUB looks for it.
+fn write_chain(ed: &mut Editor<'_>, c: &BootChain<'_>) -> Result<()> {
     match c.shim {
         Some((shim, mm)) => {
             ed.write(&format!("EFI/BOOT/{}", c.files.removable_name), shim, 0o644)?;
@@ -98,6 +101,32 @@ pub fn tree(c: &EspContents<'_>, store: &mut ContentStore, mtime: i64) -> Result
     for dir in ["EFI/debian", "EFI/ubuntu", "EFI/BOOT"] {
         ed.write(&format!("{dir}/grub.cfg"), c.grub_cfg.as_bytes(), 0o644)?;
     }
+    Ok(())
+}
+
+/// The live ISO's El Torito EFI image as a tree for [`crate::fat::write`]
+/// (through [`crate::iso::esp_image`]): the boot chain only; the kernel,
+/// initrd and menu are on the ISO 9660 side.
+pub fn live_tree(c: &BootChain<'_>, store: &mut ContentStore, mtime: i64) -> Result<FsTree> {
+    let mut tree = FsTree::new();
+    let mut ed = Editor {
+        tree: &mut tree,
+        store,
+        mtime,
+    };
+    write_chain(&mut ed, c)?;
+    Ok(tree)
+}
+
+/// The ESP as a tree for [`crate::fat::write`].
+pub fn tree(c: &EspContents<'_>, store: &mut ContentStore, mtime: i64) -> Result<FsTree> {
+    let mut tree = FsTree::new();
+    let mut ed = Editor {
+        tree: &mut tree,
+        store,
+        mtime,
+    };
+    write_chain(&mut ed, &c.chain)?;
     let env = initial_env()?;
     ed.write("grubenv", &env, 0o644)?;
     ed.write("grubenv.bak", &env, 0o644)?;

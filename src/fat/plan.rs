@@ -1,11 +1,14 @@
 //! The first pass: names every entry and gives every directory and file one
 //! contiguous run of clusters, in sorted walk order (a directory before its
-//! children), so the second pass writes in ascending cluster order.
+//! children), so the second pass writes in ascending cluster order. A
+//! FAT12/16 root directory gets no clusters: it is the fixed region before
+//! the data.
 
 use anyhow::{bail, Context, Result};
 
+use super::geometry::MEDIA;
 use super::names::{self, short_entry, DirName, DosTime, ENTRY};
-use super::{label_entry, ATTR_ARCHIVE, ATTR_DIRECTORY, END_OF_CHAIN};
+use super::{label_entry, FatType, ATTR_ARCHIVE, ATTR_DIRECTORY};
 use crate::tree::{ContentRef, FsTree, InodeId, InodeKind};
 
 /// A directory may hold at most this many 32-byte entries.
@@ -55,9 +58,19 @@ pub struct Plan {
     next: u64,
     cluster_bytes: u64,
     has_label: bool,
+    /// Entries of a fixed root directory region (FAT12/16); `None` when the
+    /// root is a cluster chain (FAT32).
+    fixed_root: Option<usize>,
+    fat_type: FatType,
 }
 
-pub fn plan(tree: &FsTree, cluster_bytes: u64, has_label: bool) -> Result<Plan> {
+pub fn plan(
+    tree: &FsTree,
+    cluster_bytes: u64,
+    has_label: bool,
+    fixed_root: Option<usize>,
+    fat_type: FatType,
+) -> Result<Plan> {
     let mut p = Plan {
         dirs: Vec::new(),
         extents: Vec::new(),
@@ -65,6 +78,8 @@ pub fn plan(tree: &FsTree, cluster_bytes: u64, has_label: bool) -> Result<Plan> 
         next: 2,
         cluster_bytes,
         has_label,
+        fixed_root,
+        fat_type,
     };
     p.plan_dir(tree, tree.root(), String::new(), 0)?;
     Ok(p)
@@ -112,9 +127,28 @@ impl Plan {
         if entries > MAX_DIR_ENTRIES {
             bail!("directory /{path} has too many entries for FAT ({entries} of at most {MAX_DIR_ENTRIES})");
         }
-        let clusters = ((entries * ENTRY) as u64)
-            .div_ceil(self.cluster_bytes)
-            .max(1);
+        let fixed = self.fixed_root.filter(|_| is_root);
+        if let Some(max) = fixed {
+            if entries > max {
+                let label = if self.has_label {
+                    ", the volume label's included"
+                } else {
+                    ""
+                };
+                bail!(
+                    "the root directory of a {} holds at most {max} entries and this one needs \
+                     {entries}{label} (a long name takes one entry per 13 characters, plus one); \
+                     move files into a subdirectory, shorten names or use FAT32",
+                    self.fat_type
+                );
+            }
+        }
+        let clusters = match fixed {
+            Some(_) => 0,
+            None => ((entries * ENTRY) as u64)
+                .div_ceil(self.cluster_bytes)
+                .max(1),
+        };
         let first = self.alloc(clusters);
         let index = self.dirs.len();
         self.dirs.push(DirPlan {
@@ -124,11 +158,13 @@ impl Plan {
             is_root,
             children: Vec::new(),
         });
-        self.extents.push(Run {
-            first,
-            clusters: clusters as u32,
-            what: Extent::Dir(index),
-        });
+        if clusters > 0 {
+            self.extents.push(Run {
+                first,
+                clusters: clusters as u32,
+                what: Extent::Dir(index),
+            });
+        }
         let mut children = Vec::with_capacity(kids.len());
         for (name, (raw_name, child)) in dir_names.into_iter().zip(kids) {
             let cpath = child_path(raw_name);
@@ -140,7 +176,7 @@ impl Plan {
                 InodeKind::File { content } => {
                     let Ok(size) = u32::try_from(content.len) else {
                         bail!(
-                            "/{cpath} is {} bytes: FAT32 files hold at most 4 GiB - 1",
+                            "/{cpath} is {} bytes: FAT files hold at most 4 GiB - 1",
                             content.len
                         );
                     };
@@ -198,26 +234,42 @@ impl Plan {
     }
 
     /// One FAT of `bytes` bytes: the two reserved entries, then a chain per
-    /// run, zeros (free) after.
+    /// run, zeros (free) after. The caller sized it for every cluster.
     pub fn fat_table(&self, bytes: usize) -> Vec<u8> {
         let mut fat = vec![0u8; bytes];
+        let ty = self.fat_type;
+        let eoc = ty.end_of_chain();
         let mut put = |cluster: u32, value: u32| {
-            let at = cluster as usize * 4;
-            fat[at..at + 4].copy_from_slice(&value.to_le_bytes());
+            let c = cluster as usize;
+            match ty {
+                FatType::Fat32 => fat[c * 4..c * 4 + 4].copy_from_slice(&value.to_le_bytes()),
+                FatType::Fat16 => {
+                    fat[c * 2..c * 2 + 2].copy_from_slice(&(value as u16).to_le_bytes())
+                }
+                // Two entries share three bytes: an even cluster takes the
+                // low 12 bits, an odd one the high 12.
+                FatType::Fat12 => {
+                    let at = c * 3 / 2;
+                    let pair = u16::from_le_bytes([fat[at], fat[at + 1]]);
+                    let v = (value & 0xFFF) as u16;
+                    let pair = if c % 2 == 0 {
+                        (pair & 0xF000) | v
+                    } else {
+                        (pair & 0x000F) | (v << 4)
+                    };
+                    fat[at..at + 2].copy_from_slice(&pair.to_le_bytes());
+                }
+            }
         };
-        put(0, 0x0FFF_FFF8); // media byte 0xF8
-        put(1, END_OF_CHAIN); // clean, no errors
+        // FAT[0]: the media byte with every other bit set; FAT[1]: an
+        // end-of-chain value (on FAT16/32 its top bits say "clean, no
+        // errors").
+        put(0, (eoc & !0xFF) | u32::from(MEDIA));
+        put(1, eoc);
         for run in &self.extents {
             for i in 0..run.clusters {
                 let c = run.first + i;
-                put(
-                    c,
-                    if i + 1 == run.clusters {
-                        END_OF_CHAIN
-                    } else {
-                        c + 1
-                    },
-                );
+                put(c, if i + 1 == run.clusters { eoc } else { c + 1 });
             }
         }
         fat

@@ -10,7 +10,7 @@
 //! the core image: both addresses come from the image's place in the ISO.
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{Cursor, Read};
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -20,6 +20,8 @@ use hadris_iso::{
 };
 
 use crate::bootloader::bios::{self, BiosImages};
+use crate::fat::{self, FatOptions};
+use crate::tree::{ContentStore, FsTree, InodeKind};
 
 /// Where the BIOS El Torito image (cdboot.img + core image) is stored.
 pub const BIOS_IMAGE: &str = "boot/grub/i386-pc/eltorito.img";
@@ -182,15 +184,17 @@ pub fn write(spec: &Spec<'_>, out: &File) -> Result<u64> {
     Ok(report.size())
 }
 
-/// The El Torito ESP: a FAT image holding `files`, just big enough.
-pub fn esp_image(files: &[(String, Vec<u8>)], mtime: i64, serial: u32) -> Result<Vec<u8>> {
-    let mut tree = Tree::new();
+/// The El Torito EFI image: `tree` (see [`crate::bootloader::esp::live_tree`])
+/// as a FAT filesystem labelled `EFIBOOT`, a little larger than its files.
+/// Its size picks the FAT type (FAT16 for a few MiB of boot files, FAT12
+/// below 2 MiB); UEFI reads all three types from removable media.
+pub fn esp_image(tree: &FsTree, store: &ContentStore, mtime: i64, serial: u32) -> Result<Vec<u8>> {
     let mut total = 0u64;
-    for (path, data) in files {
-        total += (data.len() as u64).div_ceil(4096) * 4096 + 4096;
-        tree.insert(path, Node::file(Content::bytes(data.clone())))
-            .map_err(|e| anyhow!("ESP file {path}: {e}"))?;
-    }
+    tree.walk(|_, id| {
+        if let InodeKind::File { content } = &tree.inode(id).kind {
+            total += content.len.div_ceil(4096) * 4096 + 4096;
+        }
+    });
     // Room for the FATs, directories and slack, in whole MiB.
     let size = (total + total / 8 + (1 << 20)).div_ceil(1 << 20) << 20;
     if size > 32 << 20 {
@@ -199,19 +203,16 @@ pub fn esp_image(files: &[(String, Vec<u8>)], mtime: i64, serial: u32) -> Result
             size >> 20
         );
     }
-    let time = hadris_fs::DateTime::from_unix_seconds(mtime)
-        .map_err(|e| anyhow!("ESP date {mtime}: {e:?}"))?;
-    let opts = hadris_fat::FatOptions::new()
-        .with_label(hadris_fat::VolumeLabel::new("EFIBOOT").map_err(|e| anyhow!("{e:?}"))?)
-        .with_time(time)
-        .with_serial(serial);
-    let mut dev = hadris_storage::MemDevice::new(
-        vec![0u8; size as usize],
-        hadris_storage::BlockSize::new(512).expect("512 is a block size"),
-    );
-    hadris_fat::sync::write(&mut dev, &tree, &opts)
-        .map_err(|e| anyhow!("writing the ISO's EFI image: {e}"))?;
-    Ok(dev.into_inner())
+    let opts = FatOptions {
+        size_bytes: size,
+        fat_type: None,
+        volume_label: "EFIBOOT".into(),
+        volume_id: serial,
+        timestamp: mtime,
+    };
+    let mut out = Cursor::new(Vec::with_capacity(size as usize));
+    fat::write(tree, store, &opts, &mut out, 0).context("writing the ISO's EFI image")?;
+    Ok(out.into_inner())
 }
 
 /// What `inspect` reports of an ISO.

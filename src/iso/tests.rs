@@ -66,15 +66,27 @@ fn eltorito_img() -> Vec<u8> {
     img
 }
 
+/// `esp_image` of a tree holding `files`.
+fn esp(files: &[(&str, &[u8])]) -> Result<Vec<u8>> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = ContentStore::new_in(dir.path()).unwrap();
+    let mut tree = FsTree::new();
+    let mut ed = crate::tree::edit::Editor {
+        tree: &mut tree,
+        store: &mut store,
+        mtime: 0,
+    };
+    for (path, data) in files {
+        ed.write(path, data, 0o644).unwrap();
+    }
+    esp_image(&tree, &store, 1_760_000_000, 0x1234_5678)
+}
+
 fn spec(bios: Option<&BiosImages>) -> Spec<'_> {
-    let esp = esp_image(
-        &[
-            ("EFI/BOOT/BOOTX64.EFI".into(), vec![0x4d; 300_000]),
-            ("EFI/debian/grub.cfg".into(), b"configfile x\n".to_vec()),
-        ],
-        1_760_000_000,
-        0x1234_5678,
-    )
+    let esp = esp(&[
+        ("EFI/BOOT/BOOTX64.EFI", &[0x4d; 300_000]),
+        ("EFI/debian/grub.cfg", b"configfile x\n"),
+    ])
     .unwrap();
     Spec {
         volume_id: "DEBIAN_AMD64_1_0".into(),
@@ -185,7 +197,7 @@ fn the_mbr_boot_code_points_at_the_core_image() {
 
 #[test]
 fn an_esp_too_big_for_el_torito_is_refused() {
-    let err = esp_image(&[("big".into(), vec![1u8; 40 << 20])], 0, 1)
+    let err = esp(&[("big", &vec![1u8; 40 << 20])])
         .unwrap_err()
         .to_string();
     assert!(err.contains("at most 32 MiB"), "{err}");

@@ -16,9 +16,10 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::bootloader::bios::BiosImages;
-use crate::bootloader::esp::EfiFiles;
+use crate::bootloader::esp::{self, BootChain, EfiFiles};
 use crate::disk::{self, Layout};
 use crate::iso;
+use crate::tree::ContentStore;
 
 /// The live menu, with `@NAME@`, `@LABEL@` and `@CMDLINE@` to fill in.
 const LIVE_GRUB_CFG: &str = include_str!("../../bootloader/live-grub.cfg");
@@ -70,25 +71,16 @@ pub fn live_grub_cfg(title: &str, label: &str, cmdline: &str) -> String {
 pub fn write(i: &LiveInputs<'_>, out: &File) -> Result<u64> {
     let label = label(i.flavor, i.arch, i.version);
     let esp_cfg = ESP_GRUB_CFG.replace("@LABEL@", &label);
-    let mut esp_files: Vec<(String, Vec<u8>)> = Vec::new();
-    match i.shim {
-        Some((shim, mm)) => {
-            esp_files.push((format!("EFI/BOOT/{}", i.efi.removable_name), shim.to_vec()));
-            esp_files.push((format!("EFI/BOOT/{}", i.efi.grub_name), i.grub.to_vec()));
-            if let Some(mm) = mm {
-                esp_files.push((format!("EFI/BOOT/{}", i.efi.mok_name), mm.to_vec()));
-            }
-        }
-        None => esp_files.push((
-            format!("EFI/BOOT/{}", i.efi.removable_name),
-            i.grub.to_vec(),
-        )),
-    }
-    for dir in ["EFI/debian", "EFI/ubuntu", "EFI/BOOT"] {
-        esp_files.push((format!("{dir}/grub.cfg"), esp_cfg.clone().into_bytes()));
-    }
+    let chain = BootChain {
+        grub: i.grub,
+        shim: i.shim,
+        files: i.efi,
+        grub_cfg: &esp_cfg,
+    };
+    let mut esp_store = ContentStore::new_in(i.spool)?;
+    let esp_tree = esp::live_tree(&chain, &mut esp_store, i.mtime)?;
     let serial = u32::from_le_bytes(Sha256::digest(label.as_bytes())[..4].try_into()?);
-    let esp = iso::esp_image(&esp_files, i.mtime, serial)?;
+    let esp = iso::esp_image(&esp_tree, &esp_store, i.mtime, serial)?;
 
     let head_path = i.spool.join("head.bin");
     let manifest = install_manifest(i, &head_path)?;

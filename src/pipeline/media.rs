@@ -15,7 +15,7 @@ use super::root::Root;
 use crate::bootloader::{bios, esp};
 use crate::cli::build::Format;
 use crate::disk::{self, Layout, Source};
-use crate::fat::{self, FatOptions};
+use crate::fat::{self, FatOptions, FatType};
 use crate::progress::{Event, Reporter, Task};
 use crate::squashfs;
 use crate::staging::{Staged, Staging};
@@ -101,10 +101,12 @@ pub fn write_disk(
         &plan.cmdline,
     );
     let contents = esp::EspContents {
-        grub: &boot.grub,
-        shim: boot.shim_pair(),
-        files: &boot.efi,
-        grub_cfg: &grub_cfg,
+        chain: esp::BootChain {
+            grub: &boot.grub,
+            shim: boot.shim_pair(),
+            files: &boot.efi,
+            grub_cfg: &grub_cfg,
+        },
         slots: vec![("a", &boot.vmlinuz, &boot.initrd)],
     };
     let mut esp_store = ContentStore::new_in(spool)?;
@@ -130,6 +132,8 @@ pub fn write_disk(
             .partition(disk::ESP)
             .map(|p| p.size())
             .unwrap_or(plan.esp_size),
+        // UEFI requires FAT32 for the system partition of a fixed disk.
+        fat_type: Some(FatType::Fat32),
         volume_label: "ESP".into(),
         volume_id,
         timestamp: plan.mtime,

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use boot_contract::grubenv::GrubEnv;
 use build_image::disk::{self, Arch, Layout, Source};
-use build_image::fat::{self, FatOptions};
+use build_image::fat::{self, FatOptions, FatType};
 use build_image::tree::{ContentStore, FsTree};
 
 use super::boot::file;
@@ -67,6 +67,7 @@ pub fn write(path: &Path, spec: &AbDisk, store: &mut ContentStore) -> (Layout, F
     let b = File::open(spec.slots.1).unwrap();
     let opts = FatOptions {
         size_bytes: layout.partition(disk::ESP).unwrap().size(),
+        fat_type: Some(FatType::Fat32),
         volume_label: "ESP".into(),
         volume_id: spec.volume_id,
         timestamp: 1_700_000_000,

@@ -8,7 +8,7 @@
 //!   media → lock), with [`staging`] for its outputs;
 //! - sources: [`oci`] (registries, layouts) and [`cache`] (blobs by
 //!   digest), [`apt`] (signed package archives), [`flavor`] (what a
-//!   distribution needs), [`http`];
+//!   distribution needs), [`http`] and [`retry`] (one backoff loop);
 //! - the root filesystem: [`tree`] (in memory), [`assemble`] (layers into
 //!   it), [`finalise`] (maintainer-script effects), [`kmod`] (module
 //!   indexes and closures);
@@ -32,6 +32,7 @@ pub mod kmod;
 pub mod oci;
 pub mod pipeline;
 pub mod progress;
+pub mod retry;
 pub mod squashfs;
 pub mod staging;
 pub mod tree;

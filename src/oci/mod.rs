@@ -9,6 +9,7 @@ pub mod layout;
 pub mod manifest;
 pub mod reference;
 pub mod registry;
+pub mod upload;
 
 use std::path::{Path, PathBuf};
 
@@ -17,7 +18,8 @@ use serde::Serialize;
 
 pub use manifest::{Descriptor, Digest, ImageConfig, ManifestDoc, WantedPlatform};
 pub use reference::{ImageSource, Reference};
-pub use registry::{RegistryClient, RetryPolicy};
+pub use registry::{Access, RegistryClient, RetryPolicy};
+pub use upload::{BlobPush, BlobSource};
 
 use crate::cache::BlobCache;
 use crate::progress::Reporter;

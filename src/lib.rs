@@ -14,6 +14,8 @@
 //!   indexes and closures);
 //! - formats: [`squashfs`], [`initramfs`] (cpio), [`fat`], [`disk`] (GPT),
 //!   [`iso`], and [`bootloader`] (ESP contents, BIOS GRUB);
+//! - the upgrade artifact: [`upgrade`] (its OCI layout, `push`) and
+//!   [`sign`] (cosign-compatible signatures, P-256 keys);
 //! - [`progress`]: how stages report.
 
 pub mod apt;
@@ -33,9 +35,11 @@ pub mod oci;
 pub mod pipeline;
 pub mod progress;
 pub mod retry;
+pub mod sign;
 pub mod squashfs;
 pub mod staging;
 pub mod tree;
+pub mod upgrade;
 
 /// The `apiVersion` of every JSON document this tool prints.
 pub const API_VERSION: &str = "build-image/v1alpha1";

@@ -458,7 +458,7 @@ fn bad_input_is_refused_before_anything_is_sent() {
     // A blob missing from the layout.
     let (gap, _) = fake_layout(tmp.path(), "gap.upgrade", "amd64", "5.0.0");
     let l = layout::read_layout(&gap).unwrap();
-    let (kernel, kernel_path) = l.blobs[2].clone();
+    let (kernel, kernel_path) = (l.blobs[2].desc.clone(), l.blobs[2].path.clone());
     fs::remove_file(&kernel_path).unwrap();
     let e = push(&[&gap]);
     assert_mentions(&e, kernel.digest.as_str());
@@ -467,7 +467,7 @@ fn bad_input_is_refused_before_anything_is_sent() {
     // A blob whose content does not match its digest (same size).
     let (bad, _) = fake_layout(tmp.path(), "bad.upgrade", "amd64", "5.0.0");
     let l = layout::read_layout(&bad).unwrap();
-    let (initrd, initrd_path) = l.blobs[3].clone();
+    let (initrd, initrd_path) = (l.blobs[3].desc.clone(), l.blobs[3].path.clone());
     let mut bytes = fs::read(&initrd_path).unwrap();
     bytes[100] ^= 0x55;
     fs::write(&initrd_path, bytes).unwrap();
@@ -489,6 +489,45 @@ fn bad_input_is_refused_before_anything_is_sent() {
         registry::http_status(&reg.host, "/v2/fleet/os/tags/list"),
         Some(404)
     );
+}
+
+/// The root filesystem is the one blob not hashed before the push starts:
+/// it goes first, is hashed as it streams, and a mismatch cuts the upload
+/// off before its end, so the registry stores nothing at all.
+#[test]
+fn a_damaged_root_filesystem_is_cut_off_and_nothing_is_stored() {
+    let reg = Registry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, _) = fake_layout(tmp.path(), "d.upgrade", "amd64", "5.1.0");
+    let l = layout::read_layout(&dir).unwrap();
+    let root = &l.blobs[1];
+    assert_eq!(
+        root.desc.media_type,
+        boot_contract::upgrade::ROOTFS_MEDIA_TYPE
+    );
+    // Same size, one byte changed, in the layout only (it is a hardlink).
+    let mut bytes = fs::read(&root.path).unwrap();
+    fs::remove_file(&root.path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    fs::write(&root.path, bytes).unwrap();
+    let env = TestEnv::new();
+    let o = env.run(&[
+        "push",
+        dir.to_str().unwrap(),
+        &reg.image("fleet/os", "5.1.0"),
+    ]);
+    let e = assert_fails(&o);
+    assert_mentions(&e, &format!("expected {}", root.desc.digest));
+    assert_mentions(&e, "cut off");
+    // Not retried: a content mismatch is not a transient failure.
+    assert!(!e.contains("attempt 2/"), "{e}");
+    assert_eq!(
+        registry::http_status(&reg.host, "/v2/fleet/os/tags/list"),
+        Some(404)
+    );
+    let stored = list_files(&reg.storage().join("docker/registry/v2/blobs"));
+    assert!(stored.is_empty(), "the registry stored blobs: {stored:?}");
 }
 
 /// A 128 MiB root goes up streamed from the file: the push's peak RSS

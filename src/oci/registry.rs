@@ -25,6 +25,7 @@ use crate::progress::{short, Event, Reporter};
 pub use crate::retry::RetryPolicy;
 use crate::retry::{retry, Outcome};
 use indicatif::HumanBytes;
+use sha2::{Digest as _, Sha256};
 
 pub struct RegistryClient {
     agent: ureq::Agent,
@@ -64,6 +65,10 @@ pub enum ReqBody<'a> {
         path: &'a Path,
         len: u64,
         progress: Option<&'a dyn Fn(u64)>,
+        /// Hash what is sent and withhold the last bytes unless the content
+        /// has this digest: the request is cut off, so the server never
+        /// receives a whole body that does not match.
+        verify: Option<&'a Digest>,
     },
 }
 
@@ -101,18 +106,40 @@ impl<'a> Request<'a> {
     }
 }
 
-/// Counts what a streamed body has sent.
-struct Counting<'a, R> {
-    inner: R,
+/// A file body on its way out: counts what was sent and, when asked,
+/// checks its digest before handing over the last bytes.
+struct Streamed<'a> {
+    file: std::fs::File,
+    len: u64,
     done: u64,
-    progress: &'a dyn Fn(u64),
+    progress: Option<&'a dyn Fn(u64)>,
+    verify: Option<(Sha256, &'a Digest)>,
+    /// The digest the content had instead, once known.
+    mismatch: Option<Digest>,
 }
 
-impl<R: Read> Read for Counting<'_, R> {
+impl Read for Streamed<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        let n = self.file.read(buf)?;
         self.done += n as u64;
-        (self.progress)(self.done);
+        if let Some((h, _)) = &mut self.verify {
+            h.update(&buf[..n]);
+        }
+        if self.done >= self.len {
+            if let Some((h, want)) = self.verify.take() {
+                let got = Digest::from_sha256(&h.finalize());
+                if got != *want {
+                    self.mismatch = Some(got);
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "the content does not match its digest",
+                    ));
+                }
+            }
+        }
+        if let Some(p) = self.progress {
+            p(self.done);
+        }
         Ok(n)
     }
 }
@@ -314,6 +341,7 @@ impl RegistryClient {
                 path,
                 len,
                 progress,
+                verify,
             } => {
                 let file = std::fs::File::open(path)
                     .with_context(|| format!("opening {}", path.display()))?;
@@ -327,19 +355,26 @@ impl RegistryClient {
                         path.display()
                     );
                 }
-                match progress {
-                    None => self.agent.run(b.body(file).map_err(bad)?),
-                    Some(p) => {
-                        let mut counting = Counting {
-                            inner: file,
-                            done: 0,
-                            progress: *p,
-                        };
-                        let body = ureq::SendBody::from_reader(&mut counting);
-                        let b = b.header("Content-Length", len.to_string());
-                        self.agent.run(b.body(body).map_err(bad)?)
-                    }
+                let mut body = Streamed {
+                    file,
+                    len: *len,
+                    done: 0,
+                    progress: *progress,
+                    verify: verify.map(|d| (Sha256::new(), d)),
+                    mismatch: None,
+                };
+                let b = b.header("Content-Length", len.to_string());
+                let result = self.agent.run(
+                    b.body(ureq::SendBody::from_reader(&mut body))
+                        .map_err(bad)?,
+                );
+                if let (Some(got), Some(want)) = (&body.mismatch, verify) {
+                    bail!(
+                        "{}: content has digest {got}, expected {want}; the upload was cut off before its end, so nothing was stored",
+                        path.display()
+                    );
                 }
+                result
             }
         })
     }

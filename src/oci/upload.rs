@@ -24,7 +24,12 @@ use crate::retry::{retry, Outcome};
 /// Where a blob's bytes come from.
 #[derive(Clone, Copy)]
 pub enum BlobSource<'a> {
-    File(&'a Path),
+    /// A file, streamed; `verified: false` has it hashed on the way, and
+    /// the upload cut off before its end if it does not match.
+    File {
+        path: &'a Path,
+        verified: bool,
+    },
     Bytes(&'a [u8]),
 }
 
@@ -201,10 +206,11 @@ impl RegistryClient {
         let sep = if location.contains('?') { '&' } else { '?' };
         let url = format!("{location}{sep}digest={}", encode(d.as_str()));
         let body = match src {
-            BlobSource::File(path) => ReqBody::File {
+            BlobSource::File { path, verified } => ReqBody::File {
                 path,
                 len: desc.size,
                 progress: Some(progress),
+                verify: (!verified).then_some(d),
             },
             BlobSource::Bytes(b) => ReqBody::Bytes(b),
         };

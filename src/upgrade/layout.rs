@@ -205,6 +205,31 @@ pub fn write_layout(
     })
 }
 
+/// The path of a blob inside a layout whose file has the descriptor's size
+/// (its content is not read).
+fn sized_blob(dir: &Path, desc: &Descriptor) -> Result<PathBuf> {
+    let path = dir.join("blobs/sha256").join(desc.digest.hex());
+    let len = fs::metadata(&path)
+        .with_context(|| {
+            format!(
+                "blob {} of layout {}: {}",
+                desc.digest,
+                dir.display(),
+                path.display()
+            )
+        })?
+        .len();
+    if len != desc.size {
+        bail!(
+            "blob {} of layout {}: {len} bytes, the descriptor says {}",
+            desc.digest,
+            dir.display(),
+            desc.size
+        );
+    }
+    Ok(path)
+}
+
 /// An upgrade layout, read and checked.
 #[derive(Debug, Clone)]
 pub struct UpgradeLayout {
@@ -214,8 +239,18 @@ pub struct UpgradeLayout {
     pub manifest_digest: Digest,
     pub manifest: Manifest,
     pub config: Config,
-    /// The config and the layers, each with its verified file.
-    pub blobs: Vec<(Descriptor, PathBuf)>,
+    /// The config and the layers, with their files.
+    pub blobs: Vec<LayoutBlob>,
+}
+
+/// A blob of a layout and its file.
+#[derive(Debug, Clone)]
+pub struct LayoutBlob {
+    pub desc: Descriptor,
+    pub path: PathBuf,
+    /// Hashed and found to match; otherwise only its size was checked (see
+    /// [`read_layout_checked`]).
+    pub verified: bool,
 }
 
 impl UpgradeLayout {
@@ -236,6 +271,13 @@ impl UpgradeLayout {
 /// this build-image understands and agrees with the layers, and that every
 /// blob is there with the size and digest its descriptor gives.
 pub fn read_layout(dir: &Path) -> Result<UpgradeLayout> {
+    read_layout_checked(dir, u64::MAX)
+}
+
+/// [`read_layout`], hashing only the layers up to `hash_max` bytes; larger
+/// ones are checked for presence and size, and left for the caller to
+/// verify as it streams them (`verified: false`).
+pub fn read_layout_checked(dir: &Path, hash_max: u64) -> Result<UpgradeLayout> {
     let what = format!("upgrade layout {}", dir.display());
     let marker = dir.join("oci-layout");
     let text = match fs::read(&marker) {
@@ -338,9 +380,22 @@ pub fn read_layout(dir: &Path) -> Result<UpgradeLayout> {
             config.rootfs_size
         );
     }
-    let mut blobs = vec![(manifest.config.clone(), config_path)];
+    let mut blobs = vec![LayoutBlob {
+        desc: manifest.config.clone(),
+        path: config_path,
+        verified: true,
+    }];
     for l in &manifest.layers {
-        blobs.push((l.clone(), verified_blob(dir, l)?));
+        let (path, verified) = if l.size <= hash_max {
+            (verified_blob(dir, l)?, true)
+        } else {
+            (sized_blob(dir, l)?, false)
+        };
+        blobs.push(LayoutBlob {
+            desc: l.clone(),
+            path,
+            verified,
+        });
     }
     Ok(UpgradeLayout {
         dir: dir.to_path_buf(),
@@ -418,8 +473,13 @@ mod tests {
         assert_eq!(l.blobs.len(), 4);
         assert_eq!(
             wa.size,
-            l.blobs.iter().map(|(d, _)| d.size).sum::<u64>() + l.manifest_bytes.len() as u64
+            l.blobs.iter().map(|b| b.desc.size).sum::<u64>() + l.manifest_bytes.len() as u64
         );
+        assert!(l.blobs.iter().all(|b| b.verified));
+        let partly = read_layout_checked(&a, 50_000).unwrap();
+        let verified: Vec<bool> = partly.blobs.iter().map(|b| b.verified).collect();
+        // config, root (100,000 bytes), kernel, initrd
+        assert_eq!(verified, [true, false, true, true]);
         let m: serde_json::Value = serde_json::from_slice(&l.manifest_bytes).unwrap();
         assert_eq!(m["artifactType"], contract::ARTIFACT_TYPE);
         assert_eq!(
@@ -444,7 +504,7 @@ mod tests {
         // A root blob with other content of the same size.
         let (l, _) = write(tmp.path(), "c", "arm64");
         let lay = read_layout(&l).unwrap();
-        let (root, root_path) = lay.blobs[1].clone();
+        let (root, root_path) = (lay.blobs[1].desc.clone(), lay.blobs[1].path.clone());
         fs::remove_file(&root_path).unwrap(); // a hardlink: do not touch the source
         let mut data = fs::read(tmp.path().join("root-arm64.squashfs")).unwrap();
         data[10] ^= 1;

@@ -1,24 +1,31 @@
 //! `build-image push DIR... REF`: upgrade layouts into a registry.
 //!
 //! Order, so that a failure at any point leaves nothing that looks pushed:
-//! 1. read and check every layout, all blobs hashed (nothing is sent
-//!    before the input is known good);
-//! 2. blobs: skipped when the repository has them, mounted from another
-//!    repository of the registry that had them when this cache last saw
-//!    them, else uploaded streaming from the layout;
+//! 1. read and check every layout: its documents, that every blob is there
+//!    with its size, and the digest of every blob but the largest (nothing
+//!    is sent before that much is known good);
+//! 2. blobs, the largest first: skipped when the repository has them,
+//!    mounted from another repository of the registry that had them when
+//!    this cache last saw them, else uploaded streaming from the layout.
+//!    The largest (a root filesystem) is hashed as it streams, which costs
+//!    no time of its own (hashing runs several times faster than a registry
+//!    takes data in), and its upload is cut off before the last byte if
+//!    the content does not match: the registry never stores it, and as it
+//!    goes first nothing was uploaded before it;
 //! 3. each platform manifest by digest, then (several architectures) the
 //!    index over them, by digest;
 //! 4. signatures of the index and of every platform manifest (`--sign-key`);
 //! 5. last, the tag: the one step that makes the push visible under REF.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::layout::{read_layout, UpgradeLayout};
+use super::layout::{read_layout_checked, LayoutBlob, UpgradeLayout};
 use crate::cli::Output;
+use crate::oci::layout::verified_blob;
 use crate::oci::manifest::{Index, OCI_INDEX, OCI_MANIFEST};
 use crate::oci::{BlobPush, BlobSource, Digest, Reference, RegistryClient};
 use crate::progress::{Event, Reporter};
@@ -75,14 +82,19 @@ impl Output for PushResult {
 }
 
 /// Reads and checks all layouts before anything is sent: one architecture
-/// each, all of the same image version, flavor and release.
-pub fn read_layouts(dirs: &[PathBuf], reporter: &dyn Reporter) -> Result<Vec<UpgradeLayout>> {
+/// each, all of the same image version, flavor and release; blobs up to
+/// `hash_max` bytes hashed.
+pub fn read_layouts(
+    dirs: &[PathBuf],
+    hash_max: u64,
+    reporter: &dyn Reporter,
+) -> Result<Vec<UpgradeLayout>> {
     let mut layouts: Vec<UpgradeLayout> = Vec::new();
     for dir in dirs {
         reporter.event(Event::Stage {
             message: format!("checking {}", dir.display()),
         });
-        let l = read_layout(dir)?;
+        let l = read_layout_checked(dir, hash_max)?;
         if let Some(other) = layouts.iter().find(|o| o.config.arch == l.config.arch) {
             bail!(
                 "{} and {} are both for {}: a push takes one layout per architecture",
@@ -129,37 +141,50 @@ pub fn push(
     let Some(tag) = target.tag.clone().filter(|_| target.digest.is_none()) else {
         bail!("push {target}: give a tag to push to (REGISTRY/REPOSITORY:TAG), not a digest");
     };
-    let layouts = read_layouts(dirs, reporter)?;
+    let layouts = read_layouts(dirs, 0, reporter)?;
     let repo = Reference {
         digest: None,
         ..target.clone()
     };
-    let mut stats = BlobStats::default();
-    let mut seen = HashMap::new();
+    // Each blob once, the largest (the unverified ones) first.
+    let mut blobs: Vec<(&UpgradeLayout, &LayoutBlob)> = Vec::new();
     for l in &layouts {
-        for (desc, path) in &l.blobs {
-            if seen.contains_key(&desc.digest) {
-                continue;
+        for b in &l.blobs {
+            if !blobs.iter().any(|(_, o)| o.desc.digest == b.desc.digest) {
+                blobs.push((l, b));
             }
-            let from = locations
-                .as_deref()
-                .map(|loc| loc.candidates(&desc.digest, &repo.repository))
-                .unwrap_or_default();
-            let how = client
-                .push_blob(&repo, desc, BlobSource::File(path), &from, reporter)
-                .with_context(|| format!("pushing {}", l.dir.display()))?;
-            match &how {
-                BlobPush::Existed => stats.existing += 1,
-                BlobPush::Mounted { .. } => stats.mounted += 1,
-                BlobPush::Uploaded => {
-                    stats.uploaded += 1;
-                    stats.uploaded_bytes += desc.size;
-                }
+        }
+    }
+    blobs.sort_by_key(|(_, b)| std::cmp::Reverse(b.desc.size));
+    let mut blobs: Vec<(&UpgradeLayout, LayoutBlob)> =
+        blobs.into_iter().map(|(l, b)| (l, b.clone())).collect();
+    for (l, b) in blobs.iter_mut().skip(1).filter(|(_, b)| !b.verified) {
+        verified_blob(&l.dir, &b.desc)?;
+        b.verified = true;
+    }
+    let mut stats = BlobStats::default();
+    for (l, b) in &blobs {
+        let from = locations
+            .as_deref()
+            .map(|loc| loc.candidates(&b.desc.digest, &repo.repository))
+            .unwrap_or_default();
+        let src = BlobSource::File {
+            path: &b.path,
+            verified: b.verified,
+        };
+        let how = client
+            .push_blob(&repo, &b.desc, src, &from, reporter)
+            .with_context(|| format!("pushing {}", l.dir.display()))?;
+        match &how {
+            BlobPush::Existed => stats.existing += 1,
+            BlobPush::Mounted { .. } => stats.mounted += 1,
+            BlobPush::Uploaded => {
+                stats.uploaded += 1;
+                stats.uploaded_bytes += b.desc.size;
             }
-            if let Some(loc) = locations.as_deref_mut() {
-                loc.record(&desc.digest, &repo.repository);
-            }
-            seen.insert(desc.digest.clone(), how);
+        }
+        if let Some(loc) = locations.as_deref_mut() {
+            loc.record(&b.desc.digest, &repo.repository);
         }
     }
     let mut manifests = Vec::new();

@@ -199,6 +199,11 @@ fn the_layout_is_read_and_copied_by_skopeo_with_its_digests() {
     // And build-image reads the copy as an upgrade layout.
     let back = layout::read_layout(&copy).unwrap();
     assert_eq!(back.manifest_digest.as_str(), digest);
+    // `inspect` (and --base) say what it is instead of a platform mismatch.
+    let e = assert_fails(
+        &TestEnv::new().run(&["inspect", &format!("oci-layout:{}:1.0.0", dir.display())]),
+    );
+    assert_mentions(&e, "a build-image upgrade artifact, not a container image");
 }
 
 // ------------------------------------------------------------- push

@@ -146,7 +146,8 @@ pub fn push(
         digest: None,
         ..target.clone()
     };
-    // Each blob once, the largest (the unverified ones) first.
+    // Each blob once, the largest first. All but the largest are hashed
+    // now, before anything is sent; the largest as it streams.
     let mut blobs: Vec<(&UpgradeLayout, &LayoutBlob)> = Vec::new();
     for l in &layouts {
         for b in &l.blobs {

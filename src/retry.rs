@@ -1,8 +1,9 @@
-//! The one retry loop: every network operation that may fail for a
-//! moment (a connection reset, HTTP 429 or 5xx, a download that breaks
-//! off) goes through [`RetryPolicy::run`], which retries with exponential
-//! backoff and logs each retry. What is not worth another try (a 404, bad
-//! credentials, content with the wrong digest) ends the loop at once.
+//! Retrying with exponential backoff: one policy and one loop for every
+//! network client of this crate.
+//!
+//! An operation reports each attempt as [`Outcome::Ok`], as
+//! [`Outcome::Transient`] (worth another try: a connection that failed or
+//! broke, 429, 5xx) or as an error (fatal: retrying cannot help).
 
 use std::time::Duration;
 
@@ -16,7 +17,6 @@ pub struct RetryPolicy {
 }
 
 impl Default for RetryPolicy {
-    /// 5 attempts, 0.25 s, 0.5 s, 1 s and 2 s apart.
     fn default() -> Self {
         RetryPolicy {
             attempts: 5,
@@ -26,85 +26,98 @@ impl Default for RetryPolicy {
 }
 
 /// What one attempt gave.
-#[derive(Debug)]
-pub enum Attempt<T> {
-    Done(T),
-    /// A transient failure: worth another attempt.
-    Retry(anyhow::Error),
+pub enum Outcome<T> {
+    Ok(T),
+    /// Worth another try; the error says what went wrong.
+    Transient(anyhow::Error),
 }
 
-impl RetryPolicy {
-    /// Runs `f` (given the attempt number, from 1) until it is done, fails
-    /// for good (`Err`), or has asked for a retry on every attempt; sleeps
-    /// `first_delay`, then twice as long each time, between attempts. The
-    /// last transient error is returned with `what` and the number of
-    /// attempts.
-    pub fn run<T>(&self, what: &str, mut f: impl FnMut(u32) -> Result<Attempt<T>>) -> Result<T> {
-        let attempts = self.attempts.max(1);
-        let mut delay = self.first_delay;
-        let mut last = None;
-        for attempt in 1..=attempts {
-            match f(attempt)? {
-                Attempt::Done(v) => return Ok(v),
-                Attempt::Retry(e) => {
-                    tracing::warn!("{what}: {e:#} (attempt {attempt}/{attempts})");
-                    last = Some(e);
-                }
-            }
-            if attempt < attempts {
-                std::thread::sleep(delay);
-                delay *= 2;
+/// Runs `op` until it succeeds, fails fatally, or `policy.attempts`
+/// transient failures have passed, sleeping `first_delay`, then twice as
+/// long after each failure. `op` gets the attempt number (from 1). The
+/// final error is the last transient one, with "`what`: giving up after N
+/// attempts" as context.
+pub fn retry<T>(
+    policy: RetryPolicy,
+    what: &str,
+    mut op: impl FnMut(u32) -> Result<Outcome<T>>,
+) -> Result<T> {
+    let attempts = policy.attempts.max(1);
+    let mut delay = policy.first_delay;
+    let mut last = None;
+    for attempt in 1..=attempts {
+        match op(attempt)? {
+            Outcome::Ok(v) => return Ok(v),
+            Outcome::Transient(e) => {
+                tracing::warn!("{what}: {e:#} (attempt {attempt}/{attempts})");
+                last = Some(e);
             }
         }
-        Err(last
-            .unwrap_or_else(|| anyhow!("no attempt made"))
-            .context(format!("{what}: giving up after {attempts} attempts")))
+        if attempt < attempts {
+            std::thread::sleep(delay);
+            delay *= 2;
+        }
     }
+    Err(last
+        .unwrap_or_else(|| anyhow!("no attempt made"))
+        .context(format!("{what}: giving up after {attempts} attempts")))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     fn quick(attempts: u32) -> RetryPolicy {
         RetryPolicy {
             attempts,
-            first_delay: Duration::from_millis(1),
+            first_delay: Duration::from_millis(10),
         }
     }
 
     #[test]
-    fn retries_transient_failures_then_gives_up_naming_the_count() {
+    fn retries_transient_failures_with_growing_delays() {
+        let start = Instant::now();
         let mut seen = Vec::new();
-        let v = quick(3)
-            .run("fetching x", |n| {
-                seen.push(n);
-                Ok(if n < 3 {
-                    Attempt::Retry(anyhow!("reset"))
-                } else {
-                    Attempt::Done(n)
-                })
+        let v = retry(quick(4), "t", |n| {
+            seen.push(n);
+            Ok(if n < 3 {
+                Outcome::Transient(anyhow!("flaky"))
+            } else {
+                Outcome::Ok(n * 10)
             })
-            .unwrap();
-        assert_eq!((v, seen), (3, vec![1, 2, 3]));
-        let e = quick(2)
-            .run::<()>("fetching x", |_| Ok(Attempt::Retry(anyhow!("503"))))
-            .unwrap_err();
+        })
+        .unwrap();
+        assert_eq!(v, 30);
+        assert_eq!(seen, [1, 2, 3]);
+        // 10 ms + 20 ms of backoff.
+        assert!(start.elapsed() >= Duration::from_millis(30));
+    }
+
+    #[test]
+    fn gives_up_after_the_last_attempt_with_the_last_error() {
+        let mut n = 0;
+        let e = retry::<()>(quick(3), "fetching x", |_| {
+            n += 1;
+            Ok(Outcome::Transient(anyhow!("HTTP 503 #{n}")))
+        })
+        .unwrap_err();
+        assert_eq!(n, 3);
         assert_eq!(
             format!("{e:#}"),
-            "fetching x: giving up after 2 attempts: 503"
+            "fetching x: giving up after 3 attempts: HTTP 503 #3"
         );
     }
 
     #[test]
-    fn a_hard_failure_ends_the_loop_at_once() {
-        let mut calls = 0;
-        let e = quick(5)
-            .run::<()>("x", |_| {
-                calls += 1;
-                Err(anyhow!("404"))
-            })
-            .unwrap_err();
-        assert_eq!((calls, e.to_string()), (1, "404".to_string()));
+    fn a_fatal_error_stops_at_once() {
+        let mut n = 0;
+        let e = retry::<()>(quick(5), "t", |_| {
+            n += 1;
+            Err(anyhow!("404"))
+        })
+        .unwrap_err();
+        assert_eq!(n, 1);
+        assert_eq!(e.to_string(), "404");
     }
 }

@@ -16,7 +16,7 @@ use super::packages::{parse_index, Package};
 use super::release::{verify_inrelease, Keyring, Release};
 use crate::cache::{BlobCache, InsertError};
 use crate::oci::Digest;
-use crate::retry::{Attempt, RetryPolicy};
+use crate::retry::{retry, Outcome, RetryPolicy};
 
 /// One apt source: `deb URL SUITE COMPONENTS` for one architecture.
 #[derive(Debug, Clone)]
@@ -81,9 +81,9 @@ impl Fetcher {
             let f = std::fs::File::open(path).with_context(|| format!("opening {url}"))?;
             return Ok(Box::new(f));
         }
-        self.retry.run(&format!("GET {url}"), |_| {
+        retry(self.retry, &format!("GET {url}"), |_| {
             match self.agent.get(url).call() {
-                Ok(resp) if resp.status().is_success() => Ok(Attempt::Done(Box::new(
+                Ok(resp) if resp.status().is_success() => Ok(Outcome::Ok(Box::new(
                     resp.into_body().into_reader(),
                 )
                     as Box<dyn Read + Send>)),
@@ -91,12 +91,12 @@ impl Fetcher {
                     let status = resp.status();
                     let e = anyhow!("GET {url}: HTTP {status}");
                     if status.is_server_error() || status.as_u16() == 429 {
-                        Ok(Attempt::Retry(e))
+                        Ok(Outcome::Transient(e))
                     } else {
                         Err(e)
                     }
                 }
-                Err(e) => Ok(Attempt::Retry(anyhow!(e))),
+                Err(e) => Ok(Outcome::Transient(anyhow!(e))),
             }
         })
     }
@@ -130,11 +130,11 @@ impl Fetcher {
         if let Some(p) = cache.get_verified(&digest, Some(size))? {
             return Ok(p);
         }
-        self.retry.run(what, |_| {
+        retry(self.retry, what, |_| {
             let mut reader = self.open(url).with_context(|| what.to_string())?;
             match cache.insert(&digest, Some(size), &mut reader, &mut |_| {}) {
-                Ok(p) => Ok(Attempt::Done(p)),
-                Err(e) if e.is_transient() => Ok(Attempt::Retry(anyhow!(e))),
+                Ok(p) => Ok(Outcome::Ok(p)),
+                Err(e) if e.is_transient() => Ok(Outcome::Transient(anyhow!(e))),
                 Err(InsertError::DigestMismatch { expected, actual }) => Err(anyhow!(
                     "{what}: {url} has sha256 {} but the signed index says {}; nothing was cached",
                     actual.hex(),

@@ -15,7 +15,7 @@
 //! - formats: [`squashfs`], [`initramfs`] (cpio), [`fat`], [`disk`] (GPT),
 //!   [`iso`], and [`bootloader`] (ESP contents, BIOS GRUB);
 //! - [`progress`]: how stages report; [`command`]: the one way another
-//!   program is run.
+//!   program is run; [`time`]: civil dates of Unix times.
 
 pub mod apt;
 pub mod assemble;
@@ -37,6 +37,7 @@ pub mod progress;
 pub mod retry;
 pub mod squashfs;
 pub mod staging;
+pub mod time;
 pub mod tree;
 
 /// The `apiVersion` of every JSON document this tool prints.

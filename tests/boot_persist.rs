@@ -17,7 +17,7 @@ use std::process::Command;
 use build_image::disk::{self, Arch, Layout, Source};
 use build_image::tree::ContentStore;
 use common::boot::{boot_direct, debian_packages_root, expect_console, kernel_and_initrd, tail};
-use common::{require_tool, sha256_file};
+use common::{require_tool, sha256_file, tool_stdout};
 
 const MIB: u64 = 1 << 20;
 
@@ -131,28 +131,9 @@ fn check_fs(tmp: &Path, disk: &Path, (first, last): (u64, u64)) -> String {
         &data[(first * 512) as usize..((last + 1) * 512) as usize],
     )
     .unwrap();
-    let fsck = Command::new("e2fsck")
-        .arg("-fn")
-        .arg(&part)
-        .output()
-        .unwrap();
-    assert!(
-        fsck.status.success(),
-        "e2fsck -fn of persist:\n{}{}",
-        String::from_utf8_lossy(&fsck.stdout),
-        String::from_utf8_lossy(&fsck.stderr)
-    );
-    let out = Command::new("dumpe2fs")
-        .arg("-h")
-        .arg(&part)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    tool_stdout(Command::new("e2fsck").arg("-fn").arg(&part));
+    let out = tool_stdout(Command::new("dumpe2fs").arg("-h").arg(&part));
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn dumpe2fs_field(dump: &str, key: &str) -> u64 {

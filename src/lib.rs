@@ -17,7 +17,7 @@
 //! - the upgrade artifact: [`upgrade`] (its OCI layout, `push`) and
 //!   [`sign`] (cosign-compatible signatures, P-256 keys);
 //! - [`progress`]: how stages report; [`command`]: the one way another
-//!   program is run.
+//!   program is run; [`time`]: civil dates of Unix times.
 
 pub mod apt;
 pub mod assemble;
@@ -40,6 +40,7 @@ pub mod retry;
 pub mod sign;
 pub mod squashfs;
 pub mod staging;
+pub mod time;
 pub mod tree;
 pub mod upgrade;
 

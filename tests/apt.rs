@@ -16,7 +16,9 @@ use build_image::apt::{
 use build_image::cache::BlobCache;
 use build_image::oci::{Digest, RetryPolicy};
 use build_image::tree::{ContentStore, FsTree, InodeKind, Metadata};
-use common::aptrepo::{host_arch, real_debs, serve, Gpg, Head, Repo, RELEASE_DATE};
+use common::aptrepo::{real_debs, serve, Gpg, Head, Repo, RELEASE_DATE};
+use common::file_named;
+use common::fixtures::host_debian_arch;
 
 const DEBIAN_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 
@@ -32,6 +34,24 @@ fn debian_keyring() -> Keyring {
         "{DEBIAN_KEYRING} is missing: apt-get install debian-archive-keyring"
     );
     Keyring::load(Path::new(DEBIAN_KEYRING)).unwrap()
+}
+
+/// A fetcher for the repositories served here: one retry, 10 ms later.
+fn local_fetcher() -> Fetcher {
+    Fetcher::new().with_retry(RetryPolicy {
+        attempts: 2,
+        first_delay: std::time::Duration::from_millis(10),
+    })
+}
+
+/// The `main` component of `suite` at `url`, for `arch`.
+fn main_of(url: &str, suite: &str, arch: &str) -> Source {
+    Source {
+        url: url.to_string(),
+        suite: suite.into(),
+        components: vec!["main".into()],
+        arch: arch.to_string(),
+    }
 }
 
 /// A day after the fixture's `Date: Sat, 11 Jul 2026 10:16:37 UTC`.
@@ -280,16 +300,8 @@ fn local_repository_resolve_fetch_install() {
     let url = serve(repo.dir.path().to_path_buf());
     let cache_dir = tempfile::tempdir().unwrap();
     let cache = BlobCache::open(cache_dir.path()).unwrap();
-    let fetcher = Fetcher::new().with_retry(RetryPolicy {
-        attempts: 2,
-        first_delay: std::time::Duration::from_millis(10),
-    });
-    let source = |suite: &str| Source {
-        url: url.clone(),
-        suite: suite.into(),
-        components: vec!["main".into()],
-        arch: repo.arch.clone(),
-    };
+    let fetcher = local_fetcher();
+    let source = |suite: &str| main_of(&url, suite, &repo.arch);
     let keyring = repo.keyring();
     let now = FIXTURE_NOW;
 
@@ -557,16 +569,8 @@ fn another_suite_or_an_older_release_is_refused() {
     repo.publish_as("noble-updates", &noble, future, keep, same);
     repo.publish("roll", future, keep, same);
     let url = serve(repo.dir.path().to_path_buf());
-    let fetcher = Fetcher::new().with_retry(RetryPolicy {
-        attempts: 2,
-        first_delay: std::time::Duration::from_millis(10),
-    });
-    let source = |suite: &str| Source {
-        url: url.clone(),
-        suite: suite.into(),
-        components: vec!["main".into()],
-        arch: repo.arch.clone(),
-    };
+    let fetcher = local_fetcher();
+    let source = |suite: &str| main_of(&url, suite, &repo.arch);
     let keyring = repo.keyring();
     let cache_dir = tempfile::tempdir().unwrap();
     let cache = BlobCache::open(cache_dir.path()).unwrap();
@@ -657,7 +661,7 @@ fn real_bookworm_index_parses_and_resolves() {
             .expect("apt-get is needed");
         assert!(st.success(), "apt-get update failed");
     }
-    let arch = host_arch();
+    let arch = host_debian_arch();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -669,18 +673,12 @@ fn real_bookworm_index_parses_and_resolves() {
         "bookworm/InRelease",
     )
     .unwrap();
-    let packages_path = std::fs::read_dir(lists)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with(&format!(
-                    "deb.debian.org_debian_dists_bookworm_main_binary-{arch}_Packages"
-                ))
-        })
-        .expect("no bookworm main Packages in /var/lib/apt/lists: run apt-get update");
+    let packages_path = file_named(
+        lists,
+        &format!("deb.debian.org_debian_dists_bookworm_main_binary-{arch}_Packages"),
+        "",
+    )
+    .expect("no bookworm main Packages in /var/lib/apt/lists: run apt-get update");
     // apt stores lists recompressed (lz4); apt-helper undoes that.
     let out = Command::new("/usr/lib/apt/apt-helper")
         .arg("cat-file")

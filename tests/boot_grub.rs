@@ -3,6 +3,7 @@
 //! bootloader/grub.cfg, a GRUB environment block written by
 //! boot-contract, and two root slots whose inits say which slot they are.
 //!
+//! The cycle (`abdisk::try_once_cycle`, shared with the arm64 test):
 //! 1. default_slot=a boots slot a;
 //! 2. trial_slot=b boots slot b once — GRUB clears trial_slot before it
 //!    boots, so
@@ -17,9 +18,8 @@ use std::time::Duration;
 use boot_contract::grubenv::GrubEnv;
 use build_image::disk::{Arch, Layout};
 use build_image::tree::ContentStore;
-use common::abdisk::{self, grub_cfg, read_env, AbDisk};
-use common::boot::{busybox_root, deb_tree, file_bytes, kernel_and_initrd};
-use common::fixtures::debian_package_deb;
+use common::abdisk::{self, grub_cfg, slot_roots, try_once_cycle, try_once_esp, AbDisk};
+use common::boot::{host_busybox, kernel_and_initrd, signed_grub_efi};
 use common::qemu::{fresh_vars, tail, Vm, OVMF_VARS};
 
 const ESP_SIZE: u64 = 64 << 20;
@@ -49,14 +49,16 @@ fn write_disk(
     abdisk::write(path, &spec, store).0
 }
 
-fn boot(disk: &Path, vars: &Path) -> String {
+/// Boots the disk once; panics with the console tail unless the guest
+/// powered itself off.
+fn boot(what: &str, disk: &Path, vars: &Path) -> String {
     let (status, console) = Vm::x86_64(768)
         .ovmf(vars)
         .virtio_disk(disk)
         .run(Duration::from_secs(300));
     assert!(
         status.is_some(),
-        "QEMU did not power off:\n{}",
+        "boot {what}: QEMU did not power off:\n{}",
         tail(&console, 40)
     );
     console
@@ -70,75 +72,20 @@ fn grub_boots_default_slot_and_a_trial_slot_exactly_once() {
         &mut store,
         &["virtio_pci", "virtio_blk", "squashfs", "overlay"],
     );
-    let grub = deb_tree(
-        &debian_package_deb("grub-efi-amd64-signed", "amd64"),
-        &mut store,
-    );
-    let grub_efi = file_bytes(
-        &grub,
-        &store,
-        "usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed",
-    );
+    let grub_efi = signed_grub_efi("amd64", &mut store);
 
-    let (slot_a, slot_b) = (tmp.path().join("a.squashfs"), tmp.path().join("b.squashfs"));
-    busybox_root(
-        &mut store,
-        "echo \"root-init: slot a $(cat /proc/cmdline)\"",
-        &slot_a,
-    );
-    busybox_root(
-        &mut store,
-        "echo \"root-init: slot b $(cat /proc/cmdline)\"",
-        &slot_b,
-    );
+    let (slot_a, slot_b) = slot_roots(&mut store, &host_busybox(), tmp.path());
 
     let cfg = grub_cfg("build-image test", CMDLINE);
-    let esp_files: Vec<(&str, &[u8])> = vec![
-        ("/EFI/BOOT/BOOTX64.EFI", &grub_efi),
-        // Debian's signed GRUB reads $prefix/grub.cfg, prefix /EFI/debian.
-        ("/EFI/debian/grub.cfg", cfg.as_bytes()),
-        ("/EFI/BOOT/grub.cfg", cfg.as_bytes()),
-        ("/a/vmlinuz", &k.vmlinuz),
-        ("/a/initrd", &k.initrd),
-        ("/b/vmlinuz", &k.vmlinuz),
-        ("/b/initrd", &k.initrd),
-    ];
+    let mut esp_files = try_once_esp("/EFI/BOOT/BOOTX64.EFI", &grub_efi, &cfg, &k);
+    esp_files.push(("/EFI/BOOT/grub.cfg", cfg.as_bytes()));
     let vars = tmp.path().join("OVMF_VARS.fd");
     fresh_vars(OVMF_VARS, &vars);
     let disk_path = tmp.path().join("disk.img");
-
-    // 1. The default slot.
-    let mut env = GrubEnv::new();
-    env.set("default_slot", "a").unwrap();
-    env.set("trial_slot", "").unwrap();
     let slots = (slot_a.as_path(), slot_b.as_path());
-    write_disk(&disk_path, &esp_files, &env, None, slots, &mut store);
-    let c = boot(&disk_path, &vars);
-    assert!(c.contains("os-init: root root_a is"), "{}", tail(&c, 40));
-    assert!(c.contains("root-init: slot a"), "{}", tail(&c, 40));
-    assert!(c.contains("bi.slot=a"), "{}", tail(&c, 40));
-
-    // 2. A trial of slot b: booted once, and the trial is consumed.
-    env.set("trial_slot", "b").unwrap();
-    let layout = write_disk(&disk_path, &esp_files, &env, None, slots, &mut store);
-    let c = boot(&disk_path, &vars);
-    assert!(c.contains("os-init: root root_b is"), "{}", tail(&c, 40));
-    assert!(c.contains("root-init: slot b"), "{}", tail(&c, 40));
-    let after = read_env(&disk_path, &layout);
-    assert_eq!(after.get("trial_slot"), Some(""), "GRUB left {after:?}");
-    assert_eq!(after.get("default_slot"), Some("a"));
-
-    // 3. Nothing committed the trial: back to slot a.
-    let c = boot(&disk_path, &vars);
-    assert!(c.contains("root-init: slot a"), "{}", tail(&c, 40));
-
-    // 4. A torn primary block: the backup copy decides (default b here).
-    let mut env = GrubEnv::new();
-    env.set("default_slot", "b").unwrap();
-    env.set("trial_slot", "").unwrap();
-    let mut torn = env.encode().unwrap();
-    torn[..8].copy_from_slice(b"\0\0\0\0\0\0\0\0");
-    write_disk(&disk_path, &esp_files, &env, Some(&torn), slots, &mut store);
-    let c = boot(&disk_path, &vars);
-    assert!(c.contains("root-init: slot b"), "{}", tail(&c, 40));
+    try_once_cycle(
+        &disk_path,
+        |env, primary| write_disk(&disk_path, &esp_files, env, primary, slots, &mut store),
+        |step| boot(step, &disk_path, &vars),
+    );
 }

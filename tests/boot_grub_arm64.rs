@@ -5,6 +5,7 @@
 //! built for aarch64 plus the module closure, and two busybox roots whose
 //! inits say which slot they are.
 //!
+//! The cycle (`abdisk::try_once_cycle`, shared with the x86_64 test):
 //! 1. default_slot=a boots slot a;
 //! 2. trial_slot=b boots slot b once, and GRUB has cleared trial_slot in
 //!    the env block on the ESP (read back with mtools);
@@ -19,9 +20,8 @@ use std::time::{Duration, Instant};
 use boot_contract::grubenv::GrubEnv;
 use build_image::disk::{self, Arch, Layout};
 use build_image::tree::ContentStore;
-use common::abdisk::{self, grub_cfg, read_esp_file, AbDisk};
-use common::boot::{busybox_for, busybox_root_with, deb_tree, file_bytes, kernel_and_initrd_for};
-use common::fixtures::debian_package_deb_for;
+use common::abdisk::{self, grub_cfg, slot_roots, try_once_cycle, try_once_esp, AbDisk};
+use common::boot::{busybox_for, kernel_and_initrd_for, signed_grub_efi};
 use common::qemu::{fresh_vars, tail, Vm, AAVMF_CODE, AAVMF_VARS};
 
 /// Two uncompressed arm64 kernels (~33 MB each) and their initrds.
@@ -117,15 +117,6 @@ fn strip_ansi(s: &str) -> String {
     out
 }
 
-#[track_caller]
-fn assert_console(what: &str, console: &str, needle: &str) {
-    assert!(
-        console.contains(needle),
-        "boot {what}: the console has no {needle:?}; its tail:\n{}",
-        tail(console, 40)
-    );
-}
-
 #[test]
 fn arm64_uefi_grub_boots_default_slot_and_a_trial_slot_exactly_once() {
     let tmp = tempfile::tempdir().unwrap();
@@ -142,89 +133,20 @@ fn arm64_uefi_grub_boots_default_slot_and_a_trial_slot_exactly_once() {
         "boot/vmlinuz-{} is not an arm64 Image",
         k.version
     );
-    let grub = deb_tree(
-        &debian_package_deb_for("grub-efi-arm64-signed", "arm64"),
-        &mut store,
-    );
-    let grub_efi = file_bytes(
-        &grub,
-        &store,
-        "usr/lib/grub/arm64-efi-signed/grubaa64.efi.signed",
-    );
+    let grub_efi = signed_grub_efi("arm64", &mut store);
 
     let busybox = busybox_for("arm64", &mut store);
-    let (slot_a, slot_b) = (tmp.path().join("a.squashfs"), tmp.path().join("b.squashfs"));
-    busybox_root_with(
-        &mut store,
-        &busybox,
-        "echo \"root-init: slot a $(cat /proc/cmdline)\"",
-        &slot_a,
-    );
-    busybox_root_with(
-        &mut store,
-        &busybox,
-        "echo \"root-init: slot b $(cat /proc/cmdline)\"",
-        &slot_b,
-    );
+    let (slot_a, slot_b) = slot_roots(&mut store, &busybox, tmp.path());
 
     let cfg = grub_cfg("build-image arm64 test", CMDLINE);
-    let esp_files: Vec<(&str, &[u8])> = vec![
-        ("/EFI/BOOT/BOOTAA64.EFI", &grub_efi),
-        // Debian's signed GRUB reads $prefix/grub.cfg, prefix /EFI/debian.
-        ("/EFI/debian/grub.cfg", cfg.as_bytes()),
-        ("/a/vmlinuz", &k.vmlinuz),
-        ("/a/initrd", &k.initrd),
-        ("/b/vmlinuz", &k.vmlinuz),
-        ("/b/initrd", &k.initrd),
-    ];
+    let esp_files = try_once_esp("/EFI/BOOT/BOOTAA64.EFI", &grub_efi, &cfg, &k);
     let vars = tmp.path().join("AAVMF_VARS.fd");
     fresh_vars(AAVMF_VARS, &vars);
     let disk_path = tmp.path().join("disk.img");
-
-    // 1. The default slot.
-    let mut env = GrubEnv::new();
-    env.set("default_slot", "a").unwrap();
-    env.set("trial_slot", "").unwrap();
     let slots = (slot_a.as_path(), slot_b.as_path());
-    write_disk(&disk_path, &esp_files, &env, None, slots, &mut store);
-    let c = boot("1 (default a)", &disk_path, &vars);
-    assert_console("1", &c, "os-init: root root_a is");
-    assert_console("1", &c, "root-init: slot a");
-    assert_console("1", &c, "BOOT_IMAGE=/a/vmlinuz bi.root=root_a bi.slot=a");
-    assert!(!c.contains("root-init: slot b"), "{}", tail(&c, 40));
-
-    // 2. A trial of slot b: booted once, and the trial is consumed.
-    env.set("trial_slot", "b").unwrap();
-    let layout = write_disk(&disk_path, &esp_files, &env, None, slots, &mut store);
-    let c = boot("2 (trial b)", &disk_path, &vars);
-    assert_console("2", &c, "os-init: root root_b is");
-    assert_console("2", &c, "root-init: slot b");
-    assert_console("2", &c, "BOOT_IMAGE=/b/vmlinuz bi.root=root_b bi.slot=b");
-    let after = GrubEnv::parse(&read_esp_file(&disk_path, &layout, "/grubenv")).unwrap();
-    assert_eq!(after.get("trial_slot"), Some(""), "GRUB left {after:?}");
-    assert_eq!(after.get("default_slot"), Some("a"), "GRUB left {after:?}");
-    // save_env rewrote the block in place; the backup copy is untouched.
-    let bak = read_esp_file(&disk_path, &layout, "/grubenv.bak");
-    assert!(
-        bak[..] == env.encode().unwrap()[..],
-        "/grubenv.bak changed: {:?}",
-        GrubEnv::parse(&bak)
+    try_once_cycle(
+        &disk_path,
+        |env, primary| write_disk(&disk_path, &esp_files, env, primary, slots, &mut store),
+        |step| boot(step, &disk_path, &vars),
     );
-
-    // 3. Nothing committed the trial: back to slot a.
-    let c = boot("3 (after the trial)", &disk_path, &vars);
-    assert_console("3", &c, "os-init: root root_a is");
-    assert_console("3", &c, "root-init: slot a");
-    assert!(!c.contains("root-init: slot b"), "{}", tail(&c, 40));
-
-    // 4. A torn primary block: the backup copy decides (default b here).
-    let mut env = GrubEnv::new();
-    env.set("default_slot", "b").unwrap();
-    env.set("trial_slot", "").unwrap();
-    let mut torn = env.encode().unwrap();
-    torn[..8].copy_from_slice(&[0; 8]);
-    write_disk(&disk_path, &esp_files, &env, Some(&torn), slots, &mut store);
-    let c = boot("4 (torn /grubenv, backup says b)", &disk_path, &vars);
-    assert_console("4", &c, "os-init: root root_b is");
-    assert_console("4", &c, "root-init: slot b");
 }

@@ -11,14 +11,13 @@ mod common;
 
 use std::fs::{self, File};
 use std::io::{Seek, SeekFrom, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use build_image::disk::{self, Arch, Layout, Source};
 use build_image::tree::ContentStore;
-use common::boot::{debian_packages_root, kernel_and_initrd, run_qemu, tail};
-use common::{require_tool, sha256_file};
+use common::boot::{boot_direct, debian_packages_root, expect_console, kernel_and_initrd, tail};
+use common::{require_tool, sha256_file, tool_stdout};
 
 const MIB: u64 = 1 << 20;
 
@@ -49,41 +48,20 @@ $b grep -q ' /run/os/persist ext4 ' /proc/mounts && echo "root-init: persist is 
 $b sync"#;
 
 struct Vm {
-    vmlinuz: String,
-    initrd: String,
-    disk: String,
+    vmlinuz: PathBuf,
+    initrd: PathBuf,
+    disk: PathBuf,
 }
 
 impl Vm {
     /// Boots the disk (writes go to it) and returns the console.
     fn boot(&self, extra_cmdline: &str) -> String {
-        let args: Vec<String> = vec![
-            "-kernel".into(),
-            self.vmlinuz.clone(),
-            "-initrd".into(),
-            self.initrd.clone(),
-            "-append".into(),
-            format!("console=ttyS0 bi.root=root_a panic=-1 {extra_cmdline}"),
-            "-drive".into(),
-            format!("file={},if=virtio,format=raw", self.disk),
-        ];
-        let (status, console) = run_qemu(&args, Duration::from_secs(240));
-        assert!(
-            status.is_some(),
-            "QEMU did not exit:\n{}",
-            tail(&console, 40)
-        );
-        console
-    }
-}
-
-fn expect(console: &str, wants: &[&str]) {
-    for want in wants {
-        assert!(
-            console.contains(want),
-            "console lacks {want:?}:\n{}",
-            tail(console, 50)
-        );
+        boot_direct(
+            &self.vmlinuz,
+            &self.initrd,
+            &format!("console=ttyS0 bi.root=root_a panic=-1 {extra_cmdline}"),
+            &format!("file={},if=virtio,format=raw", self.disk.display()),
+        )
     }
 }
 
@@ -153,28 +131,9 @@ fn check_fs(tmp: &Path, disk: &Path, (first, last): (u64, u64)) -> String {
         &data[(first * 512) as usize..((last + 1) * 512) as usize],
     )
     .unwrap();
-    let fsck = Command::new("e2fsck")
-        .arg("-fn")
-        .arg(&part)
-        .output()
-        .unwrap();
-    assert!(
-        fsck.status.success(),
-        "e2fsck -fn of persist:\n{}{}",
-        String::from_utf8_lossy(&fsck.stdout),
-        String::from_utf8_lossy(&fsck.stderr)
-    );
-    let out = Command::new("dumpe2fs")
-        .arg("-h")
-        .arg(&part)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    tool_stdout(Command::new("e2fsck").arg("-fn").arg(&part));
+    let out = tool_stdout(Command::new("dumpe2fs").arg("-h").arg(&part));
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn dumpe2fs_field(dump: &str, key: &str) -> u64 {
@@ -205,10 +164,7 @@ fn os_init_creates_keeps_and_grows_the_persistent_partition() {
             "crc32c_generic",
         ],
     );
-    let vmlinuz = tmp.path().join("vmlinuz");
-    fs::write(&vmlinuz, &k.vmlinuz).unwrap();
-    let initrd = tmp.path().join("initrd.cpio");
-    fs::write(&initrd, &k.initrd).unwrap();
+    let (vmlinuz, initrd) = k.write_to(tmp.path());
 
     let sqfs = tmp.path().join("root.squashfs");
     debian_packages_root(
@@ -233,15 +189,15 @@ fn os_init_creates_keeps_and_grows_the_persistent_partition() {
     // Written to a disk larger than the image.
     grow(&disk, 96 * MIB);
     let vm = Vm {
-        vmlinuz: vmlinuz.display().to_string(),
-        initrd: initrd.display().to_string(),
-        disk: disk.display().to_string(),
+        vmlinuz,
+        initrd,
+        disk: disk.clone(),
     };
 
     // bi.persist=off: not one byte of the disk changes.
     let before = sha256_file(&disk);
     let console = vm.boot("bi.persist=off");
-    expect(
+    expect_console(
         &console,
         &[
             "os-init: persist off (bi.persist=off): all changes stay in memory",
@@ -256,7 +212,7 @@ fn os_init_creates_keeps_and_grows_the_persistent_partition() {
 
     // Boot 1: persist created at the end, formatted, seeded, machine-id made.
     let console = vm.boot("");
-    expect(
+    expect_console(
         &console,
         &[
             "os-init: moved the backup GPT of /dev/vda to its end",
@@ -316,7 +272,7 @@ fn os_init_creates_keeps_and_grows_the_persistent_partition() {
 
     // Boot 2: everything is kept.
     let console = vm.boot("");
-    expect(
+    expect_console(
         &console,
         &[
             "os-init: persist is /dev/vda5",
@@ -338,7 +294,7 @@ fn os_init_creates_keeps_and_grows_the_persistent_partition() {
     // and its filesystem.
     grow(&disk, 64 * MIB);
     let console = vm.boot("");
-    expect(
+    expect_console(
         &console,
         &[
             "os-init: moved the backup GPT of /dev/vda to its end",
@@ -369,7 +325,7 @@ fn os_init_creates_keeps_and_grows_the_persistent_partition() {
     f.write_all(&[0x5A]).unwrap();
     drop(f);
     let console = vm.boot("gpt");
-    expect(
+    expect_console(
         &console,
         &[
             "os-init: the primary GPT of /dev/vda is damaged (GPT entries at LBA 2: CRC32 is",

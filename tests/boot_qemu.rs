@@ -9,38 +9,19 @@ mod common;
 
 use std::fs::{self, File};
 use std::path::Path;
-use std::time::Duration;
 
 use build_image::disk::{self, Arch, Layout, Source};
 use build_image::tree::ContentStore;
-use common::boot::{busybox_root, kernel_and_initrd, run_qemu, tail};
+use common::boot::{boot_direct, busybox_root, expect_console, kernel_and_initrd, tail};
 
 /// Boots the Debian kernel with os-init's initramfs (direct kernel boot,
 /// SeaBIOS) on `disk` with `cmdline`, and returns the console once QEMU
 /// exits (it must, within 240 s: `-no-reboot` turns reboots into exits).
-fn boot_direct(tmp: &Path, store: &mut ContentStore, disk: &Path, cmdline: &str) -> String {
+fn boot_os_init(tmp: &Path, store: &mut ContentStore, disk: &Path, cmdline: &str) -> String {
     let k = kernel_and_initrd(store, &["virtio_pci", "virtio_blk", "squashfs", "overlay"]);
-    let vmlinuz = tmp.join("vmlinuz");
-    fs::write(&vmlinuz, &k.vmlinuz).unwrap();
-    let initrd = tmp.join("initrd.cpio");
-    fs::write(&initrd, &k.initrd).unwrap();
-    let args: Vec<String> = vec![
-        "-kernel".into(),
-        vmlinuz.display().to_string(),
-        "-initrd".into(),
-        initrd.display().to_string(),
-        "-append".into(),
-        cmdline.into(),
-        "-drive".into(),
-        format!("file={},if=virtio,format=raw,snapshot=on", disk.display()),
-    ];
-    let (status, console) = run_qemu(&args, Duration::from_secs(240));
-    assert!(
-        status.is_some(),
-        "QEMU did not exit:\n{}",
-        tail(&console, 40)
-    );
-    console
+    let (vmlinuz, initrd) = k.write_to(tmp);
+    let drive = format!("file={},if=virtio,format=raw,snapshot=on", disk.display());
+    boot_direct(&vmlinuz, &initrd, cmdline, &drive)
 }
 
 #[test]
@@ -63,25 +44,22 @@ fn debian_kernel_boots_os_init_into_a_squashfs_slot() {
     disk::write_image(&layout, &disk_file, vec![(disk::ROOT_A, Source::File(&sq))]).unwrap();
     drop(disk_file);
 
-    let console = boot_direct(
+    let console = boot_os_init(
         tmp.path(),
         &mut store,
         &disk_path,
         "console=ttyS0 bi.root=root_a panic=-1 bi.persist=off",
     );
-    for want in [
-        "os-init: root root_a is /dev/vda3",
-        "os-init: switching to /sbin/init",
-        "root-init: started as pid 1",
-        "root-init: / is an overlay",
-        "root-init: / is writable",
-    ] {
-        assert!(
-            console.contains(want),
-            "console lacks {want:?}:\n{}",
-            tail(&console, 40)
-        );
-    }
+    expect_console(
+        &console,
+        &[
+            "os-init: root root_a is /dev/vda3",
+            "os-init: switching to /sbin/init",
+            "root-init: started as pid 1",
+            "root-init: / is an overlay",
+            "root-init: / is writable",
+        ],
+    );
 }
 
 #[test]
@@ -95,21 +73,18 @@ fn os_init_reports_a_missing_slot_and_reboots() {
     disk::write_image(&layout, &disk_file, vec![]).unwrap();
     drop(disk_file);
 
-    let console = boot_direct(
+    let console = boot_os_init(
         tmp.path(),
         &mut store,
         &disk_path,
         "console=ttyS0 bi.root=root_c bi.timeout=3 panic=-1",
     );
-    for want in [
-        "os-init: error: no partition named \"root_c\" appeared within 3 s",
-        "os-init: rebooting in 5 s",
-    ] {
-        assert!(
-            console.contains(want),
-            "console lacks {want:?}:\n{}",
-            tail(&console, 40)
-        );
-    }
+    expect_console(
+        &console,
+        &[
+            "os-init: error: no partition named \"root_c\" appeared within 3 s",
+            "os-init: rebooting in 5 s",
+        ],
+    );
     assert!(!console.contains("switching to"), "{}", tail(&console, 40));
 }

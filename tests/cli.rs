@@ -4,8 +4,36 @@
 mod common;
 
 use std::fs;
+use std::path::PathBuf;
+use std::process::Output;
 
 use common::*;
+
+/// Writes `bytes` to `TMP/name`; returns its path and the `rootfs-tar:`
+/// source naming it.
+fn tar_source(env: &TestEnv, name: &str, bytes: &[u8]) -> (PathBuf, String) {
+    let file = env.tmp.path().join(name);
+    fs::write(&file, bytes).unwrap();
+    let src = format!("rootfs-tar:{}", file.display());
+    (file, src)
+}
+
+/// Runs `build-image FLAG rootfs` of a one-file tar into `OUT/out.sqfs`;
+/// returns that path and the output.
+fn small_rootfs(env: &TestEnv, flag: &str) -> (PathBuf, Output) {
+    let tar = LayerBuilder::new().dir("etc").file("etc/a", "a").tar();
+    let (_, src) = tar_source(env, "r.tar", &tar);
+    let out = env.out_path("out.sqfs");
+    let o = rootfs(env, &[flag], &src, out.to_str().unwrap());
+    (out, o)
+}
+
+/// Runs `build-image FLAGS… rootfs SRC -o OUT`.
+fn rootfs(env: &TestEnv, flags: &[&str], src: &str, out: &str) -> Output {
+    let mut args = flags.to_vec();
+    args.extend(["rootfs", src, "-o", out]);
+    env.run(&args)
+}
 
 fn help_lines_fit(args: &[&str]) {
     let env = TestEnv::new();
@@ -158,7 +186,7 @@ fn rootfs_without_output_is_a_usage_error() {
     let o = env.run(&["rootfs", "127.0.0.1:1/x:latest"]);
     assert_eq!(o.status.code(), Some(2), "{o:?}");
     assert_mentions_any(&stderr(&o), &["-o", "--output"]);
-    assert!(list_files(&env.out).is_empty());
+    env.assert_out_empty();
 }
 
 #[test]
@@ -222,9 +250,7 @@ fn bad_option_values_are_rejected() {
         (&["--block-size", "2M"][..], "2M|2097152"),
     ] {
         let env = TestEnv::new();
-        let tar = env.tmp.path().join("r.tar");
-        fs::write(&tar, LayerBuilder::new().file("a", "a").tar()).unwrap();
-        let src = format!("rootfs-tar:{}", tar.display());
+        let (_, src) = tar_source(&env, "r.tar", &LayerBuilder::new().file("a", "a").tar());
         let mut a = vec!["rootfs", src.as_str(), "-o", "out.sqfs"];
         a.extend_from_slice(args);
         assert_rejected(&env, &a, what);
@@ -234,33 +260,20 @@ fn bad_option_values_are_rejected() {
 #[test]
 fn rootfs_tar_missing_file() {
     let env = TestEnv::new();
-    let o = env.run(&[
-        "rootfs",
-        "rootfs-tar:/nonexistent/rootfs.tar",
-        "-o",
-        "out.sqfs",
-    ]);
+    let o = rootfs(&env, &[], "rootfs-tar:/nonexistent/rootfs.tar", "out.sqfs");
     let err = assert_fails(&o);
     assert_mentions(&err, "/nonexistent/rootfs.tar");
-    assert!(!env.out_path("out.sqfs").exists());
-    assert!(list_files(&env.out).is_empty());
+    env.assert_out_empty();
 }
 
 #[test]
 fn rootfs_tar_garbage_file() {
     let env = TestEnv::new();
-    let file = env.tmp.path().join("garbage.tar");
     let junk: Vec<u8> = (0..10_000u32).map(|i| (i * 31 % 256) as u8).collect();
-    fs::write(&file, junk).unwrap();
-    let o = env.run(&[
-        "rootfs",
-        &format!("rootfs-tar:{}", file.display()),
-        "-o",
-        "out.sqfs",
-    ]);
-    let err = assert_fails(&o);
+    let (file, src) = tar_source(&env, "garbage.tar", &junk);
+    let err = assert_fails(&rootfs(&env, &[], &src, "out.sqfs"));
     assert_mentions(&err, file.to_str().unwrap());
-    assert!(list_files(&env.out).is_empty());
+    env.assert_out_empty();
 }
 
 #[test]
@@ -289,15 +302,8 @@ fn rootfs_tar_truncated_leaves_no_partial_output() {
             t[..t.len() * 3 / 4].to_vec()
         }),
     ] {
-        let file = env.tmp.path().join(name);
-        fs::write(&file, bytes).unwrap();
-        let o = env.run(&[
-            "rootfs",
-            &format!("rootfs-tar:{}", file.display()),
-            "-o",
-            "out.sqfs",
-        ]);
-        let err = assert_fails(&o);
+        let (file, src) = tar_source(&env, name, &bytes);
+        let err = assert_fails(&rootfs(&env, &[], &src, "out.sqfs"));
         assert_mentions(&err, file.to_str().unwrap());
         let left = list_files(&env.out);
         assert!(left.is_empty(), "{name}: left {left:?}");
@@ -307,18 +313,11 @@ fn rootfs_tar_truncated_leaves_no_partial_output() {
 #[test]
 fn output_onto_a_directory_fails_cleanly() {
     let env = TestEnv::new();
-    let tar = env.tmp.path().join("r.tar");
-    fs::write(&tar, LayerBuilder::new().file("a", "a").tar()).unwrap();
+    let (_, src) = tar_source(&env, "r.tar", &LayerBuilder::new().file("a", "a").tar());
     let dir = env.out_path("a-directory");
     fs::create_dir(&dir).unwrap();
     fs::write(dir.join("keep"), "keep").unwrap();
-    let o = env.run(&[
-        "rootfs",
-        &format!("rootfs-tar:{}", tar.display()),
-        "-o",
-        dir.to_str().unwrap(),
-    ]);
-    let err = assert_fails(&o);
+    let err = assert_fails(&rootfs(&env, &[], &src, dir.to_str().unwrap()));
     assert_mentions(&err, dir.to_str().unwrap());
     assert_eq!(fs::read(dir.join("keep")).unwrap(), b"keep");
     let left = list_files(&env.out);
@@ -328,20 +327,7 @@ fn output_onto_a_directory_fails_cleanly() {
 #[test]
 fn quiet_success_prints_nothing_on_stderr() {
     let env = TestEnv::new();
-    let tar = env.tmp.path().join("r.tar");
-    fs::write(
-        &tar,
-        LayerBuilder::new().dir("etc").file("etc/a", "a").tar(),
-    )
-    .unwrap();
-    let out = env.out_path("q.sqfs");
-    let o = env.run(&[
-        "--quiet",
-        "rootfs",
-        &format!("rootfs-tar:{}", tar.display()),
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let (out, o) = small_rootfs(&env, "--quiet");
     assert_ok(&o);
     assert!(out.is_file());
     assert_eq!(stderr(&o), "", "--quiet printed on stderr");
@@ -350,20 +336,7 @@ fn quiet_success_prints_nothing_on_stderr() {
 #[test]
 fn rootfs_tar_json_result() {
     let env = TestEnv::new();
-    let tar = env.tmp.path().join("r.tar");
-    fs::write(
-        &tar,
-        LayerBuilder::new().dir("etc").file("etc/a", "a").tar(),
-    )
-    .unwrap();
-    let out = env.out_path("j.sqfs");
-    let o = env.run(&[
-        "--json",
-        "rootfs",
-        &format!("rootfs-tar:{}", tar.display()),
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let (out, o) = small_rootfs(&env, "--json");
     assert_ok(&o);
     let j: serde_json::Value = serde_json::from_slice(&o.stdout)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(&o)));

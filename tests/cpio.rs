@@ -11,7 +11,7 @@ use std::process::Command;
 
 use build_image::initramfs::cpio;
 use build_image::tree::{ContentStore, FsTree, InodeKind, Metadata};
-use common::require_tool;
+use common::{require_tool, tool_stdout};
 
 fn dir_inode(tree: &mut FsTree, mode: u16) -> build_image::tree::InodeId {
     tree.add_inode(
@@ -97,17 +97,12 @@ fn gnu_cpio_lists_and_extracts_everything() {
     let img = tmp.path().join("initrd.cpio");
     fs::write(&img, &bytes).unwrap();
 
-    let list = Command::new("cpio")
-        .args(["-it", "--quiet", "-F"])
-        .arg(&img)
-        .output()
-        .unwrap();
-    assert!(
-        list.status.success(),
-        "{}",
-        String::from_utf8_lossy(&list.stderr)
+    let list = tool_stdout(
+        Command::new("cpio")
+            .args(["-it", "--quiet", "-F"])
+            .arg(&img),
     );
-    let names: Vec<String> = String::from_utf8(list.stdout)
+    let names: Vec<String> = String::from_utf8(list)
         .unwrap()
         .lines()
         .map(str::to_string)
@@ -134,16 +129,11 @@ fn gnu_cpio_lists_and_extracts_everything() {
 
     let root = tmp.path().join("x");
     fs::create_dir(&root).unwrap();
-    let ex = Command::new("cpio")
-        .args(["-idmu", "--quiet", "--no-absolute-filenames", "-F"])
-        .arg(&img)
-        .current_dir(&root)
-        .output()
-        .unwrap();
-    assert!(
-        ex.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ex.stderr)
+    tool_stdout(
+        Command::new("cpio")
+            .args(["-idmu", "--quiet", "--no-absolute-filenames", "-F"])
+            .arg(&img)
+            .current_dir(&root),
     );
 
     let init: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();

@@ -18,7 +18,7 @@ use std::process::Command;
 use build_image::disk::{self, types, Arch, Layout, Source};
 use build_image::fat::{self, FatOptions, FatType};
 use build_image::tree::{ContentStore, FsTree, InodeKind, Metadata};
-use common::require_tool;
+use common::{require_tool, tool_stdout};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
@@ -39,19 +39,8 @@ fn tools() {
 }
 
 fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .env("TZ", "UTC")
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let out = tool_stdout(cmd.env("TZ", "UTC").env("MTOOLS_SKIP_CHECK", "1"));
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A small ESP tree.

@@ -18,7 +18,7 @@ use std::process::Command;
 
 use build_image::fat::{self, FatOptions, FatType};
 use build_image::tree::{ContentStore, FsTree, InodeKind, Metadata};
-use common::require_tool;
+use common::{require_tool, tool_stdout};
 use sha2::{Digest, Sha256};
 
 const T0: i64 = 1_700_000_040; // 2023-11-14 22:14:00 UTC
@@ -33,34 +33,17 @@ fn tools() {
 }
 
 fn run(cmd: &mut Command) -> Vec<u8> {
-    let out = cmd
-        .env("TZ", "UTC")
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .env("LC_ALL", "C.UTF-8")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
+    tool_stdout(
+        cmd.env("TZ", "UTC")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .env("LC_ALL", "C.UTF-8"),
+    )
 }
 
-/// A pseudo-random byte stream (xorshift64*).
-fn noise(len: usize, mut seed: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 8);
-    seed |= 1;
-    while out.len() < len {
-        seed ^= seed >> 12;
-        seed ^= seed << 25;
-        seed ^= seed >> 27;
-        out.extend_from_slice(&seed.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    out.truncate(len);
-    out
+/// [`common::noise`] from the odd seed `seed | 1` (the files of the
+/// reproducibility hashes below were made so).
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    common::noise(len, seed | 1)
 }
 
 /// Builds a tree of directories and files; parents are created as needed.

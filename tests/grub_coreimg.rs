@@ -275,16 +275,7 @@ fn bad_grub_files_are_refused_by_name() {
 
     // Too much to load: a module bloated with incompressible bytes.
     let echo = fs::read(dir.join("echo.mod")).unwrap();
-    let mut x = 0x9e37_79b9_u32;
-    let noise: Vec<u8> = (0..600_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect();
-    fs::write(dir.join("echo.mod"), noise).unwrap();
+    fs::write(dir.join("echo.mod"), common::noise(600_000, 0x9e37_79b9)).unwrap();
     let (e, text) = core_err(build());
     assert!(
         matches!(&e, CoreImgError::TooLarge { largest, .. } if largest.starts_with("echo 600000 bytes")),

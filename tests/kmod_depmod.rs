@@ -13,7 +13,7 @@ use std::process::Command;
 use build_image::kmod::depmod::{self, write_indexes, INDEX_FILES};
 use build_image::kmod::ModuleIndex;
 use build_image::tree::{ContentStore, FsTree, InodeKind, Metadata};
-use common::boot::{deb_tree, file_bytes, mkdirs, symlink};
+use common::boot::{deb_tree, editor, file_bytes};
 use common::fixtures::{debian_kernel_deb, debian_kernel_deb_for};
 use common::require_tool;
 
@@ -334,18 +334,20 @@ fn merged_usr_tree_gets_indexes_under_usr_lib() {
     let idx = ModuleIndex::scan(&deb, &store, &version).unwrap();
     let keep = idx.closure(&["ext4", "virtio_blk"]).unwrap();
     let mut tree = FsTree::new();
-    symlink(&mut tree, "/lib", "usr/lib");
+    let mut ed = editor(&mut tree, &mut store);
+    ed.symlink("lib", "usr/lib").unwrap();
     let dir = format!("usr/lib/modules/{version}");
     for m in &keep {
         let id = deb.lookup_path(m.path.as_bytes()).unwrap();
-        let (parent, name) = format!("{dir}/{}", m.rel_path)
-            .rsplit_once('/')
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .unwrap();
-        let p = mkdirs(&mut tree, &parent);
+        let path = format!("{dir}/{}", m.rel_path);
+        let (parent, name) = path.rsplit_once('/').unwrap();
+        ed.mkdir(parent, 0o755).unwrap();
+        let p = ed.lookup(parent).unwrap();
         let kind = deb.inode(id).kind.clone();
-        let f = tree.add_inode(kind, Metadata::new(0o644, 0, 0, 1_700_000_000));
-        tree.link(p, name.into_bytes(), f);
+        let f = ed
+            .tree
+            .add_inode(kind, Metadata::new(0o644, 0, 0, 1_700_000_000));
+        ed.tree.link(p, name.as_bytes().to_vec(), f);
     }
     // A stale index from an older run is replaced.
     let d = tree.lookup_path(dir.as_bytes()).unwrap();

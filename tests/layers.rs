@@ -427,8 +427,7 @@ fn assert_hostile(
         "{} exists after a failed build",
         out.display()
     );
-    let left = list_files(&env.out);
-    assert!(left.is_empty(), "output dir holds {left:?}");
+    env.assert_out_empty();
     let near: Vec<_> = list_files(env.tmp.path())
         .into_iter()
         .filter(|p| p.to_string_lossy().contains(canary_name))
@@ -476,8 +475,7 @@ fn hostile_long_name_record_is_refused_before_it_is_read() {
         "{} exists after a failed build",
         out.display()
     );
-    let left = list_files(&env.out);
-    assert!(left.is_empty(), "output dir holds {left:?}");
+    env.assert_out_empty();
 }
 
 #[test]

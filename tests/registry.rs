@@ -5,6 +5,7 @@
 mod common;
 
 use std::fs;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -31,14 +32,82 @@ fn sample_layers() -> (LayerBuilder, LayerBuilder) {
     (l1, l2)
 }
 
-fn expected(layers: &[&LayerBuilder]) -> Tree {
-    Tree::from_layers(layers)
+/// Pushes the first `compressions.len()` of [`sample_layers`], each built
+/// with its compression, to `reg` as `repo:latest`; returns the reference
+/// and the digests.
+fn push_sample(reg: &Registry, repo: &str, compressions: &[Compression]) -> (String, ImageDigests) {
+    let (l1, l2) = sample_layers();
+    assert!(compressions.len() <= 2, "there are two sample layers");
+    let layers = [l1, l2]
+        .iter()
+        .zip(compressions)
+        .map(|(l, c)| l.build(*c))
+        .collect();
+    push_layers(reg, repo, layers)
+}
+
+/// A proxy in front of `reg` that injects `fault`, and `repo:latest`
+/// through it.
+fn proxied(reg: &Registry, repo: &str, fault: Fault) -> (Proxy, String) {
+    let proxy = Proxy::start(&reg.host, fault);
+    let image = proxy.image(repo, "latest");
+    (proxy, image)
+}
+
+/// Pulls `image` in a fresh [`TestEnv`] expecting a failure that names
+/// `digest`, the blob the proxy breaks, and leaves that blob out of the
+/// cache; returns the environment and stderr.
+fn pull_fails_on_blob(image: &str, digest: &str) -> (TestEnv, String) {
+    let env = TestEnv::new();
+    let err = env.rootfs_fails(image);
+    assert_mentions(&err, digest.trim_start_matches("sha256:"));
+    assert!(
+        !env.cached_blob(digest).exists(),
+        "the broken blob {digest} was cached"
+    );
+    (env, err)
+}
+
+/// The first sample layer as `private/app:latest` behind a token service
+/// that hands out tokens only for `bob:hunter2`; returns the registry, the
+/// proxy and the image through it.
+fn behind_bobs_token_service() -> (Registry, Proxy, String) {
+    let reg = Registry::start();
+    push_sample(&reg, "private/app", &[Compression::Gzip]);
+    let (proxy, image) = proxied(
+        &reg,
+        "private/app",
+        Fault::BearerToken {
+            creds: Some(("bob".into(), "hunter2".into())),
+        },
+    );
+    (reg, proxy, image)
+}
+
+/// Asserts the SquashFS `img` holds the merged tree of `layers`.
+fn assert_tree_of(img: &Path, layers: &[&LayerBuilder]) {
+    assert_trees_match(
+        &extract_tree(img),
+        &Tree::from_layers(layers),
+        Compare::default(),
+    );
 }
 
 /// Builds `rootfs` of `image` and checks the merged tree of `layers`.
 fn check_rootfs(env: &TestEnv, image: &str, layers: &[&LayerBuilder], extra: &[&str]) {
-    let img = env.rootfs_ok(image, "out.squashfs", extra);
-    assert_trees_match(&extract_tree(&img), &expected(layers), Compare::default());
+    assert_tree_of(&env.rootfs_ok(image, "out.squashfs", extra), layers);
+}
+
+/// Asserts the `layers` array of a JSON result lists `want`'s layers, in
+/// order, with their digests, sizes and media types.
+fn assert_layers_json(layers: &Value, want: &ImageDigests) {
+    let layers = layers.as_array().unwrap();
+    assert_eq!(layers.len(), want.layers.len(), "{layers:?}");
+    for (got, (digest, size, mt)) in layers.iter().zip(&want.layers) {
+        assert_eq!(got["digest"], digest.as_str());
+        assert_eq!(got["size"], *size);
+        assert_eq!(got["mediaType"], mt.as_str());
+    }
 }
 
 /// `os/arch` of a platform string; `linux/arm64/v8` counts as `linux/arm64`
@@ -101,8 +170,7 @@ fn harness_registry_serves_pushed_layout_byte_for_byte() {
 fn harness_auth_registry_needs_credentials() {
     let reg = Registry::start_with_auth("alice", "s3cret");
     assert_eq!(registry::http_status(&reg.host, "/v2/"), Some(401));
-    let (l1, _) = sample_layers();
-    let (_, d) = push_layers(&reg, "private/app", vec![l1.build(Compression::Gzip)]);
+    let (_, d) = push_sample(&reg, "private/app", &[Compression::Gzip]);
     let raw = skopeo_inspect_raw(
         &reg.image("private/app", "latest"),
         Some(("alice", "s3cret")),
@@ -194,11 +262,7 @@ fn harness_proxy_injects_faults() {
 fn pull_by_tag() {
     let reg = Registry::start();
     let (l1, l2) = sample_layers();
-    let (image, _) = push_layers(
-        &reg,
-        "library/app",
-        vec![l1.build(Compression::Gzip), l2.build(Compression::Gzip)],
-    );
+    let (image, _) = push_sample(&reg, "library/app", &[Compression::Gzip, Compression::Gzip]);
     check_rootfs(&TestEnv::new(), &image, &[&l1, &l2], &[]);
 }
 
@@ -206,11 +270,7 @@ fn pull_by_tag() {
 fn pull_by_digest_and_docker_prefix() {
     let reg = Registry::start();
     let (l1, l2) = sample_layers();
-    let (_, d) = push_layers(
-        &reg,
-        "library/app",
-        vec![l1.build(Compression::Gzip), l2.build(Compression::Gzip)],
-    );
+    let (_, d) = push_sample(&reg, "library/app", &[Compression::Gzip, Compression::Gzip]);
     let forms = [
         format!("{}/library/app@{}", reg.host, d.manifest),
         format!("{}/library/app:latest@{}", reg.host, d.manifest),
@@ -223,37 +283,23 @@ fn pull_by_digest_and_docker_prefix() {
         assert_ok(&o);
         let j = json_of(&o);
         assert_eq!(j["input"]["manifestDigest"], d.manifest.as_str(), "{image}");
-        let img = env.out_path("out.sqfs");
-        assert_trees_match(
-            &extract_tree(&img),
-            &expected(&[&l1, &l2]),
-            Compare::default(),
-        );
+        assert_tree_of(&env.out_path("out.sqfs"), &[&l1, &l2]);
     }
 }
 
 #[test]
 fn pull_by_wrong_digest_fails() {
     let reg = Registry::start();
-    let (l1, _) = sample_layers();
-    push_layers(&reg, "library/app", vec![l1.build(Compression::Gzip)]);
+    push_sample(&reg, "library/app", &[Compression::Gzip]);
     let missing = format!("sha256:{}", "ab".repeat(32));
-    let env = TestEnv::new();
-    let (out, o) = env.rootfs(
-        &format!("{}/library/app@{missing}", reg.host),
-        "x.sqfs",
-        &[],
-    );
-    let err = assert_fails(&o);
+    let err = TestEnv::new().rootfs_fails(&format!("{}/library/app@{missing}", reg.host));
     assert_mentions(&err, &missing["sha256:".len()..]);
-    assert!(!out.exists());
 }
 
 #[test]
 fn tampered_manifest_fetched_by_digest_is_rejected() {
     let reg = Registry::start();
-    let (l1, _) = sample_layers();
-    let (_, d) = push_layers(&reg, "library/app", vec![l1.build(Compression::Gzip)]);
+    let (_, d) = push_sample(&reg, "library/app", &[Compression::Gzip]);
     let proxy = Proxy::start(
         &reg.host,
         Fault::ReplaceInManifest {
@@ -261,20 +307,13 @@ fn tampered_manifest_fetched_by_digest_is_rejected() {
             replace: b"evil image".to_vec(),
         },
     );
-    let env = TestEnv::new();
-    let (out, o) = env.rootfs(
-        &format!("{}/library/app@{}", proxy.host, d.manifest),
-        "x.sqfs",
-        &[],
-    );
+    let err = TestEnv::new().rootfs_fails(&format!("{}/library/app@{}", proxy.host, d.manifest));
     assert!(
         proxy.faults_applied() > 0,
         "manifest never fetched:\n{}",
         proxy.log_text()
     );
-    let err = assert_fails(&o);
     assert_mentions(&err, d.manifest.trim_start_matches("sha256:"));
-    assert!(!out.exists());
 }
 
 // ---------------------------------------------------------------- media types
@@ -283,79 +322,39 @@ fn tampered_manifest_fetched_by_digest_is_rejected() {
 fn docker_v2_schema2_media_types() {
     let reg = Registry::start();
     let (l1, l2) = sample_layers();
-    let dir = tempfile::tempdir().unwrap();
-    let layout = OciLayout::create(dir.path());
     let img = Image::host(vec![
         l1.build(Compression::Gzip),
         l2.build(Compression::Gzip),
     ])
     .docker_media_types();
-    let d = layout.add_image("latest", &img);
-    assert_eq!(reg.push(&layout, "latest", "docker/app"), d.manifest);
-    let raw: Value = serde_json::from_slice(&skopeo_inspect_raw(
-        &reg.image("docker/app", "latest"),
-        None,
-    ))
-    .unwrap();
+    let (image, d) = push_image(&reg, "docker/app", &img);
+    let raw: Value = serde_json::from_slice(&skopeo_inspect_raw(&image, None)).unwrap();
     assert_eq!(raw["mediaType"], oci::DOCKER_MANIFEST);
 
     let env = TestEnv::new();
-    let o = env.run(&[
-        "--json",
-        "rootfs",
-        &reg.image("docker/app", "latest"),
-        "-o",
-        "out.sqfs",
-    ]);
+    let o = env.run(&["--json", "rootfs", &image, "-o", "out.sqfs"]);
     assert_ok(&o);
-    let j = json_of(&o);
-    let layers = j["input"]["layers"].as_array().unwrap();
-    assert_eq!(layers.len(), 2);
-    for (got, (digest, size, mt)) in layers.iter().zip(&d.layers) {
-        assert_eq!(got["digest"], digest.as_str());
-        assert_eq!(got["size"], *size);
-        assert_eq!(got["mediaType"], mt.as_str());
-    }
-    assert_trees_match(
-        &extract_tree(&env.out_path("out.sqfs")),
-        &expected(&[&l1, &l2]),
-        Compare::default(),
-    );
+    assert_layers_json(&json_of(&o)["input"]["layers"], &d);
+    assert_tree_of(&env.out_path("out.sqfs"), &[&l1, &l2]);
 }
 
 #[test]
 fn docker_manifest_list_selects_arch() {
     let reg = Registry::start();
-    let dir = tempfile::tempdir().unwrap();
-    let layout = OciLayout::create(dir.path());
-    let idx = layout.add_index(
-        "latest",
+    let (image, _) = push_index(
+        &reg,
+        "docker/multi",
         &[
-            Image::new("amd64", vec![arch_layer("amd64").build(Compression::Gzip)])
-                .docker_media_types(),
-            Image::new("arm64", vec![arch_layer("arm64").build(Compression::Gzip)])
-                .docker_media_types(),
+            arch_image("amd64", Compression::Gzip).docker_media_types(),
+            arch_image("arm64", Compression::Gzip).docker_media_types(),
         ],
     );
-    assert_eq!(reg.push(&layout, "latest", "docker/multi"), idx.index);
-    let raw: Value = serde_json::from_slice(&skopeo_inspect_raw(
-        &reg.image("docker/multi", "latest"),
-        None,
-    ))
-    .unwrap();
+    let raw: Value = serde_json::from_slice(&skopeo_inspect_raw(&image, None)).unwrap();
     assert_eq!(raw["mediaType"], oci::DOCKER_LIST);
     for arch in ["amd64", "arm64"] {
         let env = TestEnv::new();
-        let img = env.rootfs_ok(
-            &reg.image("docker/multi", "latest"),
-            "o.sqfs",
-            &["--arch", arch],
-        );
-        assert_trees_match(
-            &extract_tree(&img),
-            &Tree::from_layers(&[&arch_layer(arch)]),
-            Compare::default(),
-        );
+        let img = env.rootfs_ok(&image, "o.sqfs", &["--arch", arch]);
+        assert_tree_of(&img, &[&arch_layer(arch)]);
     }
 }
 
@@ -399,19 +398,27 @@ fn arch_layer(arch: &str) -> LayerBuilder {
         .file(format!("only-on-{arch}"), arch)
 }
 
+/// An image of `arch` holding [`arch_layer`] built with `compression`.
+fn arch_image(arch: &str, compression: Compression) -> Image {
+    Image::new(arch, vec![arch_layer(arch).build(compression)])
+}
+
+/// Pushes an amd64 + arm64/v8 index as `multi/app:latest`.
 fn push_multi_arch(reg: &Registry) -> IndexDigests {
-    let dir = tempfile::tempdir().unwrap();
-    let layout = OciLayout::create(dir.path());
-    let idx = layout.add_index(
-        "latest",
-        &[
-            Image::new("amd64", vec![arch_layer("amd64").build(Compression::Gzip)]),
-            Image::new("arm64", vec![arch_layer("arm64").build(Compression::Gzip)])
-                .variant(Some("v8")),
-        ],
-    );
-    assert_eq!(reg.push(&layout, "latest", "multi/app"), idx.index);
-    idx
+    let images = [
+        arch_image("amd64", Compression::Gzip),
+        arch_image("arm64", Compression::Gzip).variant(Some("v8")),
+    ];
+    push_index(reg, "multi/app", &images).1
+}
+
+/// The image of `linux/ARCH` in `idx`.
+fn image_of<'a>(idx: &'a IndexDigests, arch: &str) -> &'a ImageDigests {
+    let platform = format!("linux/{arch}");
+    idx.images
+        .iter()
+        .find(|m| m.platform == platform)
+        .unwrap_or_else(|| panic!("no {platform} in the index"))
 }
 
 #[test]
@@ -431,11 +438,7 @@ fn multi_arch_index_selects_requested_arch() {
         let o = env.run(&["--json", "rootfs", &image, "-o", "out.sqfs", "--arch", flag]);
         assert_ok(&o);
         let j = json_of(&o);
-        let want = idx
-            .images
-            .iter()
-            .find(|m| m.platform == format!("linux/{arch}"))
-            .unwrap();
+        let want = image_of(&idx, arch);
         assert_eq!(
             platform_of(&j["input"]["platform"]),
             format!("linux/{arch}"),
@@ -451,21 +454,12 @@ fn multi_arch_index_selects_requested_arch() {
             want.config.as_str(),
             "--arch {flag}"
         );
-        let img = env.out_path("out.sqfs");
-        assert_trees_match(
-            &extract_tree(&img),
-            &Tree::from_layers(&[&arch_layer(arch)]),
-            Compare::default(),
-        );
+        assert_tree_of(&env.out_path("out.sqfs"), &[&arch_layer(arch)]);
     }
     // no --arch: the host's
     let env = TestEnv::new();
     let img = env.rootfs_ok(&image, "host.sqfs", &[]);
-    assert_trees_match(
-        &extract_tree(&img),
-        &Tree::from_layers(&[&arch_layer(host_arch())]),
-        Compare::default(),
-    );
+    assert_tree_of(&img, &[&arch_layer(host_arch())]);
 }
 
 #[test]
@@ -478,62 +472,37 @@ fn multi_arch_index_pulled_by_index_digest() {
         "--json", "rootfs", &image, "-o", "o.sqfs", "--arch", "arm64",
     ]);
     assert_ok(&o);
-    let arm = idx
-        .images
-        .iter()
-        .find(|m| m.platform == "linux/arm64")
-        .unwrap();
     assert_eq!(
         json_of(&o)["input"]["manifestDigest"],
-        arm.manifest.as_str()
+        image_of(&idx, "arm64").manifest.as_str()
     );
-    assert_trees_match(
-        &extract_tree(&env.out_path("o.sqfs")),
-        &Tree::from_layers(&[&arch_layer("arm64")]),
-        Compare::default(),
-    );
+    assert_tree_of(&env.out_path("o.sqfs"), &[&arch_layer("arm64")]);
 }
 
 #[test]
 fn arch_missing_from_index_fails() {
     let reg = Registry::start();
-    let dir = tempfile::tempdir().unwrap();
-    let layout = OciLayout::create(dir.path());
-    layout.add_index(
-        "latest",
-        &[Image::new(
-            other_arch(),
-            vec![arch_layer(other_arch()).build(Compression::Gzip)],
-        )],
+    let (image, _) = push_index(
+        &reg,
+        "one/app",
+        &[arch_image(other_arch(), Compression::Gzip)],
     );
-    reg.push(&layout, "latest", "one/app");
-    let env = TestEnv::new();
-    let (out, o) = env.rootfs(&reg.image("one/app", "latest"), "x.sqfs", &[]);
-    let err = assert_fails(&o);
+    let err = TestEnv::new().rootfs_fails(&image);
     assert_mentions(&err, host_arch());
-    assert!(!out.exists());
 }
 
 #[test]
 fn single_arch_image_of_another_arch_fails_naming_both() {
     let reg = Registry::start();
-    let dir = tempfile::tempdir().unwrap();
-    let layout = OciLayout::create(dir.path());
-    layout.add_image(
-        "latest",
-        &Image::new(
-            other_arch(),
-            vec![arch_layer(other_arch()).build(Compression::Gzip)],
-        ),
+    let (image, _) = push_image(
+        &reg,
+        "foreign/app",
+        &arch_image(other_arch(), Compression::Gzip),
     );
-    reg.push(&layout, "latest", "foreign/app");
-    let image = reg.image("foreign/app", "latest");
     let env = TestEnv::new();
-    let (out, o) = env.rootfs(&image, "x.sqfs", &[]);
-    let err = assert_fails(&o);
+    let err = env.rootfs_fails(&image);
     assert_mentions(&err, host_arch());
     assert_mentions(&err, other_arch());
-    assert!(!out.exists());
     // asking for its arch works
     env.rootfs_ok(&image, "y.sqfs", &["--arch", other_arch()]);
 }
@@ -544,26 +513,17 @@ fn single_arch_image_of_another_arch_fails_naming_both() {
 fn basic_auth_with_docker_config_json() {
     let reg = Registry::start_with_auth("alice", "s3cret");
     let (l1, l2) = sample_layers();
-    let (image, _) = push_layers(
-        &reg,
-        "private/app",
-        vec![l1.build(Compression::Gzip), l2.build(Compression::Gzip)],
-    );
+    let (image, _) = push_sample(&reg, "private/app", &[Compression::Gzip, Compression::Gzip]);
 
     // no credentials
-    let env = TestEnv::new();
-    let (out, o) = env.rootfs(&image, "x.sqfs", &[]);
-    let err = assert_fails(&o);
+    let err = TestEnv::new().rootfs_fails(&image);
     assert_mentions_any(&err, &["401", "auth", "unauthorized", "credentials"]);
-    assert!(!out.exists());
 
     // wrong password
     let env = TestEnv::new();
     env.login(&reg.host, "alice", "wrong");
-    let (out, o) = env.rootfs(&image, "x.sqfs", &[]);
-    let err = assert_fails(&o);
+    let err = env.rootfs_fails(&image);
     assert_mentions_any(&err, &["401", "auth", "unauthorized", "credentials"]);
-    assert!(!out.exists());
 
     // $DOCKER_CONFIG/config.json
     let env = TestEnv::new();
@@ -599,29 +559,17 @@ fn basic_auth_with_docker_config_json() {
 fn anonymous_bearer_token_flow() {
     let reg = Registry::start();
     let (l1, l2) = sample_layers();
-    let (_, _) = push_layers(
-        &reg,
-        "library/app",
-        vec![l1.build(Compression::Gzip), l2.build(Compression::Gzip)],
-    );
-    let proxy = Proxy::start(&reg.host, Fault::BearerToken { creds: None });
+    push_sample(&reg, "library/app", &[Compression::Gzip, Compression::Gzip]);
+    let (proxy, image) = proxied(&reg, "library/app", Fault::BearerToken { creds: None });
     let env = TestEnv::new();
-    check_rootfs(
-        &env,
-        &proxy.image("library/app", "latest"),
-        &[&l1, &l2],
-        &[],
-    );
+    check_rootfs(&env, &image, &[&l1, &l2], &[]);
     let log = proxy.log_text();
     assert!(
-        proxy
-            .requests()
-            .iter()
-            .any(|r| r.path.starts_with("/token")),
+        proxy.any_request(|r| r.path.starts_with("/token")),
         "no token request:\n{log}"
     );
     assert!(
-        proxy.requests().iter().any(
+        proxy.any_request(
             |r| r.path.contains("scope=repository%3Alibrary%2Fapp%3Apull")
                 || r.path.contains("scope=repository:library/app:pull")
         ),
@@ -631,24 +579,13 @@ fn anonymous_bearer_token_flow() {
 
 #[test]
 fn bearer_token_with_credentials() {
-    let reg = Registry::start();
+    let (_reg, proxy, image) = behind_bobs_token_service();
     let (l1, _) = sample_layers();
-    push_layers(&reg, "private/app", vec![l1.build(Compression::Gzip)]);
-    let proxy = Proxy::start(
-        &reg.host,
-        Fault::BearerToken {
-            creds: Some(("bob".into(), "hunter2".into())),
-        },
-    );
-    let image = proxy.image("private/app", "latest");
-    let env = TestEnv::new();
-    let (out, o) = env.rootfs(&image, "x.sqfs", &[]);
-    let err = assert_fails(&o);
+    let err = TestEnv::new().rootfs_fails(&image);
     assert_mentions_any(
         &err,
         &["401", "auth", "unauthorized", "credentials", "token"],
     );
-    assert!(!out.exists());
 
     let env = TestEnv::new();
     env.login(&proxy.host, "bob", "hunter2");
@@ -662,42 +599,26 @@ fn bearer_token_with_credentials() {
 /// --insecure-registry lets it through.
 #[test]
 fn credentials_are_not_sent_to_a_plain_http_realm() {
-    let reg = Registry::start();
+    let (_reg, proxy, image) = behind_bobs_token_service();
     let (l1, _) = sample_layers();
-    push_layers(&reg, "private/app", vec![l1.build(Compression::Gzip)]);
-    let proxy = Proxy::start(
-        &reg.host,
-        Fault::BearerToken {
-            creds: Some(("bob".into(), "hunter2".into())),
-        },
-    );
     let (alias, _) = loopback_alias();
     let port = proxy.host.rsplit(':').next().unwrap().to_string();
     let realm = format!("http://{alias}:{port}/token");
     proxy.set_realm_host(&format!("{alias}:{port}"));
-    let image = proxy.image("private/app", "latest");
     let env = TestEnv::new();
     env.login(&proxy.host, "bob", "hunter2");
-    let (out, o) = env.rootfs(&image, "x.sqfs", &[]);
-    let err = assert_fails(&o);
+    let err = env.rootfs_fails(&image);
     assert_mentions(&err, "refusing to send the credentials");
     assert_mentions(&err, &realm);
-    assert!(!out.exists());
     assert!(
-        !proxy
-            .requests()
-            .iter()
-            .any(|r| r.path.starts_with("/token")),
+        !proxy.any_request(|r| r.path.starts_with("/token")),
         "credentials went to {realm}:\n{}",
         proxy.log_text()
     );
 
     check_rootfs(&env, &image, &[&l1], &["--insecure-registry", &alias]);
     assert!(
-        proxy
-            .requests()
-            .iter()
-            .any(|r| r.path.starts_with("/token") && r.status == 200),
+        proxy.any_request(|r| r.path.starts_with("/token") && r.status == 200),
         "no token with --insecure-registry {alias}:\n{}",
         proxy.log_text()
     );
@@ -719,12 +640,9 @@ fn loopback_alias() -> (String, std::net::IpAddr) {
 #[test]
 fn plain_http_to_non_loopback_needs_insecure_registry() {
     // A name that is not loopback: HTTPS is required.
-    let env = TestEnv::new();
     let start = Instant::now();
-    let (out, o) = env.rootfs("localhost.example:5000/x:latest", "x.sqfs", &[]);
-    let err = assert_fails(&o);
+    let err = TestEnv::new().rootfs_fails("localhost.example:5000/x:latest");
     assert_mentions_any(&err, &["https", "tls", "insecure"]);
-    assert!(!out.exists());
     assert!(start.elapsed() < Duration::from_secs(120));
 
     // A plain-HTTP registry behind a name that is not one of the loopback
@@ -732,21 +650,15 @@ fn plain_http_to_non_loopback_needs_insecure_registry() {
     let (name, ip) = loopback_alias();
     let reg = Registry::start();
     let (l1, _) = sample_layers();
-    push_layers(&reg, "library/app", vec![l1.build(Compression::Gzip)]);
+    push_sample(&reg, "library/app", &[Compression::Gzip]);
     let proxy = Proxy::start_on(&ip.to_string(), &reg.host, Fault::PassThrough);
     let port = proxy.host.rsplit(':').next().unwrap().to_string();
     let host = format!("{name}:{port}");
     let image = format!("{host}/library/app:latest");
-    let env = TestEnv::new();
-    let (out, o) = env.rootfs(&image, "x.sqfs", &[]);
-    let err = assert_fails(&o);
+    let err = TestEnv::new().rootfs_fails(&image);
     assert_mentions_any(&err, &["https", "tls", "insecure"]);
-    assert!(!out.exists());
     assert!(
-        !proxy
-            .requests()
-            .iter()
-            .any(|r| r.path.contains("/manifests/") || r.path.contains("/blobs/")),
+        !proxy.any_request(|r| r.path.contains("/manifests/") || r.path.contains("/blobs/")),
         "fetched over plain HTTP without --insecure-registry:\n{}",
         proxy.log_text()
     );
@@ -770,11 +682,7 @@ fn inspect_multi_arch_text_and_json() {
     let o = env.run(&["--json", "inspect", &image, "--arch", "arm64"]);
     assert_ok(&o);
     let j = json_of(&o);
-    let arm = idx
-        .images
-        .iter()
-        .find(|m| m.platform == "linux/arm64")
-        .unwrap();
+    let arm = image_of(&idx, "arm64");
     assert_eq!(j["apiVersion"], "build-image/v1alpha1");
     assert_eq!(j["kind"], "ImageInspect");
     assert!(j["reference"].as_str().unwrap().contains("multi/app"));
@@ -803,11 +711,7 @@ fn inspect_multi_arch_text_and_json() {
     assert_eq!(sorted, want_sorted);
     let config: Value = serde_json::from_slice(&arm.config_json).unwrap();
     assert_eq!(j["config"], config);
-    let layers = j["layers"].as_array().unwrap();
-    assert_eq!(layers.len(), 1);
-    assert_eq!(layers[0]["digest"], arm.layers[0].0.as_str());
-    assert_eq!(layers[0]["size"], arm.layers[0].1);
-    assert_eq!(layers[0]["mediaType"], arm.layers[0].2.as_str());
+    assert_layers_json(&j["layers"], arm);
 
     // human-readable: the same facts
     let o = env.run(&["inspect", &image, "--arch", "arm64"]);
@@ -832,12 +736,8 @@ fn inspect_multi_arch_text_and_json() {
 #[test]
 fn inspect_single_arch_json() {
     let reg = Registry::start();
-    let (l1, l2) = sample_layers();
-    let (image, d) = push_layers(
-        &reg,
-        "library/app",
-        vec![l1.build(Compression::Gzip), l2.build(Compression::Zstd)],
-    );
+    let (_, l2) = sample_layers();
+    let (image, d) = push_sample(&reg, "library/app", &[Compression::Gzip, Compression::Zstd]);
     let env = TestEnv::new();
     let o = env.run(&["--json", "inspect", &image]);
     assert_ok(&o);
@@ -849,14 +749,7 @@ fn inspect_single_arch_json() {
         j["config"]["rootfs"]["diff_ids"][1],
         l2.build(Compression::Zstd).diff_id.as_str()
     );
-    let digests: Vec<&str> = j["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["digest"].as_str().unwrap())
-        .collect();
-    let want: Vec<&str> = d.layers.iter().map(|l| l.0.as_str()).collect();
-    assert_eq!(digests, want);
+    assert_layers_json(&j["layers"], &d);
 }
 
 // ---------------------------------------------------------------- JSON result
@@ -864,12 +757,7 @@ fn inspect_single_arch_json() {
 #[test]
 fn rootfs_json_result() {
     let reg = Registry::start();
-    let (l1, l2) = sample_layers();
-    let (image, d) = push_layers(
-        &reg,
-        "library/app",
-        vec![l1.build(Compression::Gzip), l2.build(Compression::Zstd)],
-    );
+    let (image, d) = push_sample(&reg, "library/app", &[Compression::Gzip, Compression::Zstd]);
     let env = TestEnv::new();
     let out = env.out_path("root.sqfs");
     let o = env.run(&["--json", "rootfs", &image, "-o", out.to_str().unwrap()]);
@@ -896,13 +784,7 @@ fn rootfs_json_result() {
     );
     assert_eq!(j["input"]["manifestDigest"], d.manifest.as_str());
     assert_eq!(j["input"]["configDigest"], d.config.as_str());
-    let layers = j["input"]["layers"].as_array().unwrap();
-    assert_eq!(layers.len(), 2);
-    for (got, (digest, size, mt)) in layers.iter().zip(&d.layers) {
-        assert_eq!(got["digest"], digest.as_str());
-        assert_eq!(got["size"], *size);
-        assert_eq!(got["mediaType"], mt.as_str());
-    }
+    assert_layers_json(&j["input"]["layers"], &d);
 }
 
 // ---------------------------------------------------------------- cache
@@ -910,14 +792,8 @@ fn rootfs_json_result() {
 #[test]
 fn warm_cache_fetches_no_blobs() {
     let reg = Registry::start();
-    let (l1, l2) = sample_layers();
-    let (_, d) = push_layers(
-        &reg,
-        "library/app",
-        vec![l1.build(Compression::Gzip), l2.build(Compression::Zstd)],
-    );
-    let proxy = Proxy::start(&reg.host, Fault::PassThrough);
-    let image = proxy.image("library/app", "latest");
+    let (_, d) = push_sample(&reg, "library/app", &[Compression::Gzip, Compression::Zstd]);
+    let (proxy, image) = proxied(&reg, "library/app", Fault::PassThrough);
     let mut env = TestEnv::new();
     env.env("SOURCE_DATE_EPOCH", "1700000000");
 
@@ -947,8 +823,7 @@ fn warm_cache_fetches_no_blobs() {
 #[test]
 fn cache_dir_from_env_and_xdg_default() {
     let reg = Registry::start();
-    let (l1, _) = sample_layers();
-    let (image, d) = push_layers(&reg, "library/app", vec![l1.build(Compression::Gzip)]);
+    let (image, d) = push_sample(&reg, "library/app", &[Compression::Gzip]);
     let hex = d.layers[0].0.trim_start_matches("sha256:").to_string();
 
     // BUILD_IMAGE_CACHE_DIR
@@ -981,13 +856,8 @@ fn cache_dir_from_env_and_xdg_default() {
 fn corrupted_cache_entry_is_detected_and_refetched() {
     let reg = Registry::start();
     let (l1, l2) = sample_layers();
-    let (_, d) = push_layers(
-        &reg,
-        "library/app",
-        vec![l1.build(Compression::Gzip), l2.build(Compression::Gzip)],
-    );
-    let proxy = Proxy::start(&reg.host, Fault::PassThrough);
-    let image = proxy.image("library/app", "latest");
+    let (_, d) = push_sample(&reg, "library/app", &[Compression::Gzip, Compression::Gzip]);
+    let (proxy, image) = proxied(&reg, "library/app", Fault::PassThrough);
     let mut env = TestEnv::new();
     env.env("SOURCE_DATE_EPOCH", "1700000000");
     let first = env.rootfs_ok(&image, "first.sqfs", &[]);
@@ -1003,17 +873,14 @@ fn corrupted_cache_entry_is_detected_and_refetched() {
     let second = env.rootfs_ok(&image, "second.sqfs", &[]);
     assert_eq!(sha256_file(&first), sha256_file(&second));
     assert!(
-        proxy
-            .requests()
-            .iter()
-            .any(|r| r.method == "GET" && r.path.ends_with(digest.as_str())),
+        proxy.any_request(|r| r.method == "GET" && r.path.ends_with(digest.as_str())),
         "the corrupted blob was not fetched again:\n{}",
         proxy.log_text()
     );
     assert_eq!(format!("sha256:{}", sha256_file(&cached)), *digest);
     assert_trees_match(
         &extract_tree(&second),
-        &expected(&[&l1, &l2]),
+        &Tree::from_layers(&[&l1, &l2]),
         Compare {
             clamp_mtime: Some(1_700_000_000),
             ..Compare::default()
@@ -1036,8 +903,9 @@ fn digest_mismatch_fails_and_caches_nothing() {
         "library/app",
         vec![good.build(Compression::Gzip), bad_layer.clone()],
     );
-    let proxy = Proxy::start(
-        &reg.host,
+    let (proxy, image) = proxied(
+        &reg,
+        "library/app",
         Fault::ReplaceInBlob {
             digest: bad_layer.digest.clone(),
             find: b"ORIGINAL".to_vec(),
@@ -1051,17 +919,9 @@ fn digest_mismatch_fails_and_caches_nothing() {
         b
     };
     let actual_hex = sha256_hex(&tampered);
-    let env = TestEnv::new();
-    let (out, o) = env.rootfs(&proxy.image("library/app", "latest"), "x.sqfs", &[]);
+    let (env, err) = pull_fails_on_blob(&image, &bad_layer.digest);
     assert!(proxy.faults_applied() > 0, "{}", proxy.log_text());
-    let err = assert_fails(&o);
-    assert_mentions(&err, bad_layer.hex());
     assert_mentions(&err, &actual_hex);
-    assert!(!out.exists(), "output left behind after a digest mismatch");
-    assert!(
-        !env.cached_blob(&bad_layer.digest).exists(),
-        "the tampered blob was cached"
-    );
     let leftovers: Vec<_> = list_files(&env.cache)
         .into_iter()
         .filter(|p| {
@@ -1070,50 +930,38 @@ fn digest_mismatch_fails_and_caches_nothing() {
         })
         .collect();
     assert!(leftovers.is_empty(), "cache holds {leftovers:?}");
-    let out_files = list_files(&env.out);
-    assert!(out_files.is_empty(), "output dir holds {out_files:?}");
 }
 
 #[test]
 fn tampered_config_blob_is_rejected() {
     let reg = Registry::start();
-    let (l1, _) = sample_layers();
-    let (_, d) = push_layers(&reg, "library/app", vec![l1.build(Compression::Gzip)]);
-    let proxy = Proxy::start(
-        &reg.host,
+    let (_, d) = push_sample(&reg, "library/app", &[Compression::Gzip]);
+    let (proxy, image) = proxied(
+        &reg,
+        "library/app",
         Fault::ReplaceInBlob {
             digest: d.config.clone(),
             find: b"/bin/sh".to_vec(),
             replace: b"/bin/xx".to_vec(),
         },
     );
-    let env = TestEnv::new();
-    let (out, o) = env.rootfs(&proxy.image("library/app", "latest"), "x.sqfs", &[]);
+    pull_fails_on_blob(&image, &d.config);
     assert!(proxy.faults_applied() > 0, "{}", proxy.log_text());
-    let err = assert_fails(&o);
-    assert_mentions(&err, d.config.trim_start_matches("sha256:"));
-    assert!(!out.exists());
-    assert!(!env.cached_blob(&d.config).exists());
 }
 
 #[test]
 fn corrupted_gzip_blob_fails_naming_the_digest() {
     let reg = Registry::start();
-    let (l1, _) = sample_layers();
-    let layer = l1.build(Compression::Gzip);
-    push_layers(&reg, "library/app", vec![layer.clone()]);
-    let proxy = Proxy::start(
-        &reg.host,
+    let (_, d) = push_sample(&reg, "library/app", &[Compression::Gzip]);
+    let digest = &d.layers[0].0;
+    let (_proxy, image) = proxied(
+        &reg,
+        "library/app",
         Fault::CorruptBlob {
-            digest: layer.digest.clone(),
+            digest: digest.clone(),
         },
     );
-    let env = TestEnv::new();
-    let (out, o) = env.rootfs(&proxy.image("library/app", "latest"), "x.sqfs", &[]);
-    let err = assert_fails(&o);
-    assert_mentions(&err, layer.hex());
-    assert!(!out.exists());
-    assert!(!env.cached_blob(&layer.digest).exists());
+    pull_fails_on_blob(&image, digest);
 }
 
 #[test]
@@ -1127,22 +975,19 @@ fn truncated_download_is_retried() {
     );
     let layer = big.build(Compression::Gzip);
     push_layers(&reg, "library/app", vec![layer.clone()]);
-    let proxy = Proxy::start(
-        &reg.host,
+    let (proxy, image) = proxied(
+        &reg,
+        "library/app",
         Fault::TruncateBlob {
             digest: layer.digest.clone(),
             times: 2,
         },
     );
     let env = TestEnv::new();
-    let (out, o) = env.rootfs(&proxy.image("library/app", "latest"), "x.sqfs", &[]);
+    let (out, o) = env.rootfs(&image, "x.sqfs", &[]);
     assert_eq!(proxy.faults_applied(), 2, "{}", proxy.log_text());
     assert_ok(&o);
-    assert_trees_match(
-        &extract_tree(&out),
-        &Tree::from_layers(&[&big]),
-        Compare::default(),
-    );
+    assert_tree_of(&out, &[&big]);
     assert_eq!(
         format!("sha256:{}", sha256_file(&env.cached_blob(&layer.digest))),
         layer.digest
@@ -1152,23 +997,18 @@ fn truncated_download_is_retried() {
 #[test]
 fn truncated_download_every_time_fails_cleanly() {
     let reg = Registry::start();
-    let (l1, _) = sample_layers();
-    let layer = l1.build(Compression::Gzip);
-    push_layers(&reg, "library/app", vec![layer.clone()]);
-    let proxy = Proxy::start(
-        &reg.host,
+    let (_, d) = push_sample(&reg, "library/app", &[Compression::Gzip]);
+    let digest = &d.layers[0].0;
+    let (proxy, image) = proxied(
+        &reg,
+        "library/app",
         Fault::TruncateBlob {
-            digest: layer.digest.clone(),
+            digest: digest.clone(),
             times: 1000,
         },
     );
-    let env = TestEnv::new();
     let start = Instant::now();
-    let (out, o) = env.rootfs(&proxy.image("library/app", "latest"), "x.sqfs", &[]);
-    let err = assert_fails(&o);
-    assert_mentions(&err, layer.hex());
-    assert!(!out.exists());
-    assert!(!env.cached_blob(&layer.digest).exists());
+    pull_fails_on_blob(&image, digest);
     assert!(
         start.elapsed() < Duration::from_secs(180),
         "gave up only after {:?}",
@@ -1185,25 +1025,16 @@ fn truncated_download_every_time_fails_cleanly() {
 fn service_unavailable_is_retried_with_backoff() {
     let reg = Registry::start();
     let (l1, l2) = sample_layers();
-    push_layers(
+    push_sample(&reg, "library/app", &[Compression::Gzip, Compression::Gzip]);
+    let (proxy, image) = proxied(
         &reg,
         "library/app",
-        vec![l1.build(Compression::Gzip), l2.build(Compression::Gzip)],
-    );
-    let proxy = Proxy::start(
-        &reg.host,
         Fault::ServiceUnavailable {
             times: 3,
             path_contains: "/blobs/".into(),
         },
     );
-    let env = TestEnv::new();
-    check_rootfs(
-        &env,
-        &proxy.image("library/app", "latest"),
-        &[&l1, &l2],
-        &[],
-    );
+    check_rootfs(&TestEnv::new(), &image, &[&l1, &l2], &[]);
     assert_eq!(proxy.faults_applied(), 3);
     let reqs = proxy.requests();
     let first_503 = reqs.iter().position(|r| r.status == 503).unwrap();
@@ -1216,40 +1047,33 @@ fn service_unavailable_is_retried_with_backoff() {
     );
 
     // manifests too
-    let proxy = Proxy::start(
-        &reg.host,
+    let (proxy, image) = proxied(
+        &reg,
+        "library/app",
         Fault::ServiceUnavailable {
             times: 2,
             path_contains: "/manifests/".into(),
         },
     );
-    check_rootfs(
-        &TestEnv::new(),
-        &proxy.image("library/app", "latest"),
-        &[&l1, &l2],
-        &[],
-    );
+    check_rootfs(&TestEnv::new(), &image, &[&l1, &l2], &[]);
     assert_eq!(proxy.faults_applied(), 2);
 }
 
 #[test]
 fn service_unavailable_forever_fails_in_bounded_time() {
     let reg = Registry::start();
-    let (l1, _) = sample_layers();
-    push_layers(&reg, "library/app", vec![l1.build(Compression::Gzip)]);
-    let proxy = Proxy::start(
-        &reg.host,
+    push_sample(&reg, "library/app", &[Compression::Gzip]);
+    let (_proxy, image) = proxied(
+        &reg,
+        "library/app",
         Fault::ServiceUnavailable {
             times: 1_000_000,
             path_contains: "/v2/".into(),
         },
     );
-    let env = TestEnv::new();
     let start = Instant::now();
-    let (out, o) = env.rootfs(&proxy.image("library/app", "latest"), "x.sqfs", &[]);
-    let err = assert_fails(&o);
+    let err = TestEnv::new().rootfs_fails(&image);
     assert_mentions(&err, "503");
-    assert!(!out.exists());
     assert!(start.elapsed() < Duration::from_secs(180));
 }
 
@@ -1280,29 +1104,18 @@ fn oci_layout_source() {
     layout.add_index(
         "multi",
         &[
-            Image::new("amd64", vec![arch_layer("amd64").build(Compression::Gzip)]),
-            Image::new("arm64", vec![arch_layer("arm64").build(Compression::Zstd)]),
+            arch_image("amd64", Compression::Gzip),
+            arch_image("arm64", Compression::Zstd),
         ],
     );
     let env = TestEnv::new();
     let src = format!("oci-layout:{}:multi", dir.path().display());
     let img = env.rootfs_ok(&src, "arm.sqfs", &["--arch", "arm64"]);
-    assert_trees_match(
-        &extract_tree(&img),
-        &Tree::from_layers(&[&arch_layer("arm64")]),
-        Compare::default(),
-    );
+    assert_tree_of(&img, &[&arch_layer("arm64")]);
 
     // unknown tag
-    let env = TestEnv::new();
-    let (out, o) = env.rootfs(
-        &format!("oci-layout:{}:nope", dir.path().display()),
-        "x.sqfs",
-        &[],
-    );
-    let err = assert_fails(&o);
+    let err = TestEnv::new().rootfs_fails(&format!("oci-layout:{}:nope", dir.path().display()));
     assert_mentions(&err, "nope");
-    assert!(!out.exists());
 }
 
 #[test]

@@ -16,7 +16,8 @@ use std::process::Command;
 
 use build_image::squashfs::{self, Compression, Options, Summary};
 use build_image::tree::{ContentStore, FsTree, InodeId, InodeKind, Metadata};
-use common::require_tool;
+use common::squash::{stat_field, unsquashfs_listing, unsquashfs_stat};
+use common::{noise, require_tool, tool_stdout};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
@@ -31,32 +32,11 @@ fn require_root() {
 }
 
 fn run(cmd: &mut Command) -> String {
-    let out = cmd.env("TZ", "UTC").output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    String::from_utf8_lossy(&tool_stdout(cmd.env("TZ", "UTC"))).into_owned()
 }
 
 fn sha256(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
-}
-
-/// A pseudo-random byte stream (xorshift64*).
-fn noise(len: usize, mut seed: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        seed ^= seed >> 12;
-        seed ^= seed << 25;
-        seed ^= seed >> 27;
-        out.extend_from_slice(&seed.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 struct Fixture {
@@ -277,23 +257,8 @@ fn clamp(t: i64) -> i64 {
 
 /// `YYYY-MM-DD HH:MM` in UTC.
 fn utc(t: i64) -> String {
-    let days = t.div_euclid(86400);
-    let secs = t.rem_euclid(86400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(mo <= 2);
-    format!(
-        "{y:04}-{mo:02}-{d:02} {:02}:{:02}",
-        secs / 3600,
-        secs % 3600 / 60
-    )
+    let (y, mo, d, h, mi, _) = build_image::apt::release::civil(t);
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}")
 }
 
 fn mode_string(kind: &InodeKind, mode: u16) -> String {
@@ -378,39 +343,26 @@ fn expected_listing(tree: &FsTree) -> Vec<String> {
     lines
 }
 
-/// `unsquashfs -lln`, normalised to single spaces, directory sizes as "*".
+/// `unsquashfs -lln` (see [`unsquashfs_listing`]), one line per entry as
+/// [`expected_listing`] writes them: single spaces, directory sizes as
+/// "*".
 fn actual_listing(img: &Path) -> Vec<String> {
-    let text = run(Command::new("unsquashfs").arg("-lln").arg(img));
-    text.lines()
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            // perms owner size date time path...
-            let mut rest = l;
-            let mut fields: Vec<String> = Vec::new();
-            while fields.len() < 5 {
-                rest = rest.trim_start();
-                let end = rest.find(' ').unwrap_or(rest.len());
-                let tok = &rest[..end];
-                rest = &rest[end..];
-                // Devices print as "MAJ,MIN" with the minor padded: "1,  3".
-                if fields.len() == 3 && fields[2].ends_with(',') {
-                    fields[2].push_str(tok);
-                } else {
-                    fields.push(tok.to_string());
-                }
+    unsquashfs_listing(img)
+        .into_iter()
+        .map(|e| {
+            let size = if e.kind_char() == 'd' { "*" } else { &e.size };
+            let path = match e.path.as_str() {
+                "" => "squashfs-root".to_string(),
+                p => format!("squashfs-root/{p}"),
+            };
+            let mut line = format!("{} {}/{} {size} {} {path}", e.perms, e.uid, e.gid, e.time);
+            if let Some(t) = &e.target {
+                line.push_str(" -> ");
+                line.push_str(t);
             }
-            if fields[0].starts_with('d') {
-                fields[2] = "*".to_string();
-            }
-            format!("{} {}", fields.join(" "), &rest[1..])
+            line
         })
         .collect()
-}
-
-fn stat_field(stat: &str, name: &str) -> String {
-    stat.lines()
-        .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
-        .unwrap_or_else(|| panic!("no {name:?} in unsquashfs -s output:\n{stat}"))
 }
 
 fn getfattr(path: &Path) -> BTreeMap<String, String> {
@@ -623,22 +575,24 @@ fn check_all(compression: Compression, block_size: u32) {
     check_layout(&bytes, &summary, block_size);
 
     // The superblock as unsquashfs reads it.
-    let stat = run(Command::new("unsquashfs").arg("-s").arg(&img));
+    let stat = unsquashfs_stat(&img);
     let name = match compression {
         Compression::Zstd { .. } => "zstd",
         Compression::Xz { .. } => "xz",
         Compression::Gzip { .. } => "gzip",
     };
-    assert_eq!(stat_field(&stat, "Compression"), name);
-    assert_eq!(stat_field(&stat, "Block size"), block_size.to_string());
+    let field = |name: &str| stat_field(&stat, name);
+    assert_eq!(field("Compression").as_deref(), Some(name), "{stat}");
+    assert_eq!(field("Block size"), Some(block_size.to_string()), "{stat}");
     let frags = summary.fragments.to_string();
-    assert_eq!(stat_field(&stat, "Number of fragments"), frags);
+    assert_eq!(field("Number of fragments"), Some(frags), "{stat}");
     assert_eq!(
-        stat_field(&stat, "Number of inodes"),
-        summary.inodes.to_string()
+        field("Number of inodes"),
+        Some(summary.inodes.to_string()),
+        "{stat}"
     );
     // Owners 0, 5, 6, 1000 and 65534.
-    assert_eq!(stat_field(&stat, "Number of ids"), "5");
+    assert_eq!(field("Number of ids").as_deref(), Some("5"), "{stat}");
     assert!(stat.contains("Duplicates are removed"), "{stat}");
     assert!(summary.fragments > 0 && summary.data_blocks > 0);
     // The random 5 MB file is there twice but stored once.

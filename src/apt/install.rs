@@ -492,41 +492,18 @@ mod tests {
             };
             // A usrmerged base: lib -> usr/lib, and a package owning a file.
             resolve_dir(&mut fx.tree, &[b"usr", b"lib"], true).unwrap();
-            let root = fx.tree.root();
-            let l = fx.tree.add_inode(
-                InodeKind::Symlink {
-                    target: b"usr/lib".to_vec(),
-                },
-                Metadata::new(0o777, 0, 0, 0),
-            );
-            fx.tree.link(root, b"lib".to_vec(), l);
-            write_tree_file(
-                &mut fx.tree,
-                &mut fx.store,
-                "usr/bin/base-tool",
-                b"x",
-                0o755,
-                0,
-            )
-            .unwrap();
-            write_tree_file(
-                &mut fx.tree,
-                &mut fx.store,
+            fx.symlink("lib", "usr/lib");
+            fx.write("usr/bin/base-tool", b"x", 0o755);
+            fx.write(
                 "var/lib/dpkg/info/base.list",
                 b"/.\n/usr\n/usr/bin\n/usr/bin/base-tool\n",
                 0o644,
-                0,
-            )
-            .unwrap();
-            write_tree_file(
-                &mut fx.tree,
-                &mut fx.store,
+            );
+            fx.write(
                 STATUS,
                 b"Package: base\nStatus: install ok installed\nVersion: 1\nArchitecture: amd64\n",
                 0o644,
-                0,
-            )
-            .unwrap();
+            );
             fx
         }
 
@@ -550,6 +527,33 @@ mod tests {
                 Digest::of(&deb).hex()
             );
             (parse_index(&idx, "test").unwrap().remove(0), path)
+        }
+
+        /// Installs `debs` with the default options.
+        fn install(&mut self, debs: &[(Package, PathBuf)]) -> Result<InstallReport> {
+            install_debs(
+                &mut self.tree,
+                &mut self.store,
+                debs,
+                &InstallOptions::default(),
+            )
+        }
+
+        /// Makes `/name` a symlink to `target`.
+        fn symlink(&mut self, name: &str, target: &str) {
+            let root = self.tree.root();
+            let l = self.tree.add_inode(
+                InodeKind::Symlink {
+                    target: target.as_bytes().to_vec(),
+                },
+                Metadata::new(0o777, 0, 0, 0),
+            );
+            self.tree.link(root, name.as_bytes().to_vec(), l);
+        }
+
+        /// Writes a file owned by root at time 0.
+        fn write(&mut self, path: &str, data: &[u8], mode: u16) {
+            write_tree_file(&mut self.tree, &mut self.store, path, data, mode, 0).unwrap();
         }
 
         fn read(&mut self, p: &str) -> String {
@@ -617,14 +621,7 @@ mod tests {
     fn owned_file_conflict_and_replaces() {
         let mut fx = Fx::new();
         let d = fx.deb("bar", "", &[("./usr/bin/base-tool", 0o755, b"y")]);
-        let e = install_debs(
-            &mut fx.tree,
-            &mut fx.store,
-            &[d],
-            &InstallOptions::default(),
-        )
-        .unwrap_err()
-        .to_string();
+        let e = fx.install(&[d]).unwrap_err().to_string();
         assert!(
             e.contains("file /usr/bin/base-tool is already owned by package base"),
             "{e}"
@@ -637,38 +634,18 @@ mod tests {
             "Replaces: base\n",
             &[("./usr/bin/base-tool", 0o755, b"y")],
         );
-        install_debs(
-            &mut fx.tree,
-            &mut fx.store,
-            &[d],
-            &InstallOptions::default(),
-        )
-        .unwrap();
+        fx.install(&[d]).unwrap();
         assert_eq!(fx.read("usr/bin/base-tool"), "y");
     }
 
     #[test]
     fn escaping_and_looping_symlinks() {
         let mut fx = Fx::new();
-        let root = fx.tree.root();
         for (n, t) in [("up", "../../x"), ("loop1", "loop2"), ("loop2", "loop1")] {
-            let l = fx.tree.add_inode(
-                InodeKind::Symlink {
-                    target: t.as_bytes().to_vec(),
-                },
-                Metadata::new(0o777, 0, 0, 0),
-            );
-            fx.tree.link(root, n.as_bytes().to_vec(), l);
+            fx.symlink(n, t);
         }
         let d = fx.deb("esc", "", &[("./up/f", 0o644, b"")]);
-        let e = install_debs(
-            &mut fx.tree,
-            &mut fx.store,
-            &[d],
-            &InstallOptions::default(),
-        )
-        .unwrap_err()
-        .to_string();
+        let e = fx.install(&[d]).unwrap_err().to_string();
         assert!(
             e.contains("package esc")
                 && e.contains("\"up/f\"")
@@ -676,34 +653,15 @@ mod tests {
             "{e}"
         );
         let d = fx.deb("lp", "", &[("./loop1/f", 0o644, b"")]);
-        let e = install_debs(
-            &mut fx.tree,
-            &mut fx.store,
-            &[d],
-            &InstallOptions::default(),
-        )
-        .unwrap_err()
-        .to_string();
+        let e = fx.install(&[d]).unwrap_err().to_string();
         assert!(
             e.contains("package lp") && e.contains("too many levels of symlinks"),
             "{e}"
         );
         // Absolute symlinks resolve from the tree root.
-        let l = fx.tree.add_inode(
-            InodeKind::Symlink {
-                target: b"/usr/lib".to_vec(),
-            },
-            Metadata::new(0o777, 0, 0, 0),
-        );
-        fx.tree.link(root, b"lib64".to_vec(), l);
+        fx.symlink("lib64", "/usr/lib");
         let d = fx.deb("abs", "", &[("./lib64/ld.so", 0o755, b"ld")]);
-        install_debs(
-            &mut fx.tree,
-            &mut fx.store,
-            &[d],
-            &InstallOptions::default(),
-        )
-        .unwrap();
+        fx.install(&[d]).unwrap();
         assert!(fx.tree.lookup_path(b"usr/lib/ld.so").is_some());
     }
 
@@ -713,14 +671,7 @@ mod tests {
         let (mut p, path) = fx.deb("foo", "", &[("./a", 0o644, b"a")]);
         p.sha256 = "ab".repeat(32);
         let before = fx.tree.entry_count();
-        let e = install_debs(
-            &mut fx.tree,
-            &mut fx.store,
-            &[(p, path)],
-            &InstallOptions::default(),
-        )
-        .unwrap_err()
-        .to_string();
+        let e = fx.install(&[(p, path)]).unwrap_err().to_string();
         assert!(
             e.contains("package foo 1.0")
                 && e.contains(&"ab".repeat(32))

@@ -266,31 +266,12 @@ impl DosTime {
     pub fn from_unix(secs: i64) -> DosTime {
         const MIN: i64 = 315_532_800; // 1980-01-01
         const MAX: i64 = 4_354_819_198; // 2107-12-31 23:59:58
-        let secs = secs.clamp(MIN, MAX);
-        let days = secs.div_euclid(86_400);
-        let rem = secs.rem_euclid(86_400);
-        let (y, m, d) = civil_from_days(days);
+        let (y, m, d, h, mi, s) = crate::time::civil(secs.clamp(MIN, MAX));
         DosTime {
             date: (((y - 1980) as u16) << 9) | ((m as u16) << 5) | d as u16,
-            time: (((rem / 3600) as u16) << 11)
-                | ((((rem / 60) % 60) as u16) << 5)
-                | ((rem % 60) / 2) as u16,
+            time: ((h as u16) << 11) | ((mi as u16) << 5) | (s / 2) as u16,
         }
     }
-}
-
-/// Howard Hinnant's days-to-civil: (year, month 1-12, day 1-31).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 #[cfg(test)]

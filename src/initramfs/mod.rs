@@ -4,12 +4,11 @@
 
 pub mod cpio;
 
-use std::collections::BTreeMap;
-
 use anyhow::{Context, Result};
 
 use crate::kmod::ModuleIndex;
-use crate::tree::{ContentStore, FsTree, InodeId, InodeKind, Metadata};
+use crate::tree::edit::Editor;
+use crate::tree::{ContentStore, FsTree, InodeKind, Metadata};
 
 /// Modules os-init loads when the kernel has them (built-in or missing
 /// ones are skipped): storage controllers, USB and MMC storage, and the
@@ -87,34 +86,35 @@ pub fn build(
         .collect();
     let closure = kernel.closure(&present)?;
     let mut initrd = FsTree::new();
-    add_file(&mut initrd, store, "init", os_init, 0o755)?;
+    // Everything owned by root, at time 0: the archive is reproducible.
+    let mut ed = Editor {
+        tree: &mut initrd,
+        store,
+        mtime: 0,
+    };
+    ed.write("init", os_init, 0o755)?;
     let mut load = String::new();
     let mut names = Vec::new();
     for m in &closure {
         let InodeKind::File { content } = &tree.inode(m.inode).kind else {
             anyhow::bail!("module {}: {} is not a regular file", m.info.name, m.path);
         };
-        let data = store
+        let data = ed
+            .store
             .read_all(content)
             .with_context(|| format!("reading module {}", m.path))?;
         let path = format!("lib/modules/{}/{}", kernel.version, m.rel_path);
-        add_file(&mut initrd, store, &path, &data, 0o644)?;
+        ed.write(&path, &data, 0o644)?;
         load.push('/');
         load.push_str(&path);
         load.push('\n');
         names.push(m.info.name.clone());
     }
-    add_file(
-        &mut initrd,
-        store,
-        "lib/modules/os-init.load",
-        load.as_bytes(),
-        0o644,
-    )?;
-    for d in ["proc", "sys", "run", "sysroot", "tmp"] {
-        mkdirs(&mut initrd, d);
+    ed.write("lib/modules/os-init.load", load.as_bytes(), 0o644)?;
+    for d in ["proc", "sys", "run", "sysroot", "tmp", "dev"] {
+        ed.mkdir(d, 0o755)?;
     }
-    let dev = mkdirs(&mut initrd, "dev");
+    let dev = ed.lookup("dev").context("the initramfs has no /dev")?;
     let console = initrd.add_inode(
         InodeKind::CharDevice { major: 5, minor: 1 },
         Metadata::new(0o600, 0, 0, 0),
@@ -123,39 +123,4 @@ pub fn build(
     let mut bytes = Vec::new();
     cpio::write(&initrd, store, &mut bytes)?;
     Ok((bytes, names))
-}
-
-fn mkdirs(t: &mut FsTree, path: &str) -> InodeId {
-    let mut cur = t.root();
-    for c in path.split('/').filter(|c| !c.is_empty()) {
-        cur = match t.lookup(cur, c.as_bytes()) {
-            Some(id) => id,
-            None => {
-                let id = t.add_inode(
-                    InodeKind::Directory {
-                        children: BTreeMap::new(),
-                    },
-                    Metadata::new(0o755, 0, 0, 0),
-                );
-                t.link(cur, c.as_bytes().to_vec(), id);
-                id
-            }
-        };
-    }
-    cur
-}
-
-fn add_file(
-    t: &mut FsTree,
-    store: &mut ContentStore,
-    path: &str,
-    data: &[u8],
-    mode: u16,
-) -> Result<()> {
-    let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
-    let p = mkdirs(t, parent);
-    let content = store.append(data).context("storing an initramfs file")?;
-    let id = t.add_inode(InodeKind::File { content }, Metadata::new(mode, 0, 0, 0));
-    t.link(p, name.as_bytes().to_vec(), id);
-    Ok(())
 }

@@ -398,19 +398,7 @@ mod tests {
     #[test]
     fn hostile_symbol_tables_are_errors_not_panics() {
         let good = test_module();
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        for _ in 0..5000 {
-            let mut m = good.clone();
-            for _ in 0..3 {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                let i = (seed as usize) % m.len();
-                m[i] = (seed >> 40) as u8;
-            }
-            if seed % 7 == 0 {
-                m.truncate((seed as usize >> 3) % m.len());
-            }
+        for m in crate::kmod::mutants(&good, 0x2545_f491_4f6c_dd1d, 7) {
             if let Ok(t) = elf::symbol_tables(&m) {
                 let _ = symbols(&t);
             }

@@ -295,6 +295,31 @@ impl ModuleIndex {
     }
 }
 
+/// 5000 damaged copies of `good` for robustness tests: three bytes of
+/// each replaced at pseudo-random offsets (xorshift from `seed`), and
+/// about one in `truncate_one_in` also cut short.
+#[cfg(test)]
+pub(crate) fn mutants(
+    good: &[u8],
+    mut seed: u64,
+    truncate_one_in: u64,
+) -> impl Iterator<Item = Vec<u8>> + '_ {
+    (0..5000).map(move |_| {
+        let mut m = good.to_vec();
+        for _ in 0..3 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let i = (seed as usize) % m.len();
+            m[i] = (seed >> 40) as u8;
+        }
+        if seed % truncate_one_in == 0 {
+            m.truncate((seed as usize >> 3) % m.len());
+        }
+        m
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,19 +371,7 @@ mod tests {
     fn hostile_elf_is_an_error_not_a_panic() {
         let good = fake_module(b"name=x\0");
         assert!(ModInfo::from_module(b"not elf").is_err());
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        for _ in 0..5000 {
-            let mut m = good.clone();
-            for _ in 0..3 {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                let i = (seed as usize) % m.len();
-                m[i] = (seed >> 40) as u8;
-            }
-            if seed % 5 == 0 {
-                m.truncate((seed as usize >> 3) % m.len());
-            }
+        for m in mutants(&good, 0x9e37_79b9_7f4a_7c15, 5) {
             let _ = ModInfo::from_module(&m);
         }
     }

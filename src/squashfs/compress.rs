@@ -84,48 +84,57 @@ impl Compressor {
                 filters.lzma2(&opts);
                 let mut stream = Stream::new_stream_encoder(&filters, Check::Crc32)
                     .context("setting up an xz encoder")?;
-                out.reserve(input.len());
-                loop {
+                let ended = run_to_end(input.len(), out, |out| {
                     let rest = &input[stream.total_in() as usize..];
-                    let before = out.len();
                     let status = stream
                         .process_vec(rest, out, Action::Finish)
                         .context("xz compression failed")?;
-                    if status == Status::StreamEnd {
-                        break;
-                    }
-                    if out.len() >= input.len() {
-                        return Ok(false);
-                    }
-                    if out.len() == before {
-                        bail!("compression made no progress");
-                    }
-                    out.reserve(4096);
+                    Ok(status == Status::StreamEnd)
+                })?;
+                if !ended {
+                    return Ok(false);
                 }
             }
             Kind::Gzip(g) => {
                 g.reset();
-                out.reserve(input.len());
-                loop {
+                let ended = run_to_end(input.len(), out, |out| {
                     let rest = &input[g.total_in() as usize..];
-                    let before = out.len();
                     let status = g
                         .compress_vec(rest, out, flate2::FlushCompress::Finish)
                         .context("zlib compression failed")?;
-                    if status == flate2::Status::StreamEnd {
-                        break;
-                    }
-                    if out.len() >= input.len() {
-                        return Ok(false);
-                    }
-                    if out.len() == before {
-                        bail!("compression made no progress");
-                    }
-                    out.reserve(4096);
+                    Ok(status == flate2::Status::StreamEnd)
+                })?;
+                if !ended {
+                    return Ok(false);
                 }
             }
         }
         Ok(out.len() < input.len())
+    }
+}
+
+/// Drives a streaming encoder over an input of `input_len` bytes into
+/// `out`: `step` feeds it what it has not taken yet (finishing the stream)
+/// and says whether the stream ended. True once it has; false as soon as
+/// the output is no smaller than the input (not worth finishing).
+fn run_to_end(
+    input_len: usize,
+    out: &mut Vec<u8>,
+    mut step: impl FnMut(&mut Vec<u8>) -> Result<bool>,
+) -> Result<bool> {
+    out.reserve(input_len);
+    loop {
+        let before = out.len();
+        if step(out)? {
+            return Ok(true);
+        }
+        if out.len() >= input_len {
+            return Ok(false);
+        }
+        if out.len() == before {
+            bail!("compression made no progress");
+        }
+        out.reserve(4096);
     }
 }
 

@@ -3,7 +3,7 @@
 //! environment blocks, and two root slots.
 
 use std::fs::{self, File};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use boot_contract::grubenv::GrubEnv;
@@ -11,7 +11,8 @@ use build_image::disk::{self, Arch, Layout, Source};
 use build_image::fat::{self, FatOptions, FatType};
 use build_image::tree::{ContentStore, FsTree};
 
-use super::boot::file;
+use super::boot::{busybox_root_with, file, KernelAndInitrd};
+use super::qemu::tail;
 use super::require_tool;
 
 /// The project's `bootloader/grub.cfg` with `name` and `cmdline` filled in.
@@ -118,4 +119,112 @@ pub fn read_fat_file(disk: &Path, off: u64, name: &str) -> Vec<u8> {
 /// `/grubenv` of the ESP of `disk`.
 pub fn read_env(disk: &Path, layout: &Layout) -> GrubEnv {
     GrubEnv::parse(&read_esp_file(disk, layout, "/grubenv")).unwrap()
+}
+
+/// The root slots of the try-once tests, `DIR/a.squashfs` and
+/// `DIR/b.squashfs`: roots of `busybox` whose init prints
+/// `root-init: slot X` and the kernel command line, then powers off.
+pub fn slot_roots(store: &mut ContentStore, busybox: &[u8], dir: &Path) -> (PathBuf, PathBuf) {
+    let (a, b) = (dir.join("a.squashfs"), dir.join("b.squashfs"));
+    for (slot, out) in [("a", &a), ("b", &b)] {
+        let script = format!("echo \"root-init: slot {slot} $(cat /proc/cmdline)\"");
+        busybox_root_with(store, busybox, &script, out);
+    }
+    (a, b)
+}
+
+/// The ESP of the try-once tests: `grub` at `grub_path` (the firmware's
+/// removable-media path, /EFI/BOOT/BOOT<ARCH>.EFI), `cfg` where Debian's
+/// signed GRUB reads it (`$prefix/grub.cfg`, prefix /EFI/debian), and the
+/// same kernel and initrd in /a and /b.
+pub fn try_once_esp<'a>(
+    grub_path: &'a str,
+    grub: &'a [u8],
+    cfg: &'a str,
+    k: &'a KernelAndInitrd,
+) -> Vec<(&'a str, &'a [u8])> {
+    vec![
+        (grub_path, grub),
+        ("/EFI/debian/grub.cfg", cfg.as_bytes()),
+        ("/a/vmlinuz", &k.vmlinuz),
+        ("/a/initrd", &k.initrd),
+        ("/b/vmlinuz", &k.vmlinuz),
+        ("/b/initrd", &k.initrd),
+    ]
+}
+
+/// GRUB's try-once slot selection, booted for real on one disk whose root
+/// slots are [`slot_roots`]. `write` (re)writes the disk with the given
+/// environment in both env blocks, or with the given bytes as /grubenv
+/// instead, and returns its layout; `boot` boots it once (the argument
+/// names the step for messages) and returns the console.
+///
+/// 1. default_slot=a boots slot a;
+/// 2. trial_slot=b boots slot b once, and GRUB has cleared trial_slot in
+///    /grubenv on the ESP (read back with mtools) and left /grubenv.bak
+///    as it was;
+/// 3. the next boot of the same disk, nothing else changed, is slot a
+///    again;
+/// 4. with the primary block /grubenv torn, GRUB uses /grubenv.bak.
+pub fn try_once_cycle(
+    disk: &Path,
+    mut write: impl FnMut(&GrubEnv, Option<&[u8]>) -> Layout,
+    mut boot: impl FnMut(&str) -> String,
+) {
+    // 1. The default slot.
+    let mut env = GrubEnv::new();
+    env.set("default_slot", "a").unwrap();
+    env.set("trial_slot", "").unwrap();
+    write(&env, None);
+    let c = boot("1 (default a)");
+    assert_console("1", &c, "os-init: root root_a is");
+    assert_console("1", &c, "root-init: slot a");
+    assert_console("1", &c, "BOOT_IMAGE=/a/vmlinuz bi.root=root_a bi.slot=a");
+    assert!(!c.contains("root-init: slot b"), "{}", tail(&c, 40));
+
+    // 2. A trial of slot b: booted once, and the trial is consumed.
+    env.set("trial_slot", "b").unwrap();
+    let layout = write(&env, None);
+    let c = boot("2 (trial b)");
+    assert_console("2", &c, "os-init: root root_b is");
+    assert_console("2", &c, "root-init: slot b");
+    assert_console("2", &c, "BOOT_IMAGE=/b/vmlinuz bi.root=root_b bi.slot=b");
+    let after = read_env(disk, &layout);
+    assert_eq!(after.get("trial_slot"), Some(""), "GRUB left {after:?}");
+    assert_eq!(after.get("default_slot"), Some("a"), "GRUB left {after:?}");
+    // save_env rewrote the block in place; the backup copy is untouched.
+    let bak = read_esp_file(disk, &layout, "/grubenv.bak");
+    assert!(
+        bak[..] == env.encode().unwrap()[..],
+        "/grubenv.bak changed: {:?}",
+        GrubEnv::parse(&bak)
+    );
+
+    // 3. Nothing committed the trial: back to slot a.
+    let c = boot("3 (after the trial)");
+    assert_console("3", &c, "os-init: root root_a is");
+    assert_console("3", &c, "root-init: slot a");
+    assert!(!c.contains("root-init: slot b"), "{}", tail(&c, 40));
+
+    // 4. A torn primary block: the backup copy decides (default b here).
+    let mut env = GrubEnv::new();
+    env.set("default_slot", "b").unwrap();
+    env.set("trial_slot", "").unwrap();
+    let mut torn = env.encode().unwrap();
+    torn[..8].copy_from_slice(&[0; 8]);
+    write(&env, Some(&torn));
+    let c = boot("4 (torn /grubenv, backup says b)");
+    assert_console("4", &c, "os-init: root root_b is");
+    assert_console("4", &c, "root-init: slot b");
+}
+
+/// Asserts the console of boot `step` shows `needle`, or panics with its
+/// tail.
+#[track_caller]
+pub fn assert_console(step: &str, console: &str, needle: &str) {
+    assert!(
+        console.contains(needle),
+        "boot {step}: the console has no {needle:?}; its tail:\n{}",
+        tail(console, 40)
+    );
 }

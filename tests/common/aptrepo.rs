@@ -1,6 +1,6 @@
 //! A local signed apt repository served over HTTP on 127.0.0.1, with real
 //! `.deb`s from Debian (downloaded once with `apt-get download` into
-//! target/test-fixtures/debs/) and a throwaway signing key.
+//! target/test-fixtures/debs-ARCH/) and a throwaway signing key.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -9,6 +9,8 @@ use std::process::Command;
 
 use build_image::apt::{self, Keyring};
 use build_image::oci::Digest;
+
+use super::fixtures::{debian_package_deb, host_debian_arch};
 
 /// A throwaway GnuPG home with one ed25519 signing key.
 pub struct Gpg {
@@ -74,102 +76,13 @@ impl Gpg {
     }
 }
 
-pub fn host_arch() -> String {
-    let out = Command::new("dpkg")
-        .arg("--print-architecture")
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-/// A lock between test processes: a directory made with `mkdir` (atomic),
-/// holding the owner's pid; a lock whose owner died is taken over.
-pub struct DirLock(PathBuf);
-
-impl DirLock {
-    pub fn take(path: &Path) -> DirLock {
-        let start = std::time::Instant::now();
-        loop {
-            match std::fs::create_dir(path) {
-                Ok(()) => {
-                    std::fs::write(path.join("pid"), std::process::id().to_string()).unwrap();
-                    return DirLock(path.to_path_buf());
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    if !path.is_dir() {
-                        // Not ours (a stray file): clear it.
-                        let _ = std::fs::remove_file(path);
-                        continue;
-                    }
-                    let owner = std::fs::read_to_string(path.join("pid")).ok();
-                    let dead = match owner.as_deref().map(str::trim).map(str::parse::<u32>) {
-                        Some(Ok(pid)) => !Path::new(&format!("/proc/{pid}")).exists(),
-                        // No pid written yet: give the owner a moment.
-                        _ => start.elapsed() > std::time::Duration::from_secs(10),
-                    };
-                    if dead || start.elapsed() > std::time::Duration::from_secs(600) {
-                        let _ = std::fs::remove_dir_all(path);
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                }
-                Err(e) => panic!("cannot create {}: {e}", path.display()),
-            }
-        }
-    }
-}
-
-impl Drop for DirLock {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 pub const DEBS: &[&str] = &["hello", "sl", "libncurses6"];
 
-/// Real .debs from Debian, downloaded once (under a lock) into
-/// target/test-fixtures/debs/.
+/// Real .debs of the host's architecture from Debian, downloaded once
+/// (see [`debian_package_deb`]).
 pub fn real_debs() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-fixtures/debs");
-    std::fs::create_dir_all(&dir).unwrap();
-    let _lock = DirLock::take(&dir.join(".lock"));
-    let find = |name: &str| -> Option<PathBuf> {
-        std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| {
-                p.file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .starts_with(&format!("{name}_"))
-            })
-    };
-    let missing: Vec<&str> = DEBS.iter().copied().filter(|n| find(n).is_none()).collect();
-    if !missing.is_empty() {
-        let download = || {
-            Command::new("apt-get")
-                .arg("download")
-                .args(&missing)
-                .current_dir(&dir)
-                .output()
-                .expect("apt-get is needed")
-        };
-        let mut out = download();
-        if !out.status.success() {
-            // A fresh machine has no package lists yet.
-            let st = Command::new("apt-get")
-                .args(["update", "-q"])
-                .status()
-                .expect("apt-get is needed");
-            assert!(st.success(), "apt-get update failed");
-            out = download();
-        }
-        assert!(
-            out.status.success(),
-            "apt-get download {missing:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    DEBS.iter().map(|n| find(n).unwrap()).collect()
+    let arch = host_debian_arch();
+    DEBS.iter().map(|n| debian_package_deb(n, &arch)).collect()
 }
 
 /// Serves `root` over HTTP/1.1 on 127.0.0.1; returns the base URL.
@@ -233,7 +146,7 @@ impl Repo {
         let repo = Repo {
             dir: tempfile::tempdir().unwrap(),
             gpg: Gpg::new(),
-            arch: host_arch(),
+            arch: host_debian_arch(),
         };
         let pool = repo.dir.path().join("pool/main");
         std::fs::create_dir_all(&pool).unwrap();

@@ -2,20 +2,18 @@
 //! the Debian kernel as a tree, an initramfs of os-init plus a module
 //! closure, small busybox roots as squashfs. QEMU itself: [`super::qemu`].
 
-use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use build_image::initramfs::cpio;
 use build_image::kmod::ModuleIndex;
 use build_image::squashfs;
-use build_image::tree::{
-    merge_layer, ContentStore, FsTree, InodeId, InodeKind, LayerSource, Metadata,
-};
+use build_image::tree::edit::Editor;
+use build_image::tree::{merge_layer, ContentStore, FsTree, InodeKind, LayerSource};
 
-use super::fixtures::debian_kernel_deb;
+use super::fixtures::{debian_kernel_deb, debian_package_deb};
 pub use super::qemu::tail;
 use super::qemu::Vm;
 use super::require_tool;
@@ -25,49 +23,33 @@ pub fn os_init_binary() -> PathBuf {
     os_init_binary_for(musl_target("amd64"))
 }
 
-pub fn mkdirs(t: &mut FsTree, path: &str) -> InodeId {
-    let mut cur = t.root();
-    for c in path.split('/').filter(|c| !c.is_empty()) {
-        cur = match t.lookup(cur, c.as_bytes()) {
-            Some(id) => id,
-            None => {
-                let id = t.add_inode(
-                    InodeKind::Directory {
-                        children: BTreeMap::new(),
-                    },
-                    Metadata::new(0o755, 0, 0, 0),
-                );
-                t.link(cur, c.as_bytes().to_vec(), id);
-                id
-            }
-        };
+/// The image build's tree editor on `t`, for entries owned by root at
+/// time 0 (parents are created as 0755 directories).
+pub fn editor<'a>(t: &'a mut FsTree, store: &'a mut ContentStore) -> Editor<'a> {
+    Editor {
+        tree: t,
+        store,
+        mtime: 0,
     }
-    cur
 }
 
+/// Writes a regular file into `t` (see [`editor`]).
 pub fn file(t: &mut FsTree, store: &mut ContentStore, path: &str, data: &[u8], mode: u16) {
-    let (parent, name) = path.rsplit_once('/').unwrap();
-    let p = mkdirs(t, parent);
-    let content = store.append(data).unwrap();
-    let id = t.add_inode(InodeKind::File { content }, Metadata::new(mode, 0, 0, 0));
-    t.link(p, name.as_bytes().to_vec(), id);
-}
-
-pub fn symlink(t: &mut FsTree, path: &str, target: &str) {
-    let (parent, name) = path.rsplit_once('/').unwrap();
-    let p = mkdirs(t, parent);
-    let id = t.add_inode(
-        InodeKind::Symlink {
-            target: target.as_bytes().to_vec(),
-        },
-        Metadata::new(0o777, 0, 0, 0),
-    );
-    t.link(p, name.as_bytes().to_vec(), id);
+    editor(t, store)
+        .write(path, data, mode)
+        .unwrap_or_else(|e| panic!("{path}: {e:#}"));
 }
 
 /// Merges a .deb's files into a new tree (the same merge the image build
 /// uses for layers).
 pub fn deb_tree(deb: &Path, store: &mut ContentStore) -> FsTree {
+    let mut tree = FsTree::new();
+    merge_deb(&mut tree, store, deb);
+    tree
+}
+
+/// Merges a .deb's files into `tree` as the image build merges a layer.
+fn merge_deb(tree: &mut FsTree, store: &mut ContentStore, deb: &Path) {
     require_tool("dpkg-deb", "dpkg");
     let mut child = Command::new("dpkg-deb")
         .arg("--fsys-tarfile")
@@ -75,9 +57,8 @@ pub fn deb_tree(deb: &Path, store: &mut ContentStore) -> FsTree {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut tree = FsTree::new();
     merge_layer(
-        &mut tree,
+        tree,
         store,
         &LayerSource {
             name: deb.display().to_string(),
@@ -85,8 +66,11 @@ pub fn deb_tree(deb: &Path, store: &mut ContentStore) -> FsTree {
         child.stdout.take().unwrap(),
     )
     .unwrap();
-    assert!(child.wait().unwrap().success());
-    tree
+    assert!(
+        child.wait().unwrap().success(),
+        "dpkg-deb {}",
+        deb.display()
+    );
 }
 
 pub fn file_bytes(tree: &FsTree, store: &ContentStore, path: &str) -> Vec<u8> {
@@ -107,48 +91,50 @@ pub struct KernelAndInitrd {
     pub initrd: Vec<u8>,
 }
 
+impl KernelAndInitrd {
+    /// Writes both to `DIR/vmlinuz` and `DIR/initrd.cpio`; returns the
+    /// paths (for a direct kernel boot).
+    pub fn write_to(&self, dir: &Path) -> (PathBuf, PathBuf) {
+        let (vmlinuz, initrd) = (dir.join("vmlinuz"), dir.join("initrd.cpio"));
+        fs::write(&vmlinuz, &self.vmlinuz).unwrap();
+        fs::write(&initrd, &self.initrd).unwrap();
+        (vmlinuz, initrd)
+    }
+}
+
 pub fn kernel_and_initrd(store: &mut ContentStore, modules: &[&str]) -> KernelAndInitrd {
     let init = fs::read(os_init_binary()).unwrap();
-    kernel_and_initrd_from(&debian_kernel_deb("amd64"), &init, store, modules)
+    kernel_and_initrd_from(&debian_kernel_deb("amd64"), &init, store, modules, true)
 }
 
 /// The Debian amd64 kernel and the initramfs an image build ships: os-init
 /// and the closure of `initramfs::BOOT_MODULES` (those this kernel has).
 pub fn kernel_and_shipped_initrd(store: &mut ContentStore) -> KernelAndInitrd {
     let init = fs::read(os_init_binary()).unwrap();
-    let deb = debian_kernel_deb("amd64");
-    let kernel = deb_tree(&deb, store);
-    let version = ModuleIndex::versions(&kernel).remove(0);
-    let vmlinuz = file_bytes(&kernel, store, &format!("boot/vmlinuz-{version}"));
-    let idx = ModuleIndex::scan(&kernel, store, &version).unwrap();
-    let (initrd, _) = build_image::initramfs::build(
-        &idx,
-        &kernel,
-        store,
+    kernel_and_initrd_from(
+        &debian_kernel_deb("amd64"),
         &init,
+        store,
         build_image::initramfs::BOOT_MODULES,
+        false,
     )
-    .unwrap();
-    KernelAndInitrd {
-        version,
-        vmlinuz,
-        initrd,
-    }
 }
 
 /// The kernel of a kernel package and the initramfs the image build makes
-/// (`initramfs::build`) from `init` and the closure of `modules`.
+/// (`initramfs::build`) from `init` and the closure of `modules` (those
+/// the kernel has; with `require_all`, the kernel must have every one).
 fn kernel_and_initrd_from(
     deb: &Path,
     init: &[u8],
     store: &mut ContentStore,
     modules: &[&str],
+    require_all: bool,
 ) -> KernelAndInitrd {
     let kernel = deb_tree(deb, store);
     let version = ModuleIndex::versions(&kernel).remove(0);
     let vmlinuz = file_bytes(&kernel, store, &format!("boot/vmlinuz-{version}"));
     let idx = ModuleIndex::scan(&kernel, store, &version).unwrap();
-    for m in modules {
+    for m in modules.iter().filter(|_| require_all) {
         let n = build_image::kmod::normalise(m);
         assert!(
             idx.modules.contains_key(&n) || idx.builtin.contains(&n),
@@ -163,37 +149,87 @@ fn kernel_and_initrd_from(
     }
 }
 
-/// A squashfs root of busybox whose /sbin/init runs `script` (sh) and
-/// powers off.
+/// A squashfs root of the host's busybox whose /sbin/init runs `script`
+/// (sh) and powers off.
 pub fn busybox_root(store: &mut ContentStore, script: &str, out: &Path) {
+    busybox_root_with(store, &host_busybox(), script, out);
+}
+
+/// `/bin/busybox` of the machine the tests run on.
+pub fn host_busybox() -> Vec<u8> {
     let busybox = Path::new("/bin/busybox");
     assert!(
         busybox.is_file(),
         "/bin/busybox missing: apt-get install busybox-static"
     );
-    let mut root = FsTree::new();
-    file(
-        &mut root,
-        store,
-        "/bin/busybox",
-        &fs::read(busybox).unwrap(),
-        0o755,
-    );
-    symlink(&mut root, "/bin/sh", "busybox");
+    fs::read(busybox).unwrap()
+}
+
+/// Completes `root` as a bootable busybox root and writes it as squashfs
+/// to `out`: `busybox` as /bin/busybox and /bin/sh, `files` (`(path,
+/// contents, mode)`), an /sbin/init that runs `script` (sh) and powers
+/// off, and the mount points the kernel and init need.
+fn write_busybox_root(
+    mut root: FsTree,
+    store: &mut ContentStore,
+    busybox: &[u8],
+    files: &[(&str, &[u8], u16)],
+    script: &str,
+    out: &Path,
+) {
     let init = format!("#!/bin/sh\n{script}\n/bin/busybox poweroff -f\n");
-    file(&mut root, store, "/sbin/init", init.as_bytes(), 0o755);
-    for d in ["/dev", "/proc", "/sys", "/run", "/tmp"] {
-        mkdirs(&mut root, d);
-    }
+    let mut ed = editor(&mut root, store);
+    let mut edit = || -> anyhow::Result<()> {
+        ed.write("/bin/busybox", busybox, 0o755)?;
+        ed.symlink("/bin/sh", "busybox")?;
+        for (path, data, mode) in files {
+            ed.write(path, data, *mode)?;
+        }
+        ed.write("/sbin/init", init.as_bytes(), 0o755)?;
+        for d in ["/dev", "/proc", "/sys", "/run", "/tmp"] {
+            ed.mkdir(d, 0o755)?;
+        }
+        Ok(())
+    };
+    edit().unwrap_or_else(|e| panic!("the busybox root for {}: {e:#}", out.display()));
     let mut f = File::create(out).unwrap();
     squashfs::write(&root, store, &squashfs::Options::default(), &mut f).unwrap();
 }
 
-/// Runs QEMU (x86_64, TCG, 768 MiB) with `args` until it exits or
-/// `timeout` passes. Returns its exit status (`None` on timeout, after
-/// killing it) and the console output.
-pub fn run_qemu(args: &[String], timeout: Duration) -> (Option<ExitStatus>, String) {
-    Vm::x86_64(768).args(args.iter().cloned()).run(timeout)
+/// Boots `vmlinuz` with `initrd` directly (QEMU x86_64, TCG, 768 MiB,
+/// SeaBIOS), `cmdline`, and `drive` (a `-drive` value, the disk as
+/// virtio); returns the console once QEMU exits. It must, within 240 s:
+/// `-no-reboot` turns a reboot into an exit.
+pub fn boot_direct(vmlinuz: &Path, initrd: &Path, cmdline: &str, drive: &str) -> String {
+    let args = [
+        "-kernel".to_string(),
+        vmlinuz.display().to_string(),
+        "-initrd".into(),
+        initrd.display().to_string(),
+        "-append".into(),
+        cmdline.into(),
+        "-drive".into(),
+        drive.into(),
+    ];
+    let (status, console) = Vm::x86_64(768).args(args).run(Duration::from_secs(240));
+    assert!(
+        status.is_some(),
+        "QEMU did not exit:\n{}",
+        tail(&console, 40)
+    );
+    console
+}
+
+/// Asserts the console shows each of `wants`, or panics with its tail.
+#[track_caller]
+pub fn expect_console(console: &str, wants: &[&str]) {
+    for want in wants {
+        assert!(
+            console.contains(want),
+            "console lacks {want:?}:\n{}",
+            tail(console, 50)
+        );
+    }
 }
 
 /// The Rust musl target whose os-init runs on Debian architecture `arch`.
@@ -242,7 +278,26 @@ pub fn kernel_and_initrd_for(
 ) -> KernelAndInitrd {
     let init = fs::read(os_init_binary_for(musl_target(arch))).unwrap();
     let deb = super::fixtures::debian_kernel_deb_for(arch);
-    kernel_and_initrd_from(&deb, &init, store, modules)
+    kernel_and_initrd_from(&deb, &init, store, modules, true)
+}
+
+/// Debian's signed GRUB EFI binary for `arch` (`amd64`: grubx64.efi from
+/// grub-efi-amd64-signed, `arm64`: grubaa64.efi from
+/// grub-efi-arm64-signed).
+pub fn signed_grub_efi(arch: &str, store: &mut ContentStore) -> Vec<u8> {
+    let efi_arch = match arch {
+        "amd64" => "x86_64",
+        "arm64" => "arm64",
+        _ => panic!("no signed GRUB known for Debian architecture {arch:?}"),
+    };
+    let short = if arch == "amd64" { "x64" } else { "aa64" };
+    let deb = super::fixtures::debian_package_deb_for(&format!("grub-efi-{arch}-signed"), arch);
+    let grub = deb_tree(&deb, store);
+    file_bytes(
+        &grub,
+        store,
+        &format!("usr/lib/grub/{efi_arch}-efi-signed/grub{short}.efi.signed"),
+    )
 }
 
 /// The static busybox of Debian's `busybox-static` for `arch`.
@@ -255,16 +310,7 @@ pub fn busybox_for(arch: &str, store: &mut ContentStore) -> Vec<u8> {
 /// Like [`busybox_root`], with the given busybox binary (see
 /// [`busybox_for`]) instead of the host's.
 pub fn busybox_root_with(store: &mut ContentStore, busybox: &[u8], script: &str, out: &Path) {
-    let mut root = FsTree::new();
-    file(&mut root, store, "/bin/busybox", busybox, 0o755);
-    symlink(&mut root, "/bin/sh", "busybox");
-    let init = format!("#!/bin/sh\n{script}\n/bin/busybox poweroff -f\n");
-    file(&mut root, store, "/sbin/init", init.as_bytes(), 0o755);
-    for d in ["/dev", "/proc", "/sys", "/run", "/tmp"] {
-        mkdirs(&mut root, d);
-    }
-    let mut f = File::create(out).unwrap();
-    squashfs::write(&root, store, &squashfs::Options::default(), &mut f).unwrap();
+    write_busybox_root(FsTree::new(), store, busybox, &[], script, out);
 }
 
 /// A squashfs root made of real Debian amd64 packages (`packages`, merged
@@ -279,52 +325,10 @@ pub fn debian_packages_root(
     script: &str,
     out: &Path,
 ) {
-    require_tool("dpkg-deb", "dpkg");
-    let busybox = Path::new("/bin/busybox");
-    assert!(
-        busybox.is_file(),
-        "/bin/busybox missing: apt-get install busybox-static"
-    );
+    let busybox = host_busybox();
     let mut root = FsTree::new();
     for pkg in packages {
-        let deb = super::fixtures::debian_package_deb(pkg, "amd64");
-        let mut child = Command::new("dpkg-deb")
-            .arg("--fsys-tarfile")
-            .arg(&deb)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        merge_layer(
-            &mut root,
-            store,
-            &LayerSource {
-                name: deb.display().to_string(),
-            },
-            child.stdout.take().unwrap(),
-        )
-        .unwrap();
-        assert!(
-            child.wait().unwrap().success(),
-            "dpkg-deb {}",
-            deb.display()
-        );
+        merge_deb(&mut root, store, &debian_package_deb(pkg, "amd64"));
     }
-    file(
-        &mut root,
-        store,
-        "/bin/busybox",
-        &fs::read(busybox).unwrap(),
-        0o755,
-    );
-    symlink(&mut root, "/bin/sh", "busybox");
-    for (path, data, mode) in files {
-        file(&mut root, store, path, data, *mode);
-    }
-    let init = format!("#!/bin/sh\n{script}\n/bin/busybox poweroff -f\n");
-    file(&mut root, store, "/sbin/init", init.as_bytes(), 0o755);
-    for d in ["/dev", "/proc", "/sys", "/run", "/tmp"] {
-        mkdirs(&mut root, d);
-    }
-    let mut f = File::create(out).unwrap();
-    squashfs::write(&root, store, &squashfs::Options::default(), &mut f).unwrap();
+    write_busybox_root(root, store, &busybox, files, script, out);
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::layer::{Compression, Layer};
 use super::oci::{host_arch, Image, ImageDigests, OciLayout};
-use super::require_tool;
+use super::{file_named, require_tool};
 
 /// `target/test-fixtures/`
 pub fn fixtures_dir() -> PathBuf {
@@ -179,73 +179,25 @@ pub fn debian_layout() -> (OciLayout, ImageDigests) {
 /// `arm64`): whatever `linux-image-ARCH` depends on today, downloaded once
 /// (see [`debian_package_deb`]).
 pub fn debian_kernel_deb(arch: &str) -> PathBuf {
-    let depends = Command::new("apt-cache")
-        .args(["depends", &format!("linux-image-{arch}:{arch}")])
-        .output()
-        .expect("apt-cache not found");
-    let text = String::from_utf8_lossy(&depends.stdout);
-    let pkg = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Depends: "))
-        .filter(|p| p.starts_with("linux-image-"))
-        .unwrap_or_else(|| {
-            panic!(
-                "apt-cache cannot resolve linux-image-{arch} (run apt-get update; for a foreign \
-                 architecture, dpkg --add-architecture {arch} first):\n{text}{}",
-                String::from_utf8_lossy(&depends.stderr)
-            )
-        })
-        .trim()
-        .to_string();
-    debian_package_deb(&pkg, arch)
+    let hint = format!(
+        "run apt-get update; for a foreign architecture, dpkg --add-architecture {arch} first"
+    );
+    debian_package_deb(&kernel_package(&[], arch, &hint), arch)
 }
 
 /// A Debian bookworm package (`grub-efi-amd64-signed`, …) downloaded once
 /// with `apt-get download` into `target/test-fixtures/debs-ARCH/`.
 pub fn debian_package_deb(package: &str, arch: &str) -> PathBuf {
     let dir = fixtures_dir().join(format!("debs-{arch}"));
-    fs::create_dir_all(&dir).unwrap();
-    let prefix = format!("{package}_");
-    let find = |dir: &Path| -> Option<PathBuf> {
-        fs::read_dir(dir)
-            .ok()?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                p.extension().is_some_and(|e| e == "deb")
-                    && p.file_name()
-                        .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
-            })
-    };
-    if let Some(p) = find(&dir) {
-        return p;
-    }
-    let _lock = lock(&dir.join(package), Duration::from_secs(600));
-    if let Some(p) = find(&dir) {
-        return p;
-    }
-    require_tool("apt-get", "apt");
-    let partial = dir.join(format!("{package}.partial"));
-    let _ = fs::remove_dir_all(&partial);
-    fs::create_dir_all(&partial).unwrap();
-    let mut last = String::new();
-    for _ in 0..3 {
-        let out = Command::new("apt-get")
-            .args(["download", "-q", &format!("{package}:{arch}")])
-            .current_dir(&partial)
-            .output()
-            .unwrap();
-        if out.status.success() {
-            if let Some(p) = find(&partial) {
-                let dest = dir.join(p.file_name().unwrap());
-                fs::rename(&p, &dest).unwrap();
-                let _ = fs::remove_dir_all(&partial);
-                return dest;
-            }
+    download_deb(&dir, package, arch, "", |attempt| {
+        if attempt > 0 {
+            // A fresh machine has no package lists yet, and old ones name
+            // versions the archive has dropped: update them before the
+            // next try.
+            let _ = Command::new("apt-get").args(["update", "-q"]).status();
         }
-        last = String::from_utf8_lossy(&out.stderr).into_owned();
-    }
-    panic!("apt-get download {package}:{arch} failed 3 times:\n{last}");
+        Vec::new()
+    })
 }
 
 /// Debian's architecture name for the machine the tests run on.
@@ -266,70 +218,15 @@ pub fn host_debian_arch() -> String {
 /// is set or they are older than a day (a point release removes the
 /// previous kernel from the archive).
 pub fn foreign_apt_options(arch: &str, refresh: bool) -> Vec<String> {
-    let dir = fixtures_dir().join(format!("apt-{arch}"));
-    let lists = dir.join("lists");
-    let sources = dir.join("sources.list");
-    let opts = vec![
-        "-o".to_string(),
-        format!("APT::Architecture={arch}"),
-        "-o".to_string(),
-        format!("APT::Architectures={arch}"),
-        "-o".to_string(),
-        format!("Dir::Etc::sourcelist={}", sources.display()),
-        "-o".to_string(),
-        "Dir::Etc::sourceparts=-".to_string(),
-        "-o".to_string(),
-        format!("Dir::State::Lists={}", lists.display()),
-        "-o".to_string(),
-        format!("Dir::Cache::archives={}", dir.join("archives").display()),
-        "-o".to_string(),
-        "Acquire::Retries=3".to_string(),
-    ];
-    let stamp = dir.join("updated");
-    let fresh = |stamp: &Path| {
-        fs::metadata(stamp)
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age < Duration::from_secs(24 * 3600))
-    };
-    if !refresh && fresh(&stamp) {
-        return opts;
-    }
-    fs::create_dir_all(&dir).unwrap();
-    let _lock = lock(&dir, Duration::from_secs(600));
-    if !refresh && fresh(&stamp) {
-        return opts;
-    }
-    require_tool("apt-get", "apt");
-    for d in [lists.join("partial"), dir.join("archives/partial")] {
-        fs::create_dir_all(d).unwrap();
-    }
-    fs::write(
-        &sources,
+    private_apt_options(
+        &fixtures_dir().join(format!("apt-{arch}")),
         "deb http://deb.debian.org/debian bookworm main\n\
          deb http://deb.debian.org/debian bookworm-updates main\n\
          deb http://deb.debian.org/debian-security bookworm-security main\n",
+        arch,
+        refresh,
+        &format!("the {arch} package lists"),
     )
-    .unwrap();
-    let _ = fs::remove_file(&stamp);
-    let mut last = String::new();
-    for _ in 0..3 {
-        let out = Command::new("apt-get")
-            .args(&opts)
-            .args(["update", "-q"])
-            .output()
-            .unwrap();
-        if out.status.success() {
-            fs::write(&stamp, b"").unwrap();
-            return opts;
-        }
-        last = String::from_utf8_lossy(&out.stderr).into_owned();
-    }
-    panic!(
-        "apt-get update of the {arch} package lists in {} failed 3 times:\n{last}",
-        dir.display()
-    );
 }
 
 /// Like [`debian_package_deb`], for any architecture: a package of the
@@ -341,36 +238,111 @@ pub fn debian_package_deb_for(package: &str, arch: &str) -> PathBuf {
         return debian_package_deb(package, arch);
     }
     let dir = fixtures_dir().join(format!("debs-{arch}"));
-    fs::create_dir_all(&dir).unwrap();
+    download_deb(&dir, package, arch, "", |attempt| {
+        // A failure may come from stale lists: fetch them again before the
+        // next try.
+        foreign_apt_options(arch, attempt > 0)
+    })
+}
+
+/// Like [`debian_kernel_deb`], for any architecture: the package
+/// `linux-image-ARCH` depends on today, resolved from the lists of
+/// [`foreign_apt_options`] when `arch` is not the host's.
+pub fn debian_kernel_deb_for(arch: &str) -> PathBuf {
+    if arch == host_debian_arch() {
+        return debian_kernel_deb(arch);
+    }
+    let hint = format!("from the lists in target/test-fixtures/apt-{arch}");
+    let pkg = kernel_package(&foreign_apt_options(arch, false), arch, &hint);
+    debian_package_deb_for(&pkg, arch)
+}
+
+/// apt options that read the package lists of Debian `release` (e.g.
+/// "trixie") for `arch` from a private state directory,
+/// `target/test-fixtures/apt-RELEASE-ARCH/`, fetched on first use and again
+/// when older than a day or when `refresh` is set. /etc/apt is not touched.
+pub fn release_apt_options(release: &str, arch: &str, refresh: bool) -> Vec<String> {
+    private_apt_options(
+        &fixtures_dir().join(format!("apt-{release}-{arch}")),
+        &format!("deb http://deb.debian.org/debian {release} main\n"),
+        arch,
+        refresh,
+        &format!("Debian {release} ({arch})"),
+    )
+}
+
+/// A package of Debian `release` (e.g. `grub-pc-bin` of trixie) downloaded
+/// once with `apt-get download` through [`release_apt_options`], cached in
+/// `target/test-fixtures/debs-RELEASE-ARCH/`.
+pub fn debian_release_deb(release: &str, package: &str, arch: &str) -> PathBuf {
+    let dir = fixtures_dir().join(format!("debs-{release}-{arch}"));
+    download_deb(
+        &dir,
+        package,
+        arch,
+        &format!(" from Debian {release}"),
+        |attempt| {
+            // A failure may come from stale lists (a point release
+            // replaced the package): fetch them again before the next try.
+            release_apt_options(release, arch, attempt > 0)
+        },
+    )
+}
+
+/// The package `linux-image-ARCH` depends on today, as `apt-cache` with
+/// apt options `opts` resolves it; `hint` says where an unresolved one was
+/// looked up or how to fix that.
+fn kernel_package(opts: &[String], arch: &str, hint: &str) -> String {
+    let depends = Command::new("apt-cache")
+        .args(opts)
+        .args(["depends", &format!("linux-image-{arch}:{arch}")])
+        .output()
+        .expect("apt-cache not found");
+    let text = String::from_utf8_lossy(&depends.stdout);
+    let pkg = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Depends: "))
+        .filter(|p| p.starts_with("linux-image-"))
+        .unwrap_or_else(|| {
+            panic!(
+                "apt-cache cannot resolve linux-image-{arch} ({hint}):\n{text}{}",
+                String::from_utf8_lossy(&depends.stderr)
+            )
+        })
+        .trim();
+    // apt-cache may print the package as NAME:ARCH.
+    pkg.split(':').next().unwrap().to_string()
+}
+
+/// `package:arch` as a .deb in `dir`: the one already there, or one
+/// downloaded with `apt-get download` (run with `apt_options(attempt)`,
+/// up to three attempts) into a partial directory and renamed into place.
+/// `from` ends the error message (e.g. " from Debian trixie").
+fn download_deb(
+    dir: &Path,
+    package: &str,
+    arch: &str,
+    from: &str,
+    apt_options: impl Fn(u32) -> Vec<String>,
+) -> PathBuf {
+    fs::create_dir_all(dir).unwrap();
     let prefix = format!("{package}_");
-    let find = |dir: &Path| -> Option<PathBuf> {
-        fs::read_dir(dir)
-            .ok()?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                p.extension().is_some_and(|e| e == "deb")
-                    && p.file_name()
-                        .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
-            })
-    };
-    if let Some(p) = find(&dir) {
+    let find = |dir: &Path| file_named(dir, &prefix, ".deb");
+    if let Some(p) = find(dir) {
         return p;
     }
     let _lock = lock(&dir.join(package), Duration::from_secs(600));
-    if let Some(p) = find(&dir) {
+    if let Some(p) = find(dir) {
         return p;
     }
+    require_tool("apt-get", "apt");
     let partial = dir.join(format!("{package}.partial"));
     let mut last = String::new();
     for attempt in 0..3 {
         let _ = fs::remove_dir_all(&partial);
         fs::create_dir_all(&partial).unwrap();
-        // A failure may come from stale lists: fetch them again before the
-        // next try.
-        let opts = foreign_apt_options(arch, attempt > 0);
         let out = Command::new("apt-get")
-            .args(&opts)
+            .args(apt_options(attempt))
             .args(["download", "-q", &format!("{package}:{arch}")])
             .current_dir(&partial)
             .output()
@@ -385,53 +357,26 @@ pub fn debian_package_deb_for(package: &str, arch: &str) -> PathBuf {
         }
         last = String::from_utf8_lossy(&out.stderr).into_owned();
     }
-    panic!("apt-get download {package}:{arch} failed 3 times:\n{last}");
+    panic!("apt-get download {package}:{arch}{from} failed 3 times:\n{last}");
 }
 
-/// Like [`debian_kernel_deb`], for any architecture: the package
-/// `linux-image-ARCH` depends on today, resolved from the lists of
-/// [`foreign_apt_options`] when `arch` is not the host's.
-pub fn debian_kernel_deb_for(arch: &str) -> PathBuf {
-    if arch == host_debian_arch() {
-        return debian_kernel_deb(arch);
-    }
-    let opts = foreign_apt_options(arch, false);
-    let depends = Command::new("apt-cache")
-        .args(&opts)
-        .args(["depends", &format!("linux-image-{arch}:{arch}")])
-        .output()
-        .expect("apt-cache not found");
-    let text = String::from_utf8_lossy(&depends.stdout);
-    let pkg = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Depends: "))
-        .filter(|p| p.starts_with("linux-image-"))
-        .unwrap_or_else(|| {
-            panic!(
-                "apt-cache cannot resolve linux-image-{arch} from the lists in \
-                 target/test-fixtures/apt-{arch}:\n{text}{}",
-                String::from_utf8_lossy(&depends.stderr)
-            )
-        })
-        .trim()
-        .to_string();
-    // apt-cache may print the package as NAME:ARCH.
-    let pkg = pkg.split(':').next().unwrap().to_string();
-    debian_package_deb_for(&pkg, arch)
-}
-
-/// apt options that read the package lists of Debian `release` (e.g.
-/// "trixie") for `arch` from a private state directory,
-/// `target/test-fixtures/apt-RELEASE-ARCH/`, fetched on first use and again
-/// when older than a day or when `refresh` is set. /etc/apt is not touched.
-pub fn release_apt_options(release: &str, arch: &str, refresh: bool) -> Vec<String> {
-    let dir = fixtures_dir().join(format!("apt-{release}-{arch}"));
+/// apt options that read the package lists of `sources` (a sources.list)
+/// for `arch` from the private state directory `dir`, fetched on first use
+/// and again when older than a day or when `refresh` is set. /etc/apt is
+/// not touched. `what` names the lists in the error message.
+fn private_apt_options(
+    dir: &Path,
+    sources: &str,
+    arch: &str,
+    refresh: bool,
+    what: &str,
+) -> Vec<String> {
     let lists = dir.join("lists");
-    let sources = dir.join("sources.list");
+    let sources_list = dir.join("sources.list");
     let opts: Vec<String> = [
         format!("APT::Architecture={arch}"),
         format!("APT::Architectures={arch}"),
-        format!("Dir::Etc::sourcelist={}", sources.display()),
+        format!("Dir::Etc::sourcelist={}", sources_list.display()),
         "Dir::Etc::sourceparts=-".to_string(),
         format!("Dir::State::Lists={}", lists.display()),
         format!("Dir::Cache::archives={}", dir.join("archives").display()),
@@ -451,8 +396,8 @@ pub fn release_apt_options(release: &str, arch: &str, refresh: bool) -> Vec<Stri
     if !refresh && fresh(&stamp) {
         return opts;
     }
-    fs::create_dir_all(&dir).unwrap();
-    let _lock = lock(&dir, Duration::from_secs(600));
+    fs::create_dir_all(dir).unwrap();
+    let _lock = lock(dir, Duration::from_secs(600));
     if !refresh && fresh(&stamp) {
         return opts;
     }
@@ -460,11 +405,7 @@ pub fn release_apt_options(release: &str, arch: &str, refresh: bool) -> Vec<Stri
     for d in [lists.join("partial"), dir.join("archives/partial")] {
         fs::create_dir_all(d).unwrap();
     }
-    fs::write(
-        &sources,
-        format!("deb http://deb.debian.org/debian {release} main\n"),
-    )
-    .unwrap();
+    fs::write(&sources_list, sources).unwrap();
     let _ = fs::remove_file(&stamp);
     let mut last = String::new();
     for _ in 0..3 {
@@ -480,61 +421,9 @@ pub fn release_apt_options(release: &str, arch: &str, refresh: bool) -> Vec<Stri
         last = String::from_utf8_lossy(&out.stderr).into_owned();
     }
     panic!(
-        "apt-get update of Debian {release} ({arch}) in {} failed 3 times:\n{last}",
+        "apt-get update of {what} in {} failed 3 times:\n{last}",
         dir.display()
     );
-}
-
-/// A package of Debian `release` (e.g. `grub-pc-bin` of trixie) downloaded
-/// once with `apt-get download` through [`release_apt_options`], cached in
-/// `target/test-fixtures/debs-RELEASE-ARCH/`.
-pub fn debian_release_deb(release: &str, package: &str, arch: &str) -> PathBuf {
-    let dir = fixtures_dir().join(format!("debs-{release}-{arch}"));
-    fs::create_dir_all(&dir).unwrap();
-    let prefix = format!("{package}_");
-    let find = |dir: &Path| -> Option<PathBuf> {
-        fs::read_dir(dir)
-            .ok()?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                p.extension().is_some_and(|e| e == "deb")
-                    && p.file_name()
-                        .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
-            })
-    };
-    if let Some(p) = find(&dir) {
-        return p;
-    }
-    let _lock = lock(&dir.join(package), Duration::from_secs(600));
-    if let Some(p) = find(&dir) {
-        return p;
-    }
-    let partial = dir.join(format!("{package}.partial"));
-    let mut last = String::new();
-    for attempt in 0..3 {
-        let _ = fs::remove_dir_all(&partial);
-        fs::create_dir_all(&partial).unwrap();
-        // A failure may come from stale lists (a point release replaced
-        // the package): fetch them again before the next try.
-        let opts = release_apt_options(release, arch, attempt > 0);
-        let out = Command::new("apt-get")
-            .args(&opts)
-            .args(["download", "-q", &format!("{package}:{arch}")])
-            .current_dir(&partial)
-            .output()
-            .unwrap();
-        if out.status.success() {
-            if let Some(p) = find(&partial) {
-                let dest = dir.join(p.file_name().unwrap());
-                fs::rename(&p, &dest).unwrap();
-                let _ = fs::remove_dir_all(&partial);
-                return dest;
-            }
-        }
-        last = String::from_utf8_lossy(&out.stderr).into_owned();
-    }
-    panic!("apt-get download {package}:{arch} from Debian {release} failed 3 times:\n{last}");
 }
 
 /// skopeo 1.18 and cosign 2.5 from Debian trixie, run on this machine

@@ -242,6 +242,29 @@ impl TestEnv {
         assert!(out.is_file(), "exit 0 but no output file {}", out.display());
         out
     }
+
+    /// Like [`TestEnv::rootfs`] (into `x.sqfs`) but expects a runtime
+    /// failure: asserts exit code 1 and an output dir left empty (see
+    /// [`TestEnv::assert_out_empty`]); returns stderr.
+    #[track_caller]
+    pub fn rootfs_fails(&self, image: &str) -> String {
+        let (_, o) = self.rootfs(image, "x.sqfs", &[]);
+        let err = assert_fails(&o);
+        self.assert_out_empty();
+        err
+    }
+
+    /// Asserts that nothing is in the output dir: a failed run left
+    /// neither its output nor a partial file next to it.
+    #[track_caller]
+    pub fn assert_out_empty(&self) {
+        let left = list_files(&self.out);
+        assert!(
+            left.is_empty(),
+            "the output dir {} holds {left:?}",
+            self.out.display()
+        );
+    }
 }
 
 /// Runs `build-image ARGS…` in a throwaway [`TestEnv`].
@@ -251,41 +274,20 @@ pub fn run(args: &[&str]) -> Output {
 
 /// Runs a command with [`RUN_TIMEOUT`], capturing stdout and stderr.
 pub fn run_cmd(mut cmd: Command) -> Output {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let mut so = child.stdout.take().unwrap();
-    let mut se = child.stderr.take().unwrap();
-    let t1 = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        let _ = so.read_to_end(&mut b);
-        b
-    });
-    let t2 = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        let _ = se.read_to_end(&mut b);
-        b
-    });
+    let mut c = Captured::spawn(&mut cmd);
     let start = Instant::now();
     let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
+        if let Some(s) = c.child.try_wait().unwrap() {
             break s;
         }
         if start.elapsed() > RUN_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
+            let _ = c.child.kill();
+            let _ = c.child.wait();
             panic!("{cmd:?} did not finish within {RUN_TIMEOUT:?}");
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    Output {
-        status,
-        stdout: t1.join().unwrap(),
-        stderr: t2.join().unwrap(),
-    }
+    c.output(status)
 }
 
 /// Runs `cmd` like [`run_cmd`] and returns, with its output, the child's
@@ -295,25 +297,8 @@ pub fn run_cmd(mut cmd: Command) -> Output {
 /// to exhaust the machine; its peak is then reported as at least that.
 #[allow(clippy::zombie_processes)] // reaped by `wait4`, not `Child::wait`
 pub fn run_cmd_peak_rss(mut cmd: Command, kill_above: u64) -> (Output, u64) {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let mut so = child.stdout.take().unwrap();
-    let mut se = child.stderr.take().unwrap();
-    let t1 = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        let _ = so.read_to_end(&mut b);
-        b
-    });
-    let t2 = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        let _ = se.read_to_end(&mut b);
-        b
-    });
-    let pid = child.id() as i32;
+    let mut c = Captured::spawn(&mut cmd);
+    let pid = c.child.id() as i32;
     let start = Instant::now();
     let (status, maxrss) = loop {
         if let Some(done) = wait4(pid, libc::WNOHANG) {
@@ -329,7 +314,7 @@ pub fn run_cmd_peak_rss(mut cmd: Command, kill_above: u64) -> (Output, u64) {
             })
             .unwrap_or(0);
         if hwm * 1024 > kill_above || start.elapsed() > RUN_TIMEOUT {
-            let _ = child.kill();
+            let _ = c.child.kill();
             let (status, maxrss) = wait4(pid, 0).expect("wait4 on a killed child");
             if start.elapsed() > RUN_TIMEOUT {
                 panic!("{cmd:?} did not finish within {RUN_TIMEOUT:?}");
@@ -338,12 +323,49 @@ pub fn run_cmd_peak_rss(mut cmd: Command, kill_above: u64) -> (Output, u64) {
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    let out = Output {
-        status,
-        stdout: t1.join().unwrap(),
-        stderr: t2.join().unwrap(),
-    };
-    (out, maxrss)
+    (c.output(status), maxrss)
+}
+
+/// A child with stdin closed whose stdout and stderr two threads read to
+/// the end, so that a chatty child never blocks on a full pipe.
+struct Captured {
+    child: std::process::Child,
+    stdout: std::thread::JoinHandle<Vec<u8>>,
+    stderr: std::thread::JoinHandle<Vec<u8>>,
+}
+
+impl Captured {
+    fn spawn(cmd: &mut Command) -> Captured {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+        let read_all = |mut r: Box<dyn Read + Send>| {
+            std::thread::spawn(move || {
+                let mut b = Vec::new();
+                let _ = r.read_to_end(&mut b);
+                b
+            })
+        };
+        let stdout = read_all(Box::new(child.stdout.take().unwrap()));
+        let stderr = read_all(Box::new(child.stderr.take().unwrap()));
+        Captured {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// The output, once the child has ended with `status`.
+    fn output(self, status: std::process::ExitStatus) -> Output {
+        Output {
+            status,
+            stdout: self.stdout.join().unwrap(),
+            stderr: self.stderr.join().unwrap(),
+        }
+    }
 }
 
 /// `wait4(pid, options)`: the exit status and peak RSS (bytes) of a child
@@ -371,6 +393,38 @@ pub fn stdout(o: &Output) -> String {
 
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+/// Runs a reference tool (`unsquashfs`, `mcopy`, `sgdisk`, …) and returns
+/// its stdout; panics, showing the command and both streams, unless it
+/// exits 0.
+#[track_caller]
+pub fn tool_stdout(cmd: &mut Command) -> Vec<u8> {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// Pseudo-random bytes (xorshift64*) from a nonzero `seed`: incompressible
+/// file contents, the same for the same seed.
+pub fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        seed ^= seed >> 12;
+        seed ^= seed << 25;
+        seed ^= seed >> 27;
+        out.extend_from_slice(&seed.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(len);
+    out
 }
 
 /// Asserts exit code 0, showing stdout and stderr otherwise.
@@ -419,6 +473,21 @@ pub fn assert_mentions_any(haystack: &str, needles: &[&str]) {
     );
 }
 
+/// The first entry of `dir` whose name starts with `prefix` and ends with
+/// `suffix`; `None` when there is none (or no `dir`).
+pub fn file_named(dir: &Path, prefix: &str, suffix: &str) -> Option<PathBuf> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name().is_some_and(|n| {
+                let n = n.to_string_lossy();
+                n.starts_with(prefix) && n.ends_with(suffix)
+            })
+        })
+}
+
 /// All files (recursively) under `dir`, relative.
 pub fn list_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -444,13 +513,32 @@ pub fn list_files(dir: &Path) -> Vec<PathBuf> {
 /// layout, pushed to `registry` as `repo:latest`; returns the reference and
 /// the digests.
 pub fn push_layers(registry: &Registry, repo: &str, layers: Vec<Layer>) -> (String, ImageDigests) {
-    let dir = tempfile::Builder::new()
+    push_image(registry, repo, &Image::host(layers))
+}
+
+/// `image` written to a fresh layout and pushed to `registry` as
+/// `repo:latest`, checked to keep its manifest digest; returns the
+/// reference and the digests.
+pub fn push_image(registry: &Registry, repo: &str, image: &Image) -> (String, ImageDigests) {
+    let dir = layout_dir();
+    let layout = OciLayout::create(dir.path());
+    let d = layout.add_image("latest", image);
+    assert_eq!(registry.push(&layout, "latest", repo), d.manifest);
+    (registry.image(repo, "latest"), d)
+}
+
+/// Like [`push_image`], for an index of `images` (one per platform).
+pub fn push_index(registry: &Registry, repo: &str, images: &[Image]) -> (String, IndexDigests) {
+    let dir = layout_dir();
+    let layout = OciLayout::create(dir.path());
+    let idx = layout.add_index("latest", images);
+    assert_eq!(registry.push(&layout, "latest", repo), idx.index);
+    (registry.image(repo, "latest"), idx)
+}
+
+fn layout_dir() -> TempDir {
+    tempfile::Builder::new()
         .prefix("layout-")
         .tempdir()
-        .unwrap();
-    let layout = OciLayout::create(dir.path());
-    let d = layout.add_image("latest", &Image::host(layers));
-    let pushed = registry.push(&layout, "latest", repo);
-    assert_eq!(pushed, d.manifest);
-    (registry.image(repo, "latest"), d)
+        .unwrap()
 }

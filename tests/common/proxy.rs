@@ -126,6 +126,11 @@ impl Proxy {
         self.state.lock().unwrap().log.clone()
     }
 
+    /// Whether any request in the log satisfies `f`.
+    pub fn any_request(&self, f: impl Fn(&Logged) -> bool) -> bool {
+        self.state.lock().unwrap().log.iter().any(f)
+    }
+
     /// How many times the fault was applied.
     pub fn faults_applied(&self) -> usize {
         self.state.lock().unwrap().applied

@@ -4,8 +4,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use super::require_tool;
 use super::tree::Tree;
+use super::{require_tool, tool_stdout};
 
 /// One line of `unsquashfs -lln`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -17,6 +17,9 @@ pub struct ListEntry {
     /// The size column (for devices unsquashfs 4.5 prints `MAJ,MIN` using
     /// the old 8-bit minor decoding: do not compare devices with it).
     pub size: String,
+    /// The mtime column, `YYYY-MM-DD HH:MM` (in the UTC the listing is
+    /// made in).
+    pub time: String,
     /// Relative path; "" for the root.
     pub path: String,
     /// Symlink target.
@@ -29,29 +32,21 @@ impl ListEntry {
     }
 }
 
-fn unsquashfs(args: &[&str], img: &Path) -> std::process::Output {
+/// `unsquashfs ARGS IMG`'s stdout.
+fn unsquashfs(args: &[&str], img: &Path) -> Vec<u8> {
     require_tool("unsquashfs", "squashfs-tools");
-    let out = Command::new("unsquashfs")
-        .args(args)
-        .arg(img)
-        .env("TZ", "UTC")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "unsquashfs {args:?} {} failed ({}):\n{}{}",
-        img.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    tool_stdout(
+        Command::new("unsquashfs")
+            .args(args)
+            .arg(img)
+            .env("TZ", "UTC"),
+    )
 }
 
 /// `unsquashfs -lln IMG`, parsed. The root is the entry with path "".
 pub fn unsquashfs_listing(img: &Path) -> Vec<ListEntry> {
     let out = unsquashfs(&["-lln"], img);
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let text = String::from_utf8_lossy(&out).to_string();
     let mut entries = Vec::new();
     for line in text.lines() {
         if line.is_empty() || line.starts_with("Parallel unsquashfs") {
@@ -91,6 +86,7 @@ pub fn unsquashfs_listing(img: &Path) -> Vec<ListEntry> {
             uid: uid.parse().unwrap(),
             gid: gid.parse().unwrap(),
             size: fields[2].clone(),
+            time: format!("{} {}", fields[3], fields[4]),
             path,
             target,
         });
@@ -121,7 +117,7 @@ pub fn extract_tree(img: &Path) -> Tree {
 
 /// `unsquashfs -s IMG` (superblock information).
 pub fn unsquashfs_stat(img: &Path) -> String {
-    String::from_utf8_lossy(&unsquashfs(&["-s"], img).stdout).to_string()
+    String::from_utf8_lossy(&unsquashfs(&["-s"], img)).to_string()
 }
 
 /// The value of a `NAME VALUE` line of `unsquashfs -s` (e.g. "Compression",
@@ -134,20 +130,13 @@ pub fn stat_field(stat: &str, name: &str) -> Option<String> {
 /// The superblock's creation time (`unsquashfs -mkfs-time`).
 pub fn mkfs_time(img: &Path) -> i64 {
     let out = unsquashfs(&["-mkfs-time"], img);
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    String::from_utf8_lossy(&out).trim().parse().unwrap()
 }
 
 /// The content of one file in the image (`unsquashfs -cat`).
 pub fn cat(img: &Path, path: &str) -> Vec<u8> {
     require_tool("unsquashfs", "squashfs-tools");
-    let out = Command::new("unsquashfs")
-        .arg("-cat")
-        .arg(img)
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "unsquashfs -cat {path}: {out:?}");
-    out.stdout
+    tool_stdout(Command::new("unsquashfs").arg("-cat").arg(img).arg(path))
 }
 
 /// `ls -l` style permission string of a tree node (`-rwsr-xr-x`, …).

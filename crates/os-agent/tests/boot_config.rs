@@ -51,6 +51,17 @@ fn run_ok(root: &Path) -> String {
     stdout(&o)
 }
 
+/// Runs `boot-config` expecting it to refuse the configuration with a
+/// message that holds `want`; returns stderr.
+#[track_caller]
+fn run_refused(root: &Path, want: &str) -> String {
+    let o = agent(&["boot-config", "--root", root.to_str().unwrap()]);
+    let err = stderr(&o);
+    assert!(!o.status.success(), "boot-config accepted it: {err}");
+    assert!(err.contains(want), "no {want:?} in: {err}");
+    err
+}
+
 #[test]
 fn applies_a_full_config_to_a_debian_root() {
     let dir = debian_root("a");
@@ -256,9 +267,7 @@ fn invalid_config_is_refused_and_nothing_is_applied() {
         "hostname: node2\nusers:\n  - name: admin\n    password: \"x\"\n",
     );
     let passwd = read(r, "/etc/passwd");
-    let o = agent(&["boot-config", "--root", r.to_str().unwrap()]);
-    assert!(!o.status.success());
-    let err = stderr(&o);
+    let err = run_refused(r, "unknown field `password`");
     let file = r.join("var/lib/os-agent/config.yaml");
     assert!(err.contains(&file.display().to_string()), "{err}");
     assert!(err.contains("line 4 column 5"), "{err}");
@@ -272,12 +281,9 @@ fn invalid_config_is_refused_and_nothing_is_applied() {
         "/var/lib/os-agent/config.yaml",
         "users:\n  - name: admin\n    groups: [wheel]\n",
     );
-    let o = agent(&["boot-config", "--root", r.to_str().unwrap()]);
-    assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("users[0].groups[0] (user admin): group wheel does not exist"),
-        "{}",
-        stderr(&o)
+    run_refused(
+        r,
+        "users[0].groups[0] (user admin): group wheel does not exist",
     );
 
     // An agent without a server.
@@ -286,13 +292,7 @@ fn invalid_config_is_refused_and_nothing_is_applied() {
         "/var/lib/os-agent/config.yaml",
         "k3s:\n  role: agent\n  token: t\n",
     );
-    let o = agent(&["boot-config", "--root", r.to_str().unwrap()]);
-    assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("k3s.server: required"),
-        "{}",
-        stderr(&o)
-    );
+    run_refused(r, "k3s.server: required");
 }
 
 #[test]
@@ -353,12 +353,9 @@ fn sudo_rules_go_to_sudoers_d_and_need_sudo_in_the_image() {
         "users:\n  - name: ops\n    sudo: \"ALL=(ALL) NOPASSWD:ALL\"\n  - name: dev\n",
     );
     // Without sudo in the image: refused, naming the field.
-    let o = agent(&["boot-config", "--root", r.to_str().unwrap()]);
-    assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("users[0].sudo (user ops): the image has no /usr/bin/sudo"),
-        "{}",
-        stderr(&o)
+    run_refused(
+        r,
+        "users[0].sudo (user ops): the image has no /usr/bin/sudo",
     );
     write(r, "/usr/bin/sudo", "");
     run_ok(r);
@@ -380,13 +377,7 @@ fn sudo_rules_go_to_sudoers_d_and_need_sudo_in_the_image() {
         "/etc/os-agent/config.yaml",
         "users:\n  - name: ops\n    sudo: \"yes\"\n",
     );
-    let o = agent(&["boot-config", "--root", r.to_str().unwrap()]);
-    assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("users[0].sudo (user ops)"),
-        "{}",
-        stderr(&o)
-    );
+    run_refused(r, "users[0].sudo (user ops)");
 }
 
 #[test]
@@ -518,9 +509,7 @@ fn ssh_password_logins_are_off_unless_the_config_allows_them() {
         "/var/lib/os-agent/config.yaml",
         "ssh:\n  password_authentication: true\nhostnme: typo\n",
     );
-    let o = agent(&["boot-config", "--root", r.to_str().unwrap()]);
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("hostnme"), "{}", stderr(&o));
+    run_refused(r, "hostnme");
     assert_eq!(read(r, DROP_IN), off);
 
     // An sshd_config that does not read the drop-ins is pointed out.

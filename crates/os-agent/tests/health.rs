@@ -6,35 +6,74 @@
 mod common;
 
 use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Output;
 
 use common::*;
 
+/// A Debian root running `slot` at boot `boot_count`, an ESP whose GRUB
+/// environment has slot a as the default, and an empty console log.
+struct Machine {
+    root: tempfile::TempDir,
+    esp: tempfile::TempDir,
+    console: PathBuf,
+}
+
+impl Machine {
+    fn new(slot: &str, boot_count: u32) -> Machine {
+        let root = debian_root(slot);
+        let esp = tempfile::tempdir().unwrap();
+        grub_env(esp.path(), "a", "");
+        write(
+            root.path(),
+            "/var/lib/os-agent/state.json",
+            &format!("{{\"apiVersion\":\"os-agent/v1alpha1\",\"bootCount\":{boot_count}}}\n"),
+        );
+        let console = root.path().join("console.log");
+        fs::write(&console, "").unwrap();
+        Machine { root, esp, console }
+    }
+
+    fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// `os-agent health` waiting up to `timeout` seconds for systemd.
+    fn health(&self, timeout: &str) -> Output {
+        agent(&[
+            "health",
+            "--root",
+            self.root().to_str().unwrap(),
+            "--esp",
+            self.esp.path().to_str().unwrap(),
+            "--console",
+            self.console.to_str().unwrap(),
+            "--timeout",
+            timeout,
+            "--k3s-timeout",
+            "5",
+        ])
+    }
+
+    /// `os-agent status FLAGS…`.
+    fn status(&self, flags: &[&str]) -> Output {
+        let mut args = vec!["status"];
+        args.extend_from_slice(flags);
+        args.extend([
+            "--root",
+            self.root().to_str().unwrap(),
+            "--esp",
+            self.esp.path().to_str().unwrap(),
+        ]);
+        agent(&args)
+    }
+}
+
 #[test]
 fn reports_one_line_and_commits_only_when_healthy() {
-    let root = debian_root("b");
-    let r = root.path();
-    let esp = tempfile::tempdir().unwrap();
-    grub_env(esp.path(), "a", "");
-    write(
-        r,
-        "/var/lib/os-agent/state.json",
-        "{\"apiVersion\":\"os-agent/v1alpha1\",\"bootCount\":2}\n",
-    );
-    let console = r.join("console.log");
-    fs::write(&console, "").unwrap();
-    let o = agent(&[
-        "health",
-        "--root",
-        r.to_str().unwrap(),
-        "--esp",
-        esp.path().to_str().unwrap(),
-        "--console",
-        console.to_str().unwrap(),
-        "--timeout",
-        "20",
-        "--k3s-timeout",
-        "5",
-    ]);
+    let m = Machine::new("b", 2);
+    let (r, esp, console) = (m.root(), &m.esp, &m.console);
+    let o = m.health("20");
     let out = stdout(&o);
     let lines: Vec<&str> = out
         .lines()
@@ -62,7 +101,7 @@ fn reports_one_line_and_commits_only_when_healthy() {
             "no commit when degraded: {env}"
         );
     }
-    let console_text = fs::read_to_string(&console).unwrap();
+    let console_text = fs::read_to_string(console).unwrap();
     assert!(
         console_text.lines().any(|l| l == line),
         "console: {console_text}"
@@ -91,13 +130,7 @@ fn reports_one_line_and_commits_only_when_healthy() {
             line.ends_with(rb["reason"].as_str().unwrap()),
             "{line} / {state}"
         );
-        let o = agent(&[
-            "status",
-            "--root",
-            r.to_str().unwrap(),
-            "--esp",
-            esp.path().to_str().unwrap(),
-        ]);
+        let o = m.status(&[]);
         assert!(
             stdout(&o).contains(
                 "last rollback: slot b (version 1.2.3) at boot 2, back to slot a: failed_units="
@@ -114,39 +147,18 @@ fn reports_one_line_and_commits_only_when_healthy() {
 /// degraded whatever systemd says, without a reboot (a is the default).
 #[test]
 fn records_a_trial_that_never_reached_health_and_reports_degraded_persist() {
-    let root = debian_root("a");
-    let r = root.path();
-    let esp = tempfile::tempdir().unwrap();
-    grub_env(esp.path(), "a", "");
+    let m = Machine::new("a", 5);
+    let esp = &m.esp;
     editenv(&esp.path().join("grubenv"), &["set", "trial_booted=b"]);
     editenv(&esp.path().join("grubenv.bak"), &["set", "trial_slot=b"]);
     write(
-        r,
-        "/var/lib/os-agent/state.json",
-        "{\"apiVersion\":\"os-agent/v1alpha1\",\"bootCount\":5}\n",
-    );
-    write(
-        r,
+        m.root(),
         "/run/os/persist.status",
         "state=degraded\nreason=/dev/vda4 has no ext4 superblock\n",
     );
-    let console = r.join("console.log");
-    fs::write(&console, "").unwrap();
-    let o = agent(&[
-        "health",
-        "--root",
-        r.to_str().unwrap(),
-        "--esp",
-        esp.path().to_str().unwrap(),
-        "--console",
-        console.to_str().unwrap(),
-        "--timeout",
-        "5",
-        "--k3s-timeout",
-        "5",
-    ]);
+    let o = m.health("5");
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    let text = fs::read_to_string(&console).unwrap();
+    let text = fs::read_to_string(&m.console).unwrap();
     assert!(
         text.contains(
             "os-agent: trial of slot b failed before its health check (no_health_verdict: it did not load, crashed or hung): running slot a"
@@ -168,14 +180,7 @@ fn records_a_trial_that_never_reached_health_and_reports_degraded_persist() {
             assert!(list.lines().any(|l| l == want), "{n}: {list}");
         }
     }
-    let o = agent(&[
-        "status",
-        "--json",
-        "--root",
-        r.to_str().unwrap(),
-        "--esp",
-        esp.path().to_str().unwrap(),
-    ]);
+    let o = m.status(&["--json"]);
     let s: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(s["persist"], "degraded", "{s}");
     assert_eq!(s["lastRollback"]["slot"], "b", "{s}");

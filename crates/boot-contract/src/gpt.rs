@@ -688,6 +688,28 @@ impl Gpt {
         Ok(index)
     }
 
+    /// Gives the table its own identity: a new disk GUID and a new GUID for
+    /// every used entry, each from `new_guid` (random ones on a device);
+    /// names, types, places and attributes stay. Every disk written from
+    /// one image carries the image's GUIDs until this is done to it.
+    pub fn personalize(&mut self, mut new_guid: impl FnMut() -> Guid) -> Result<(), GptError> {
+        let disk = new_guid();
+        if disk.is_nil() {
+            return Err(GptError::Change("a disk GUID must not be nil".into()));
+        }
+        self.header[56..72].copy_from_slice(&disk.0);
+        let used: Vec<usize> = self.partitions().map(|(i, _)| i).collect();
+        for index in used {
+            let guid = new_guid();
+            if guid.is_nil() {
+                return Err(GptError::Change("a partition GUID must not be nil".into()));
+            }
+            let at = index * self.entry_size;
+            self.entries[at + 16..at + 32].copy_from_slice(&guid.0);
+        }
+        Ok(())
+    }
+
     /// Moves the end of the used entry `index` to `last_lba` (inclusive).
     pub fn set_last_lba(&mut self, index: usize, last_lba: u64) -> Result<(), GptError> {
         let mut e = self

@@ -1,7 +1,8 @@
 //! A real boot under QEMU: the Debian kernel, an initramfs of os-init plus
 //! the module closure build-image computes, and a squashfs root in slot
 //! root_a of a GPT A/B disk image — all written by this project's own
-//! writers. Asserts that os-init found the slot by its partition name,
+//! writers. Asserts that os-init found the disk by its ESP's partition
+//! UUID (`bi.esp=`, as GRUB passes it) and the slot by its partition name,
 //! loaded the virtio/squashfs/overlay modules, mounted the root with an
 //! overlay and handed over to the root's /sbin/init.
 
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use build_image::disk::{self, Arch, Layout, Source};
 use build_image::tree::ContentStore;
+use common::abdisk::esp_param;
 use common::boot::{busybox_root, kernel_and_initrd, run_qemu, tail};
 
 /// Boots the Debian kernel with os-init's initramfs (direct kernel boot,
@@ -30,7 +32,7 @@ fn boot_direct(tmp: &Path, store: &mut ContentStore, disk: &Path, cmdline: &str)
         "-initrd".into(),
         initrd.display().to_string(),
         "-append".into(),
-        cmdline.into(),
+        format!("{cmdline} {}", esp_param(disk)),
         "-drive".into(),
         format!("file={},if=virtio,format=raw,snapshot=on", disk.display()),
     ];
@@ -70,6 +72,7 @@ fn debian_kernel_boots_os_init_into_a_squashfs_slot() {
         "console=ttyS0 bi.root=root_a panic=-1 bi.persist=off",
     );
     for want in [
+        "os-init: boot disk /dev/vda: it holds the ESP partition",
         "os-init: root root_a is /dev/vda3",
         "os-init: switching to /sbin/init",
         "root-init: started as pid 1",
@@ -102,7 +105,7 @@ fn os_init_reports_a_missing_slot_and_reboots() {
         "console=ttyS0 bi.root=root_c bi.timeout=3 panic=-1",
     );
     for want in [
-        "os-init: error: no partition named \"root_c\" appeared within 3 s",
+        "os-init: error: the boot disk /dev/vda has no partition named \"root_c\"",
         "os-init: rebooting in 5 s",
     ] {
         assert!(

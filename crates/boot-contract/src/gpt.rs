@@ -102,6 +102,27 @@ impl Guid {
     pub fn is_nil(&self) -> bool {
         self.0 == [0; 16]
     }
+
+    /// The version field (RFC 9562): 4 for random GUIDs, 8 for the ones a
+    /// build derives from its inputs ([`Guid::derived`]).
+    pub fn version(&self) -> u8 {
+        self.0[7] >> 4
+    }
+
+    /// A GUID derived from 16 bytes of a hash of a build's inputs, marked
+    /// version 8 (RFC 9562's custom version), so a disk that still carries
+    /// the identity of the image it was written from is told from one that
+    /// got its own random (version 4) GUIDs on the device.
+    pub fn derived(mut bytes: [u8; 16]) -> Guid {
+        bytes[7] = (bytes[7] & 0x0F) | 0x80;
+        bytes[8] = (bytes[8] & 0x3F) | 0x80;
+        Guid(bytes)
+    }
+
+    /// Whether this GUID was derived by a build ([`Guid::derived`]).
+    pub fn is_derived(&self) -> bool {
+        self.version() == 8
+    }
 }
 
 impl fmt::Display for Guid {

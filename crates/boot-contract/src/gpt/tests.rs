@@ -492,3 +492,15 @@ fn personalize_gives_new_guids_and_keeps_everything_else() {
     assert_eq!(backup.disk_guid(), again.disk_guid());
     assert!(gpt.personalize(|| Guid::NIL).is_err());
 }
+
+#[test]
+fn derived_and_random_guids_are_told_apart() {
+    let d = Guid::derived([0xFF; 16]);
+    assert_eq!(d.version(), 8);
+    assert!(d.is_derived());
+    assert_eq!(d.to_string(), "FFFFFFFF-FFFF-8FFF-BFFF-FFFFFFFFFFFF");
+    let r = Guid::random_v4([0xFF; 16]);
+    assert_eq!(r.version(), 4);
+    assert!(!r.is_derived());
+    assert_eq!(r.to_string(), "FFFFFFFF-FFFF-4FFF-BFFF-FFFFFFFFFFFF");
+}

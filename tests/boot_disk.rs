@@ -439,7 +439,9 @@ fn zeros(path: &Path, len: u64) -> bool {
     true
 }
 
-/// `debugfs -R "cat PATH"` of the ext4 at `part` of `disk` (copied out).
+/// `debugfs -R "cat PATH"` of the ext4 at `part` of `disk`, copied out
+/// and its journal replayed (`e2fsck -fy`: the machine was stopped, not
+/// shut down, and what os-agent synced may still be in the journal).
 fn persist_file(work: &Path, disk: &Path, part: &Entry, path: &str) -> String {
     require_tool("debugfs", "e2fsprogs");
     let copy = work.join("persist.img");
@@ -458,6 +460,17 @@ fn persist_file(work: &Path, disk: &Path, part: &Entry, path: &str) -> String {
         }
         at += n as u64;
     }
+    let fsck = Command::new("e2fsck")
+        .arg("-fy")
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(
+        matches!(fsck.status.code(), Some(0 | 1)),
+        "e2fsck -fy of persist:\n{}{}",
+        String::from_utf8_lossy(&fsck.stdout),
+        String::from_utf8_lossy(&fsck.stderr)
+    );
     let o = Command::new("debugfs")
         .args(["-R", &format!("cat {path}")])
         .arg(&copy)
@@ -565,10 +578,11 @@ fn the_unattended_install_happens_once_and_keeps_the_data() {
     let before = sha256_file(&target);
 
     // Boot 3: the firmware starts the ISO again and its install entry is
-    // chosen again: refused, the installed disk and the 4Kn disk named.
+    // chosen again: refused, the installed disk and the 4Kn disk named
+    // (vdb's line is the message's last).
     let c = pc()
         .keys_on("(live)", &["\x1b[B", "\r"])
-        .run_until("os-agent: install failed", Duration::from_secs(1200));
+        .run_until("4096-byte logical blocks", Duration::from_secs(1200));
     let at = c
         .find("os-agent: install failed: --device auto: no suitable disk")
         .unwrap_or_else(|| panic!("no refusal:\n{}", tail(&c, 80)));

@@ -39,6 +39,8 @@ use hadris_fs::Content;
 const ESP_SIZE: u64 = 64 << 20;
 const ESP_VOLUME_ID: u32 = 0x2468_ace0;
 const PREFIX: &str = "/EFI/debian";
+/// The ESP's partition number in the x86_64 A/B layout (after bios_grub).
+const ESP_PARTITION: u32 = 2;
 /// `bi.persist=off`: these busybox roots have no mkfs.ext4 for os-init to
 /// format `persist` with; slot selection is what is under test.
 const CMDLINE: &str = "console=ttyS0 panic=-1 bi.persist=off";
@@ -49,7 +51,7 @@ fn grub_images(store: &mut ContentStore) -> BiosImages {
     let tree = deb_tree(&debian_package_deb("grub-pc-bin", "amd64"), store);
     bios::GrubPc::from_tree(&tree, store)
         .unwrap()
-        .disk_images(&bios::fat_volume_uuid(ESP_VOLUME_ID), PREFIX)
+        .disk_images(ESP_PARTITION, PREFIX)
         .unwrap()
 }
 
@@ -75,6 +77,7 @@ fn write_disk(
         slots,
     };
     let (layout, out) = abdisk::write(path, &spec, store);
+    assert_eq!(layout.partition_number(disk::ESP), Some(ESP_PARTITION));
     bios::install(&out, &layout, &grub.boot_img, &grub.core_img).unwrap();
     layout
 }
@@ -237,16 +240,16 @@ fn grub_line(vm: Vm, early: &str, marker: &str) -> String {
 
 /// GRUB 2.12 from trixie's grub-pc-bin, its core.img assembled in-process
 /// (the host's grub-mkimage is 2.06): SeaBIOS loads it from `bios_grub`,
-/// the embedded config turns on the serial console and finds the ESP by
-/// its volume id, and normal mode runs grub.cfg from the ESP.
+/// the embedded config turns on the serial console, the prefix names the
+/// ESP by its partition number on the boot drive, and normal mode runs
+/// grub.cfg from the ESP.
 #[test]
 fn seabios_boots_trixie_grub_2_12_from_a_native_core_img() {
     let tmp = tempfile::tempdir().unwrap();
     let mut store = ContentStore::new_in(tmp.path()).unwrap();
     let grub = trixie_grub(&mut store);
-    let uuid = bios::fat_volume_uuid(ESP_VOLUME_ID);
-    let early = bios::early_config(&uuid, PREFIX).unwrap();
-    let core_img = serial_core(&grub, bios::MODULES, &early, PREFIX, "early config ran");
+    let prefix = bios::disk_prefix(ESP_PARTITION, PREFIX).unwrap();
+    let core_img = serial_core(&grub, bios::MODULES, "", &prefix, "early config ran");
     let boot_img = grub.files().get("boot.img").unwrap().to_vec();
 
     let cfg = "echo \"grub.cfg on the ESP: root=$root prefix=$prefix\"\nhalt\n";

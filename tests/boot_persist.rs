@@ -16,6 +16,7 @@ use std::process::Command;
 
 use build_image::disk::{self, Arch, Layout, Source};
 use build_image::tree::ContentStore;
+use common::abdisk::esp_param;
 use common::boot::{boot_direct, debian_packages_root, expect_console, kernel_and_initrd, tail};
 use common::{require_tool, sha256_file, tool_stdout};
 
@@ -59,7 +60,10 @@ impl Vm {
         boot_direct(
             &self.vmlinuz,
             &self.initrd,
-            &format!("console=ttyS0 bi.root=root_a panic=-1 {extra_cmdline}"),
+            &format!(
+                "console=ttyS0 bi.root=root_a panic=-1 {} {extra_cmdline}",
+                esp_param(&self.disk)
+            ),
             &format!("file={},if=virtio,format=raw", self.disk.display()),
         )
     }
@@ -246,15 +250,24 @@ fn os_init_creates_keeps_and_grows_the_persistent_partition() {
         .bytes()
         .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
     assert!(console.contains(&format!("os-init: machine-id {id} (new)")));
-    // The other entries are as build-image wrote them.
+    // The first boot gave the disk its own identity: the other entries
+    // are where build-image put them, with new GUIDs.
+    assert!(
+        console.contains("os-init: gave /dev/vda its own identity: disk GUID"),
+        "{}",
+        tail(&console, 50)
+    );
+    assert!(!sgdisk(&["-p"], &disk).contains(&layout.disk_guid.to_string()));
     for (n, name) in [(1, "bios_grub"), (2, "ESP"), (3, "root_a"), (4, "root_b")] {
         let p = layout.partition(name).unwrap();
         let info = sgdisk(&["-i", &n.to_string()], &disk);
         assert!(
             info.contains(&format!("First sector: {} ", p.first_lba))
                 && info.contains(&format!("Last sector: {} ", p.first_lba + p.sectors - 1))
-                && info.contains(&format!("Partition name: '{name}'")),
-            "partition {n} changed:\n{info}"
+                && info.contains(&format!("Partition name: '{name}'"))
+                && info.contains(&format!("Partition GUID code: {} ", p.type_guid))
+                && !info.contains(&p.guid.to_string()),
+            "partition {n} changed more than its GUID:\n{info}"
         );
     }
     let range = check_table(&disk);

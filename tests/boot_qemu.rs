@@ -1,7 +1,8 @@
 //! A real boot under QEMU: the Debian kernel, an initramfs of os-init plus
 //! the module closure build-image computes, and a squashfs root in slot
 //! root_a of a GPT A/B disk image — all written by this project's own
-//! writers. Asserts that os-init found the slot by its partition name,
+//! writers. Asserts that os-init found the disk by its ESP's partition
+//! UUID (`bi.esp=`, as GRUB passes it) and the slot by its partition name,
 //! loaded the virtio/squashfs/overlay modules, mounted the root with an
 //! overlay and handed over to the root's /sbin/init.
 
@@ -12,6 +13,7 @@ use std::path::Path;
 
 use build_image::disk::{self, Arch, Layout, Source};
 use build_image::tree::ContentStore;
+use common::abdisk::esp_param;
 use common::boot::{boot_direct, busybox_root, expect_console, kernel_and_initrd, tail};
 
 /// Boots the Debian kernel with os-init's initramfs (direct kernel boot,
@@ -21,7 +23,12 @@ fn boot_os_init(tmp: &Path, store: &mut ContentStore, disk: &Path, cmdline: &str
     let k = kernel_and_initrd(store, &["virtio_pci", "virtio_blk", "squashfs", "overlay"]);
     let (vmlinuz, initrd) = k.write_to(tmp);
     let drive = format!("file={},if=virtio,format=raw,snapshot=on", disk.display());
-    boot_direct(&vmlinuz, &initrd, cmdline, &drive)
+    boot_direct(
+        &vmlinuz,
+        &initrd,
+        &format!("{cmdline} {}", esp_param(disk)),
+        &drive,
+    )
 }
 
 #[test]
@@ -53,6 +60,7 @@ fn debian_kernel_boots_os_init_into_a_squashfs_slot() {
     expect_console(
         &console,
         &[
+            "os-init: boot disk /dev/vda: it holds the ESP partition",
             "os-init: root root_a is /dev/vda3",
             "os-init: switching to /sbin/init",
             "root-init: started as pid 1",
@@ -82,7 +90,7 @@ fn os_init_reports_a_missing_slot_and_reboots() {
     expect_console(
         &console,
         &[
-            "os-init: error: no partition named \"root_c\" appeared within 3 s",
+            "os-init: error: the boot disk /dev/vda has no partition named \"root_c\"",
             "os-init: rebooting in 5 s",
         ],
     );

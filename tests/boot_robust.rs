@@ -285,15 +285,20 @@ else
 fi
 $b sync"#;
 
-/// Direct kernel boot of `disk` (slot a) with `cmdline`; QEMU must exit.
+/// Direct kernel boot of `disk` (slot a) with `cmdline` and the disk's
+/// `bi.esp=`; QEMU must exit.
 fn direct_boot(k: &(String, String), disk: Option<&Path>, cmdline: &str) -> String {
+    let cmdline = match disk {
+        Some(d) => format!("{cmdline} {}", abdisk::esp_param(d)),
+        None => cmdline.to_string(),
+    };
     let mut vm = Vm::x86_64(768).args([
         "-kernel".to_string(),
         k.0.clone(),
         "-initrd".to_string(),
         k.1.clone(),
         "-append".to_string(),
-        cmdline.to_string(),
+        cmdline,
     ]);
     if let Some(d) = disk {
         vm = vm.virtio_disk(d);

@@ -23,7 +23,6 @@ use common::boot::{deb_tree, file_bytes};
 use common::fixtures::debian_package_deb;
 use common::grub_mkimage;
 
-const ESP_VOLUME_ID: u32 = 0x2468_ace0;
 const LABEL: &str = "BUILD_IMAGE_TEST";
 
 /// Bookworm's `/usr/lib/grub/i386-pc`, written out to `dir` (for
@@ -105,9 +104,14 @@ fn assert_same_content(what: &str, ours: &[u8], theirs: &[u8], files: &PcFiles, 
             .collect();
         found
     };
-    assert_eq!(text(&t, OBJ_TYPE_CONFIG), [spec.config], "{what}");
+    let config: &[&str] = if spec.config.is_empty() {
+        &[]
+    } else {
+        &[spec.config]
+    };
+    assert_eq!(text(&t, OBJ_TYPE_CONFIG), config, "{what}");
     assert_eq!(text(&t, OBJ_TYPE_PREFIX), [spec.prefix], "{what}");
-    assert_eq!(text(&o, OBJ_TYPE_CONFIG), [spec.config], "{what}");
+    assert_eq!(text(&o, OBJ_TYPE_CONFIG), config, "{what}");
     assert_eq!(text(&o, OBJ_TYPE_PREFIX), [spec.prefix], "{what}");
 
     // The decompressor: the same bytes but for the compressed size.
@@ -159,15 +163,16 @@ fn native_core_img_carries_what_grub_mkimage_puts_in() {
     );
     let grub = GrubPc::from_files(files.clone());
 
-    // The disk's core image, as the build makes it.
-    let uuid = bios::fat_volume_uuid(ESP_VOLUME_ID);
-    let config = bios::early_config(&uuid, "/EFI/debian").unwrap();
+    // The disk's core image, as the build makes it: no early config, the
+    // ESP by its partition number on the boot drive.
+    let prefix = bios::disk_prefix(2, "/EFI/debian").unwrap();
+    assert_eq!(prefix, "(,gpt2)/EFI/debian");
     let spec = CoreSpec {
         modules: bios::MODULES,
-        config: &config,
-        prefix: "/EFI/debian",
+        config: "",
+        prefix: &prefix,
     };
-    let ours = grub.disk_images(&uuid, "/EFI/debian").unwrap().core_img;
+    let ours = grub.disk_images(2, "/EFI/debian").unwrap().core_img;
     let theirs = grub_mkimage::run("i386-pc", &dir, spec.config, spec.prefix, spec.modules);
     assert_same_content("disk", &ours, &theirs, &files, &spec);
     // Deterministic: the same inputs, the same bytes.
@@ -213,8 +218,7 @@ fn bad_grub_files_are_refused_by_name() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("i386-pc");
     bookworm_i386_pc(&dir);
-    let uuid = bios::fat_volume_uuid(ESP_VOLUME_ID);
-    let build = || bios::core_image(&dir, &uuid, "/EFI/debian");
+    let build = || bios::core_image(&dir, 2, "/EFI/debian");
     // The directory as shipped works.
     let core = build().unwrap();
     assert!(coreimg::unpack(&core).is_ok());
@@ -284,9 +288,10 @@ fn bad_grub_files_are_refused_by_name() {
     assert!(text.contains("embed fewer modules"), "{text}");
     fs::write(dir.join("echo.mod"), echo).unwrap();
 
-    // A bad UUID or prefix never reaches the early config.
-    assert!(bios::core_image(&dir, "12 34", "/EFI/debian").is_err());
-    assert!(bios::core_image(&dir, &uuid, "/EFI/a b").is_err());
+    // A bad partition number or prefix never reaches the image.
+    assert!(bios::core_image(&dir, 0, "/EFI/debian").is_err());
+    assert!(bios::core_image(&dir, 129, "/EFI/debian").is_err());
+    assert!(bios::core_image(&dir, 2, "/EFI/a b").is_err());
     assert_eq!(build().unwrap(), core);
 }
 

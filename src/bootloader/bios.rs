@@ -11,9 +11,12 @@
 //!   diskboot.img, whose blocklist (at the end of that sector) says where
 //!   the rest of core.img is: the sectors right after it. The rest is
 //!   GRUB's kernel with every module the boot needs built in (nothing is
-//!   loaded at run time) and an early config that finds the ESP by its FAT
-//!   volume id and points `prefix` at the directory that holds the same
-//!   `grub.cfg` the UEFI path reads, so slot selection is identical.
+//!   loaded at run time) and a prefix naming the ESP by its partition
+//!   number on the drive the BIOS booted from (`(,gpt2)/EFI/debian`: GRUB
+//!   fills in the boot drive), the directory that holds the same
+//!   `grub.cfg` the UEFI path reads, so slot selection is identical. No
+//!   identifier of the ESP is built in: a device gives its disk new GUIDs
+//!   and the ESP a new FAT serial on its first boot.
 //! - The ESP itself (grub.cfg, the env blocks, the kernels) is shared with
 //!   UEFI.
 //!
@@ -47,16 +50,16 @@ use coreimg::{CoreSpec, PcFiles};
 pub const I386_PC_DIR: &str = "usr/lib/grub/i386-pc";
 
 /// The modules built into core.img: disk access through the BIOS, the GPT
-/// and FAT of the ESP, `search` to find it, and everything
-/// `bootloader/grub.cfg` uses (`normal` for the script and menu, `test`
-/// for `[`, `loadenv` for `load_env`/`save_env`, `linux` for
+/// and FAT of the ESP, and everything `bootloader/grub.cfg` uses (`normal`
+/// for the script and menu, `test` for `[`, `loadenv` for
+/// `load_env`/`save_env`, `probe` for the ESP's partition UUID, `linux` for
 /// `linux`/`initrd`, `echo`, `sleep`, `halt`, `reboot`). Their dependencies
 /// are added from `moddep.lst`.
 pub const MODULES: &[&str] = &[
     "biosdisk",
     "part_gpt",
     "fat",
-    "search",
+    "probe",
     "normal",
     "configfile",
     "linux",
@@ -167,29 +170,17 @@ pub enum InstallError {
     NoMbr,
 }
 
-/// GRUB's name for a FAT volume id: `search --fs-uuid` matches it.
-/// 0x1234_5678 is "1234-5678".
-pub fn fat_volume_uuid(volume_id: u32) -> String {
-    format!("{:04x}-{:04x}", volume_id >> 16, volume_id & 0xffff)
-}
-
-/// The config built into core.img: find the ESP by its filesystem UUID,
-/// make it `root`, and point `prefix` at `prefix` on it; GRUB's normal mode
-/// then reads `$prefix/grub.cfg`. Runs in GRUB's rescue parser, so plain
-/// commands only.
-pub fn early_config(esp_uuid: &str, prefix: &str) -> Result<String> {
-    check_uuid(esp_uuid)?;
-    check_prefix(prefix)?;
-    Ok(format!(
-        "search --no-floppy --fs-uuid --set=root {esp_uuid}\nset prefix=($root){prefix}\n"
-    ))
-}
-
-fn check_uuid(uuid: &str) -> Result<()> {
-    if uuid.is_empty() || !uuid.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-        bail!("bad ESP filesystem UUID {uuid:?}: expected hex digits and dashes, like 1234-abcd");
+/// The prefix built into core.img: `dir` on GPT partition `esp_partition`
+/// of the drive the BIOS booted from, `(,gptN)/EFI/debian`. GRUB's kernel
+/// fills in the drive (`hd0` for the boot drive) and sets `root` and
+/// `prefix` from it, as grub-install's images without a search do; normal
+/// mode then reads `$prefix/grub.cfg`.
+pub fn disk_prefix(esp_partition: u32, dir: &str) -> Result<String> {
+    if esp_partition == 0 || esp_partition > 128 {
+        bail!("ESP partition number {esp_partition}: expected 1 to 128");
     }
-    Ok(())
+    check_prefix(dir)?;
+    Ok(format!("(,gpt{esp_partition}){dir}"))
 }
 
 fn check_prefix(prefix: &str) -> Result<()> {
@@ -208,14 +199,15 @@ fn check_prefix(prefix: &str) -> Result<()> {
 
 /// Assembles core.img from the i386-pc directory of the target's
 /// `grub-pc-bin` (`i386_pc_dir`): diskboot.img, the LZMA-compressed kernel
-/// with [`MODULES`] built in, and [`early_config`] (see [`coreimg`]).
-pub fn core_image(i386_pc_dir: &Path, esp_uuid: &str, prefix: &str) -> Result<Vec<u8>> {
-    let config = early_config(esp_uuid, prefix)?;
+/// with [`MODULES`] built in, and the [`disk_prefix`] of `dir` on the ESP,
+/// partition `esp_partition` (see [`coreimg`]).
+pub fn core_image(i386_pc_dir: &Path, esp_partition: u32, dir: &str) -> Result<Vec<u8>> {
+    let prefix = disk_prefix(esp_partition, dir)?;
     let files = PcFiles::from_dir(i386_pc_dir)?;
     let spec = CoreSpec {
         modules: MODULES,
-        config: &config,
-        prefix,
+        config: "",
+        prefix: &prefix,
     };
     coreimg::assemble(&files, &spec)
         .with_context(|| format!("assembling core.img from {}", i386_pc_dir.display()))
@@ -313,11 +305,11 @@ impl GrubPc {
         &self.files
     }
 
-    /// boot.img and the [`core_image`] of the disk, whose early config
-    /// finds the ESP by `esp_uuid`.
-    pub fn disk_images(&self, esp_uuid: &str, prefix: &str) -> Result<BiosImages> {
-        let config = early_config(esp_uuid, prefix)?;
-        self.images(&config, prefix, MODULES, Boot::Disk)
+    /// boot.img and the [`core_image`] of the disk, whose prefix is `dir`
+    /// on partition `esp_partition` of the boot drive ([`disk_prefix`]).
+    pub fn disk_images(&self, esp_partition: u32, dir: &str) -> Result<BiosImages> {
+        let prefix = disk_prefix(esp_partition, dir)?;
+        self.images("", &prefix, MODULES, Boot::Disk)
     }
 
     /// The BIOS boot images of the live ISO: boot.img for the MBR of a
@@ -699,18 +691,12 @@ mod tests {
     }
 
     #[test]
-    fn early_config_and_its_inputs() {
-        assert_eq!(fat_volume_uuid(0x1234_5678), "1234-5678");
-        assert_eq!(fat_volume_uuid(0xabcd_0001), "abcd-0001");
-        let cfg = early_config("1234-5678", "/EFI/debian").unwrap();
-        assert_eq!(
-            cfg,
-            "search --no-floppy --fs-uuid --set=root 1234-5678\nset prefix=($root)/EFI/debian\n"
-        );
-        assert!(early_config("1234 5678", "/EFI/debian").is_err());
-        assert!(early_config("", "/EFI/debian").is_err());
-        assert!(early_config("1234-5678", "EFI/debian").is_err());
-        assert!(early_config("1234-5678", "/EFI/deb ian").is_err());
-        assert!(early_config("1234-5678", "/EFI/x\nnormal").is_err());
+    fn the_prefix_names_the_esp_by_its_partition_number() {
+        assert_eq!(disk_prefix(2, "/EFI/debian").unwrap(), "(,gpt2)/EFI/debian");
+        assert!(disk_prefix(0, "/EFI/debian").is_err());
+        assert!(disk_prefix(129, "/EFI/debian").is_err());
+        assert!(disk_prefix(2, "EFI/debian").is_err());
+        assert!(disk_prefix(2, "/EFI/deb ian").is_err());
+        assert!(disk_prefix(2, "/EFI/x\nnormal").is_err());
     }
 }

@@ -34,8 +34,10 @@ pub use boot_contract::partition::{BIOS_GRUB, ESP, PERSIST, ROOT_A, ROOT_B};
 /// The sector size of the images build-image writes.
 pub const SECTOR: u64 = 512;
 
-/// A version-4-shaped GUID derived from `seed` and `purpose`, so the same
-/// seed always gives the same GUIDs and different purposes differ.
+/// A GUID derived from `seed` and `purpose`, so the same seed always gives
+/// the same GUIDs and different purposes differ. Marked version 8
+/// ([`Guid::derived`]): a device tells a disk that still carries its
+/// image's identity by it and gives the disk random (version 4) GUIDs.
 pub fn derive_guid(seed: &[u8], purpose: &str) -> Guid {
     let mut h = Sha256::new();
     h.update(b"build-image/disk-guid\0");
@@ -45,9 +47,7 @@ pub fn derive_guid(seed: &[u8], purpose: &str) -> Guid {
     let d = h.finalize();
     let mut g = [0u8; 16];
     g.copy_from_slice(&d[..16]);
-    g[6] = (g[6] & 0x0F) | 0x40; // version 4
-    g[8] = (g[8] & 0x3F) | 0x80; // RFC 4122 variant
-    Guid::from_text_bytes(g)
+    Guid::derived(g)
 }
 
 /// Alignment (and size granularity) of every partition.
@@ -240,6 +240,12 @@ impl Layout {
         self.partitions.iter().find(|p| p.name == name)
     }
 
+    /// The GPT partition number (1-based entry) of the partition `name`.
+    pub fn partition_number(&self, name: &str) -> Option<u32> {
+        let i = self.partitions.iter().position(|p| p.name == name)?;
+        Some(i as u32 + 1)
+    }
+
     /// The bytes of the disk the partition called `name` covers.
     pub fn range(&self, name: &str) -> Option<Range<u64>> {
         self.partition(name).map(Partition::range)
@@ -311,10 +317,11 @@ mod tests {
     #[test]
     fn derived_guids_are_stable_and_distinct() {
         let a = derive_guid(b"seed", "disk");
+        assert!(a.is_derived());
         assert_eq!(a, derive_guid(b"seed", "disk"));
         assert_ne!(a, derive_guid(b"seed", "root_a"));
         assert_ne!(a, derive_guid(b"seed2", "disk"));
-        assert_eq!(a.text_bytes()[6] >> 4, 4);
+        assert_eq!(a.text_bytes()[6] >> 4, 8, "version 8: derived, not random");
         assert_eq!(a.text_bytes()[8] >> 6, 0b10);
     }
 

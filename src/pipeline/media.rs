@@ -93,10 +93,6 @@ pub fn write_disk(
 ) -> Result<DiskImage> {
     stage(reporter, "writing the A/B disk image".into());
     let volume_id = u32::from_le_bytes([seed[0], seed[1], seed[2], seed[3]]);
-    let bios_images = match &boot.grub_pc {
-        Some(g) => Some(g.disk_images(&bios::fat_volume_uuid(volume_id), "/EFI/debian")?),
-        None => None,
-    };
     let grub_cfg = esp::grub_cfg(
         &format!("{} {}", plan.flavor.description, plan.version),
         &plan.cmdline,
@@ -122,6 +118,15 @@ pub fn write_disk(
         None => (root_size * 2).max(1 << 30),
     };
     let layout = Layout::ab(plan.disk_arch, plan.esp_size, slot, 0, seed)?;
+    let bios_images = match &boot.grub_pc {
+        Some(g) => {
+            let esp = layout
+                .partition_number(disk::ESP)
+                .context("the A/B layout has no ESP")?;
+            Some(g.disk_images(esp, "/EFI/debian")?)
+        }
+        None => None,
+    };
     let file = if plan.wants(Format::Disk) {
         let raw = staging.create(&plan.output(".raw"), "disk")?;
         staging.reopen(raw)?

@@ -228,3 +228,19 @@ pub fn assert_console(step: &str, console: &str, needle: &str) {
         tail(console, 40)
     );
 }
+
+/// `bi.esp=PARTUUID` of the ESP of the disk image `disk` as it is now, for
+/// direct kernel boots (GRUB passes it on a disk boot): os-init uses only
+/// the disk holding that partition, and a disk's first boot gives it a new
+/// one.
+pub fn esp_param(disk: &Path) -> String {
+    let mut f = File::open(disk).unwrap();
+    let sectors = f.metadata().unwrap().len() / 512;
+    let gpt = boot_contract::gpt::Gpt::read(&mut f, 512, sectors)
+        .or_else(|_| boot_contract::gpt::Gpt::read_backup(&mut f, 512, sectors))
+        .unwrap_or_else(|e| panic!("{}: no GPT: {e}", disk.display()));
+    let (_, esp) = gpt
+        .find(disk::ESP)
+        .unwrap_or_else(|| panic!("{}: no ESP", disk.display()));
+    format!("{}={}", boot_contract::boot_env::CMDLINE_ESP, esp.guid)
+}

@@ -22,8 +22,9 @@ pub fn version() -> String {
     full.rsplit_once('-').map_or(full, |(up, _)| up).to_string()
 }
 
-/// `grub-mkimage -O FORMAT -d DIR -c CONFIG -p PREFIX MODULES…`: the image
-/// it writes. Panics with the argv and the tool's stderr on failure.
+/// `grub-mkimage -O FORMAT -d DIR -c CONFIG -p PREFIX MODULES…` (no `-c`
+/// for an empty config): the image it writes. Panics with the argv and
+/// the tool's stderr on failure.
 pub fn run(format: &str, dir: &Path, config: &str, prefix: &str, modules: &[&str]) -> Vec<u8> {
     require_tool(TOOL, PACKAGE);
     let tmp = tempfile::tempdir().unwrap();
@@ -31,13 +32,11 @@ pub fn run(format: &str, dir: &Path, config: &str, prefix: &str, modules: &[&str
     std::fs::write(&cfg, config).unwrap();
     let out = tmp.path().join("core.img");
     let mut cmd = Command::new(TOOL);
-    cmd.args(["-O", format, "-d"])
-        .arg(dir)
-        .arg("-c")
-        .arg(&cfg)
-        .args(["-p", prefix, "-o"])
-        .arg(&out)
-        .args(modules);
+    cmd.args(["-O", format, "-d"]).arg(dir);
+    if !config.is_empty() {
+        cmd.arg("-c").arg(&cfg);
+    }
+    cmd.args(["-p", prefix, "-o"]).arg(&out).args(modules);
     let res = cmd.output().unwrap();
     assert!(
         res.status.success(),

@@ -102,6 +102,27 @@ impl Guid {
     pub fn is_nil(&self) -> bool {
         self.0 == [0; 16]
     }
+
+    /// The version field (RFC 9562): 4 for random GUIDs, 8 for the ones a
+    /// build derives from its inputs ([`Guid::derived`]).
+    pub fn version(&self) -> u8 {
+        self.0[7] >> 4
+    }
+
+    /// A GUID derived from 16 bytes of a hash of a build's inputs, marked
+    /// version 8 (RFC 9562's custom version), so a disk that still carries
+    /// the identity of the image it was written from is told from one that
+    /// got its own random (version 4) GUIDs on the device.
+    pub fn derived(mut bytes: [u8; 16]) -> Guid {
+        bytes[7] = (bytes[7] & 0x0F) | 0x80;
+        bytes[8] = (bytes[8] & 0x3F) | 0x80;
+        Guid(bytes)
+    }
+
+    /// Whether this GUID was derived by a build ([`Guid::derived`]).
+    pub fn is_derived(&self) -> bool {
+        self.version() == 8
+    }
 }
 
 impl fmt::Display for Guid {
@@ -686,6 +707,28 @@ impl Gpt {
         let at = index * self.entry_size;
         entry.encode(&mut self.entries[at..at + self.entry_size])?;
         Ok(index)
+    }
+
+    /// Gives the table its own identity: a new disk GUID and a new GUID for
+    /// every used entry, each from `new_guid` (random ones on a device);
+    /// names, types, places and attributes stay. Every disk written from
+    /// one image carries the image's GUIDs until this is done to it.
+    pub fn personalize(&mut self, mut new_guid: impl FnMut() -> Guid) -> Result<(), GptError> {
+        let disk = new_guid();
+        if disk.is_nil() {
+            return Err(GptError::Change("a disk GUID must not be nil".into()));
+        }
+        self.header[56..72].copy_from_slice(&disk.0);
+        let used: Vec<usize> = self.partitions().map(|(i, _)| i).collect();
+        for index in used {
+            let guid = new_guid();
+            if guid.is_nil() {
+                return Err(GptError::Change("a partition GUID must not be nil".into()));
+            }
+            let at = index * self.entry_size;
+            self.entries[at + 16..at + 32].copy_from_slice(&guid.0);
+        }
+        Ok(())
     }
 
     /// Moves the end of the used entry `index` to `last_lba` (inclusive).

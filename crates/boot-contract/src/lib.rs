@@ -3,6 +3,8 @@
 //! here once; the three programs depend on this crate and nothing heavier,
 //! so the device binaries stay small.
 
+pub mod boot_disk;
+pub mod fat;
 pub mod gpt;
 pub mod grubenv;
 pub mod upgrade;
@@ -106,6 +108,16 @@ pub mod boot_env {
     /// Kernel command line flag GRUB adds when it boots a trial slot
     /// (`bi.trial=1`): os-init arms the hardware watchdog for it.
     pub const CMDLINE_TRIAL: &str = "bi.trial";
+    /// Kernel command line parameter carrying the partition UUID of the ESP
+    /// GRUB was started from (`bi.esp=` and GRUB's `probe --part-uuid`,
+    /// lowercase): os-init and os-agent use the slots, the ESP and
+    /// `persist` of the disk holding that partition, and no other disk's.
+    pub const CMDLINE_ESP: &str = "bi.esp";
+    /// Variable: `1` once GRUB has booted from this disk. GRUB sets it on a
+    /// disk's first boot; os-init uses it to tell apart disks written from
+    /// one image (same partition UUIDs) before it gives the booted disk
+    /// its own identity.
+    pub const DISK_BOOTED: &str = "disk_booted";
 }
 
 /// The hardware watchdog: a hung trial must reset the machine, so GRUB's

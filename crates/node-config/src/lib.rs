@@ -174,11 +174,14 @@ impl K3s {
 /// install:
 ///   device: auto        # or /dev/sda, /dev/nvme0n1, ...
 ///   reboot: true        # reboot after a successful install (default false)
+///   overwrite: false    # also over a disk holding an installed system's
+///                       # data on persist (default false: refused)
 /// ```
 ///
-/// `auto` picks the one fixed disk that is large enough, not in use and
-/// not the live medium, and fails when there is none or more than one.
-/// Unknown fields are rejected.
+/// `auto` picks the one fixed disk that is large enough, not in use, not
+/// the live medium and (unless `overwrite`) not holding an installed
+/// system's data, and fails when there is none or more than one. Unknown
+/// fields are rejected.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Install {
@@ -186,6 +189,10 @@ pub struct Install {
     pub device: Option<String>,
     /// Reboot after a successful install; false unless given.
     pub reboot: Option<bool>,
+    /// Install over a disk whose `persist` holds an installed system's
+    /// data (lost then); false unless given. Without it an unattended
+    /// install that the firmware starts again after installing refuses.
+    pub overwrite: Option<bool>,
 }
 
 /// Parses one configuration file's text; `file` names it in errors.
@@ -423,6 +430,7 @@ pub fn merge(base: Config, over: Config) -> Config {
         (Some(b), Some(o)) => Some(Install {
             device: o.device.or(b.device),
             reboot: o.reboot.or(b.reboot),
+            overwrite: o.overwrite.or(b.overwrite),
         }),
     };
     out.ssh = match (out.ssh, over.ssh) {

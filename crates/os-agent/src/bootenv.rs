@@ -19,18 +19,14 @@ use std::path::{Path, PathBuf};
 
 use boot_contract::boot_env::{BACKUP, DEFAULT_SLOT, PRIMARY, SLOTS, TRIAL_BOOTED, TRIAL_SLOT};
 use boot_contract::grubenv::{GrubEnv, BLOCK_SIZE};
-use boot_contract::partition;
 
 use crate::bail;
+use crate::bootdisk::BootDisk;
 use crate::error::{Context, Error, Result};
 use crate::fsutil::Root;
 
 /// Where the ESP is mounted when the agent mounts it itself.
 pub const ESP_MOUNT: &str = "/run/os-agent/esp";
-
-fn by_partlabel() -> String {
-    format!("/dev/disk/by-partlabel/{}", partition::ESP)
-}
 
 /// Reads and parses one block; refuses anything but a valid 1024-byte
 /// GRUB environment block.
@@ -354,58 +350,26 @@ impl Esp {
         }
     }
 
-    /// Finds the ESP by its GPT partition name: uses its mount point when
-    /// it is mounted (read-write, if `write`), else mounts it at
-    /// /run/os-agent/esp until this value is dropped.
+    /// The ESP of the disk the node booted from ([`BootDisk::current`]):
+    /// uses its mount point when it is mounted (read-write, if `write`),
+    /// else mounts it at /run/os-agent/esp until this value is dropped.
     pub fn locate(root: &Root, write: bool) -> Result<Self> {
         if !root.is_host() {
             bail!(
                 "--esp DIR is needed with --root: the ESP is looked up on the running system only"
             );
         }
-        let link = by_partlabel();
-        let dev = fs::canonicalize(&link).with_context(|| {
-            format!(
-                "finding the ESP (GPT partition name {}) at {link}",
-                partition::ESP
-            )
-        })?;
-        Esp::use_dev(&dev, write)
+        let disk = BootDisk::current().context("finding the ESP")?;
+        Esp::use_dev(disk.esp(), write)
     }
 
-    /// The ESP for reading the configuration at boot: by its GPT name, as
-    /// [`Esp::locate`] finds it, or, before udev made the by-partlabel
-    /// link, from sysfs (the partition named ESP on the disk that has a
-    /// mounted partition, or the only one). None when there is none;
-    /// mounted read-only when not mounted yet.
+    /// The ESP for reading the configuration at boot, as [`Esp::locate`]
+    /// finds it, mounted read-only when not mounted yet. None with `--root`.
     pub fn find_optional(root: &Root) -> Result<Option<Self>> {
         if !root.is_host() {
             return Ok(None);
         }
-        let dev = match fs::canonicalize(by_partlabel()) {
-            Ok(d) => d,
-            Err(_) => {
-                use crate::install::disks::{self, Sys};
-                let sys = Sys::host();
-                let all = disks::partitions_named(&sys, partition::ESP);
-                let mounted = disks::mounted(&sys)?;
-                let on_mounted_disk: Vec<&(String, String)> = all
-                    .iter()
-                    .filter(|(_, d)| {
-                        disks::disk(&sys, d)
-                            .map(|d| d.parts.iter().any(|(_, dev)| mounted.contains(dev)))
-                            .unwrap_or(false)
-                    })
-                    .collect();
-                let pick: &(String, String) = match (&on_mounted_disk[..], &all[..]) {
-                    ([one], _) => one,
-                    ([], [one]) => one,
-                    _ => return Ok(None),
-                };
-                sys.dev.join(&pick.0)
-            }
-        };
-        Esp::use_dev(&dev, false).map(Some)
+        Esp::locate(root, false).map(Some)
     }
 
     /// Uses the ESP device `dev`: its mount point when mounted, else

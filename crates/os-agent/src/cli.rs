@@ -43,6 +43,8 @@ Options:
   --config FILE       install: put FILE on the new disk's ESP as
                       build-image/config.yaml (checked first)
   --reboot            install: reboot after a successful install
+  --force             install: also over a disk holding an installed
+                      system's data on persist (it is lost)
   --source DIR        install: the live ISO (default /run/os/live)
   --unattended        install: do nothing without an install section in
                       the configuration; report on the console
@@ -75,6 +77,8 @@ pub struct Args {
     /// install: `--config`.
     pub config: Option<PathBuf>,
     pub reboot: bool,
+    /// install: `--force`.
+    pub force: bool,
     pub source: PathBuf,
     pub unattended: bool,
 }
@@ -98,6 +102,7 @@ pub fn parse(argv: &[String]) -> Result<Args> {
         device: None,
         config: None,
         reboot: false,
+        force: false,
         source: PathBuf::from(boot_contract::live::MOUNT),
         unattended: false,
     };
@@ -138,10 +143,11 @@ pub fn parse(argv: &[String]) -> Result<Args> {
             "--device" => args.device = Some(value(name)?),
             "--config" => args.config = Some(PathBuf::from(value(name)?)),
             "--source" => args.source = PathBuf::from(value(name)?),
-            "--reboot" | "--unattended" if inline.is_some() => {
+            "--reboot" | "--unattended" | "--force" if inline.is_some() => {
                 bail!("{name} takes no value")
             }
             "--reboot" => args.reboot = true,
+            "--force" => args.force = true,
             "--unattended" => args.unattended = true,
             _ if name.starts_with('-') => bail!("unknown option {name}; see os-agent --help"),
             _ => {
@@ -179,6 +185,7 @@ pub fn parse(argv: &[String]) -> Result<Args> {
             "--device",
             "--config",
             "--reboot",
+            "--force",
             "--source",
             "--unattended",
         ],
@@ -263,10 +270,19 @@ pub fn run(args: &Args) -> Result<i32> {
     Ok(0)
 }
 
-/// The device and reboot flag of `install`: the command line's, else the
-/// configuration's `install` section. None: `--unattended` and nothing to
-/// install.
-pub fn install_plan(args: &Args, cfg: Option<&Config>) -> Result<Option<(String, bool)>> {
+/// What `install` is asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstallPlan {
+    pub device: String,
+    pub reboot: bool,
+    /// Install over a disk holding an installed system's data.
+    pub overwrite: bool,
+}
+
+/// The device, reboot and overwrite flags of `install`: the command
+/// line's, else the configuration's `install` section. None:
+/// `--unattended` and nothing to install.
+pub fn install_plan(args: &Args, cfg: Option<&Config>) -> Result<Option<InstallPlan>> {
     let section = cfg.and_then(|c| c.install.as_ref());
     if args.unattended && section.is_none() && args.device.is_none() {
         return Ok(None);
@@ -274,8 +290,13 @@ pub fn install_plan(args: &Args, cfg: Option<&Config>) -> Result<Option<(String,
     let from_config = section.and_then(|i| i.device.clone());
     let use_config = args.device.is_none() || args.unattended;
     let reboot = args.reboot || (use_config && section.and_then(|i| i.reboot) == Some(true));
+    let overwrite = args.force || (use_config && section.and_then(|i| i.overwrite) == Some(true));
     match args.device.clone().or(from_config) {
-        Some(d) => Ok(Some((d, reboot))),
+        Some(device) => Ok(Some(InstallPlan {
+            device,
+            reboot,
+            overwrite,
+        })),
         None => bail!("no --device and no install.device in the configuration"),
     }
 }
@@ -292,6 +313,7 @@ pub fn cmdline_install(cmdline: &str) -> Option<config::Install> {
         .map(|d| config::Install {
             device: Some(d.to_string()),
             reboot: Some(true),
+            overwrite: None,
         })
 }
 
@@ -311,7 +333,7 @@ fn run_install(args: &Args, root: &Root) -> Result<i32> {
     } else {
         None
     };
-    let Some((device, reboot)) = install_plan(args, cfg.as_ref())? else {
+    let Some(plan) = install_plan(args, cfg.as_ref())? else {
         println!("os-agent: no install section in the configuration, nothing to install");
         return Ok(0);
     };
@@ -327,15 +349,28 @@ fn run_install(args: &Args, root: &Root) -> Result<i32> {
         source: args.source.clone(),
         config: args.config.clone(),
         esp: args.esp.clone(),
-        ..install::Options::new(install::Device::parse(&device))
+        overwrite: plan.overwrite,
+        ..install::Options::new(install::Device::parse(&plan.device))
     };
     match install::install(&opts) {
-        Ok(done) => report(&format!(
-            "os-agent: installed {} {} to {}",
-            done.id,
-            done.version,
-            done.device.display()
-        )),
+        Ok(done) => {
+            report(&format!(
+                "os-agent: installed {} {} to {} (disk GUID {}, ESP partition {})",
+                done.id,
+                done.version,
+                done.device.display(),
+                done.disk_guid,
+                done.esp.guid
+            ));
+            match &done.boot_entry {
+                Ok(entry) => report(&format!("os-agent: firmware boot entry: {entry}")),
+                Err(e) => report(&format!(
+                    "os-agent: warning: no firmware boot entry for the new disk: {e}; the \
+                     firmware may start the installer again, which refuses to install over \
+                     this disk once it holds data"
+                )),
+            }
+        }
         Err(e) => {
             if console.is_some() {
                 report(&format!("os-agent: install failed: {e}"));
@@ -343,7 +378,7 @@ fn run_install(args: &Args, root: &Root) -> Result<i32> {
             return Err(e);
         }
     }
-    if reboot {
+    if plan.reboot {
         report("os-agent: rebooting");
         install::reboot()?;
     }
@@ -442,6 +477,8 @@ mod tests {
             ),
             (&["health", "--reboot"][..], "--reboot is not an option"),
             (&["install", "--json"][..], "--json is not an option"),
+            (&["install", "--force=1"][..], "--force takes no value"),
+            (&["status", "--force"][..], "--force is not an option"),
         ] {
             let e = p(a).unwrap_err().to_string();
             assert!(e.contains(want), "{a:?}: {e}");
@@ -451,25 +488,42 @@ mod tests {
     #[test]
     fn install_device_and_reboot_from_flags_or_config() {
         let cfg = |t: &str| crate::config::parse(t, std::path::Path::new("c.yaml")).unwrap();
-        let plan = |a: &[&str], c: Option<&Config>| install_plan(&p(a).unwrap(), c);
+        let plan = |a: &[&str], c: Option<&Config>| {
+            install_plan(&p(a).unwrap(), c).map(|o| o.map(|p| (p.device, p.reboot, p.overwrite)))
+        };
         let with = cfg("install: {device: auto, reboot: true}\n");
         let without = cfg("hostname: x\n");
         assert_eq!(
             plan(&["install"], Some(&with)).unwrap(),
-            Some(("auto".into(), true))
+            Some(("auto".into(), true, false))
         );
         assert_eq!(
             plan(&["install", "--device", "/dev/vdb"], Some(&with)).unwrap(),
-            Some(("/dev/vdb".into(), false)),
+            Some(("/dev/vdb".into(), false, false)),
             "an explicit --device does not take reboot from the configuration"
         );
         assert_eq!(
             plan(&["install", "--device", "/dev/vdb", "--reboot"], None).unwrap(),
-            Some(("/dev/vdb".into(), true))
+            Some(("/dev/vdb".into(), true, false))
         );
         assert_eq!(
             plan(&["install", "--unattended"], Some(&with)).unwrap(),
-            Some(("auto".into(), true))
+            Some(("auto".into(), true, false))
+        );
+        // Over an installed system only when asked.
+        let over = cfg("install: {device: auto, reboot: true, overwrite: true}\n");
+        assert_eq!(
+            plan(&["install", "--unattended"], Some(&over)).unwrap(),
+            Some(("auto".into(), true, true))
+        );
+        assert_eq!(
+            plan(&["install", "--device", "/dev/vdb", "--force"], None).unwrap(),
+            Some(("/dev/vdb".into(), false, true))
+        );
+        assert_eq!(
+            plan(&["install", "--device", "/dev/vdb"], Some(&over)).unwrap(),
+            Some(("/dev/vdb".into(), false, false)),
+            "an explicit --device does not take overwrite from the configuration"
         );
         assert_eq!(
             plan(&["install", "--unattended"], Some(&without)).unwrap(),

@@ -4,23 +4,31 @@
 //! Everything is checked before the first write: the manifest
 //! ([`manifest`]), the sizes of the files it names, the `--config` file,
 //! the target ([`disks`]: not mounted, not swap, not the live medium,
-//! large enough). Then, so the disk carries a valid partition table only
-//! at the very end:
+//! large enough, 512-byte logical blocks, and — unless `--force` or
+//! `install.overwrite: true` — no installed system with data on `persist`).
+//! Then, so the disk carries a valid partition table only at the very end:
 //!
 //! 1. zero the first and the last MiB of the target;
 //! 2. write the head (from byte 34 × 512 on: chunks and zeros), hashing
 //!    the whole reconstructed head;
 //! 3. write the root filesystem at root_a, hashing it; zero the first MiB
-//!    of root_b; fsync;
-//! 4. the GPT of the head, its backup moved to the end of the target:
-//!    backup, fsync, primary, then LBA 0 (the protective MBR fitted to the
-//!    target, the boot code kept); fsync; `BLKRRPART` for block devices;
-//! 5. `--config`: the file to the new ESP as `/build-image/config.yaml`.
+//!    of root_b; give the ESP's FAT a random serial; fsync;
+//! 4. the GPT of the head with a random disk GUID and random partition
+//!    GUIDs (the disk's own identity; names and types kept), its backup
+//!    moved to the end of the target: backup, fsync, primary, then LBA 0
+//!    (the protective MBR fitted to the target, the boot code kept); fsync;
+//!    `BLKRRPART` for block devices;
+//! 5. `--config`: the file to the new ESP as `/build-image/config.yaml`;
+//! 6. under UEFI, a firmware boot entry for the new disk, first in
+//!    `BootOrder` and in `BootNext` ([`efiboot`]), so the machine boots the
+//!    disk next, not the installer again.
 //!
 //! Any failure after the first write zeroes the first and last MiB again,
 //! so no half-written disk looks bootable, and returns the error.
 
 pub mod disks;
+pub mod efiboot;
+mod identity;
 pub mod manifest;
 
 use std::fs::{self, File, OpenOptions};
@@ -29,7 +37,7 @@ use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use boot_contract::gpt::{self, Gpt};
+use boot_contract::gpt::{self, Gpt, Guid};
 use boot_contract::partition;
 use sha2::{Digest, Sha256};
 
@@ -78,8 +86,24 @@ pub struct Options {
     /// This machine's architecture, as image manifests name it (`amd64`,
     /// `arm64`); see [`machine_arch`].
     pub arch: String,
+    /// Install over a disk that holds an installed system's data
+    /// (`--force`, `install.overwrite: true`).
+    pub overwrite: bool,
+    /// Where the firmware's boot entry goes.
+    pub efivars: EfiVars,
     /// Tests: fail at this fault point (see [`fault::check`]).
     pub fail_at: Option<&'static str>,
+}
+
+/// Where `install` puts the firmware boot entry of the new disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EfiVars {
+    /// efivarfs, when the machine booted with UEFI and the target is a
+    /// block device.
+    Auto,
+    /// A directory laid out like efivarfs (tests).
+    Dir(PathBuf),
+    Off,
 }
 
 impl Options {
@@ -91,6 +115,8 @@ impl Options {
             esp: None,
             sys: Sys::host(),
             arch: machine_arch().into(),
+            overwrite: false,
+            efivars: EfiVars::Auto,
             fail_at: None,
         }
     }
@@ -102,6 +128,12 @@ pub struct Installed {
     pub id: String,
     pub version: String,
     pub device: PathBuf,
+    /// The new disk's GUID.
+    pub disk_guid: Guid,
+    /// The new disk's ESP.
+    pub esp: efiboot::EspPartition,
+    /// The firmware boot entry made for it (`Boot0003`), or why none was.
+    pub boot_entry: std::result::Result<String, String>,
 }
 
 /// The architecture this program was built for (and so runs on), in the
@@ -128,8 +160,10 @@ struct Target {
 }
 
 /// Opens `path` for writing after checking it: a regular file (which
-/// must exist) or a whole disk that nothing uses. Writes nothing.
-fn open_target(sys: &Sys, path: &Path, min_size: u64) -> Result<Target> {
+/// must exist) or a whole disk of 512-byte logical blocks that nothing
+/// uses and, unless `overwrite`, that holds no installed system's data.
+/// Writes nothing.
+fn open_target(sys: &Sys, path: &Path, min_size: u64, overwrite: bool) -> Result<Target> {
     let meta = fs::metadata(path).with_context(|| format!("target {}", path.display()))?;
     let ft = meta.file_type();
     let (file, disk) = if ft.is_file() {
@@ -162,6 +196,12 @@ fn open_target(sys: &Sys, path: &Path, min_size: u64) -> Result<Target> {
             ))
         })?;
         let disk = disks::disk(sys, &name)?;
+        if let Some(why) = disks::block_size_refusal(&disk) {
+            bail!(
+                "{} ({name}): {why}; refusing to install to it",
+                path.display()
+            );
+        }
         if let Some(why) = disks::busy(sys, &disk)? {
             bail!("{}: {why}; refusing to overwrite it", path.display());
         }
@@ -201,6 +241,15 @@ fn open_target(sys: &Sys, path: &Path, min_size: u64) -> Result<Target> {
             "{} is {size} bytes, not a whole number of {SECTOR}-byte sectors",
             path.display()
         );
+    }
+    if !overwrite {
+        if let Some(why) = disks::existing_system(&mut &file, size) {
+            bail!(
+                "{} {why}; refusing to install over it: set install.overwrite: true in the \
+                 configuration or pass --force to replace it",
+                path.display()
+            );
+        }
     }
     Ok(Target {
         path: path.to_path_buf(),
@@ -347,17 +396,10 @@ fn write_rootfs(w: &mut Writer<'_>, m: &Manifest, mut src: File, src_path: &Path
     Ok(())
 }
 
-/// Writes the head's partition table, fitted to the target: backup GPT,
-/// primary GPT, LBA 0.
-fn write_table(
-    w: &mut Writer<'_>,
-    m: &Manifest,
-    table: &[u8],
-    fail_at: Option<&str>,
-) -> Result<()> {
+/// Writes the head's partition table `g`, fitted to the target: backup
+/// GPT, primary GPT, LBA 0 (from the head's `table`).
+fn write_table(w: &mut Writer<'_>, mut g: Gpt, table: &[u8], fail_at: Option<&str>) -> Result<Gpt> {
     let sectors = w.t.size / SECTOR;
-    let mut g = Gpt::read(&mut Cursor::new(table), SECTOR, m.image_size / SECTOR)
-        .context("the head's GPT (head.file)")?;
     g.relocate_backup(sectors)
         .with_context(|| format!("moving the backup GPT to the end of {}", w.t.path.display()))?;
     let [be, bh, pe, ph] = g.writes();
@@ -374,17 +416,19 @@ fn write_table(
     mbr.copy_from_slice(&table[..512]);
     gpt::fit_protective_mbr(&mut mbr, sectors);
     w.write(0, &mbr)?;
-    w.sync()
+    w.sync()?;
+    Ok(g)
 }
 
-/// Everything from the first write to the partition table.
+/// Everything from the first write to the partition table; returns the
+/// table written.
 fn write_all(
     w: &mut Writer<'_>,
     m: &Manifest,
     head: (File, PathBuf),
     rootfs: (File, PathBuf),
     fail_at: Option<&str>,
-) -> Result<()> {
+) -> Result<Gpt> {
     let size = w.t.size;
     progress(format!(
         "zeroing the first and last MiB of {}",
@@ -393,6 +437,8 @@ fn write_all(
     wipe(w)?;
     progress(format!("writing the boot area ({} MiB)", m.head.size / MIB));
     let table = write_head(w, m, head.0, &head.1)?;
+    let mut g = Gpt::read(&mut Cursor::new(&table), SECTOR, m.image_size / SECTOR)
+        .context("the head's GPT (head.file)")?;
     fault::check(fault::INSTALL_AFTER_HEAD, fail_at)?;
     progress(format!(
         "writing {} ({} MiB)",
@@ -401,10 +447,11 @@ fn write_all(
     ));
     write_rootfs(w, m, rootfs.0, &rootfs.1)?;
     w.zero(m.root_b.offset, MIB.min(m.root_b.size))?;
+    identity::personalize(w, &mut g)?;
     w.sync()?;
     fault::check(fault::INSTALL_AFTER_ROOTFS, fail_at)?;
     progress(format!("writing the partition table ({} bytes disk)", size));
-    write_table(w, m, &table, fail_at)
+    write_table(w, g, &table, fail_at)
 }
 
 /// `BLKRRPART`: the kernel re-reads the partition table.
@@ -535,7 +582,7 @@ pub fn install(opts: &Options) -> Result<Installed> {
     let path = match &opts.device {
         Device::Path(p) => p.clone(),
         Device::Auto => {
-            let d = disks::pick_auto(&opts.sys, m.min_device_size)?;
+            let d = disks::pick_auto(&opts.sys, m.min_device_size, opts.overwrite)?;
             let p = opts.sys.dev.join(&d.name);
             progress(format!(
                 "--device auto: picked {} ({})",
@@ -545,7 +592,7 @@ pub fn install(opts: &Options) -> Result<Installed> {
             p
         }
     };
-    let t = open_target(&opts.sys, &path, m.min_device_size)?;
+    let t = open_target(&opts.sys, &path, m.min_device_size, opts.overwrite)?;
     if config.is_some() && t.disk.is_none() && opts.esp.is_none() {
         bail!(
             "--config needs a block device as the target ({} is a regular file), or --esp DIR",
@@ -560,15 +607,25 @@ pub fn install(opts: &Options) -> Result<Installed> {
         path.display(),
         disks::human(t.size)
     ));
-    {
+    let table = {
         let mut w = Writer {
             t: &t,
             touched: false,
         };
-        if let Err(e) = write_all(&mut w, &m, head, rootfs, opts.fail_at) {
-            return Err(if w.touched { wipe_after(&mut w, e) } else { e });
+        match write_all(&mut w, &m, head, rootfs, opts.fail_at) {
+            Ok(g) => g,
+            Err(e) => return Err(if w.touched { wipe_after(&mut w, e) } else { e }),
         }
-    }
+    };
+    let (index, e) = table
+        .find(partition::ESP)
+        .ok_or_else(|| Error::msg("the new disk's GPT has no ESP"))?;
+    let esp = efiboot::EspPartition {
+        number: index as u32 + 1,
+        first_lba: e.first_lba,
+        sectors: e.sectors(),
+        guid: e.guid,
+    };
     if t.disk.is_some() {
         reread_with_retries(&t);
     }
@@ -591,11 +648,43 @@ pub fn install(opts: &Options) -> Result<Installed> {
             return Err(wipe_reopened(&path, size, disk.is_some(), e));
         }
     }
+    let description = format!("{} {}", m.image.id, m.image.version);
+    let boot_entry =
+        boot_entry(opts, disk.is_some(), &description, &esp).map_err(|e| format!("{e:#}"));
     Ok(Installed {
         id: m.image.id,
         version: m.image.version,
         device: path,
+        disk_guid: table.disk_guid(),
+        esp,
+        boot_entry,
     })
+}
+
+/// The firmware boot entry for the new disk (see [`efiboot`]): its name,
+/// or why there is none. A failure here does not undo the install: the
+/// disk is complete, and the installer refuses to install over it again.
+fn boot_entry(
+    opts: &Options,
+    block: bool,
+    description: &str,
+    esp: &efiboot::EspPartition,
+) -> Result<String> {
+    let dir = match &opts.efivars {
+        EfiVars::Off => return Ok("none (off)".into()),
+        EfiVars::Dir(d) => d.clone(),
+        EfiVars::Auto if !block => return Ok("none (the target is a file)".into()),
+        EfiVars::Auto => match efiboot::efivars()? {
+            Some(d) => d,
+            None => {
+                return Ok("none (not booted with UEFI: the firmware's boot order stays)".into())
+            }
+        },
+    };
+    let option = efiboot::load_option(description, esp, efiboot::loader_path(&opts.arch)?);
+    let n = efiboot::register(&dir, &option)
+        .with_context(|| format!("adding a boot entry in {}", dir.display()))?;
+    Ok(format!("Boot{n:04X}, first in BootOrder and BootNext"))
 }
 
 /// Wipes after error `e`; the message says whether the wipe worked.

@@ -16,6 +16,7 @@
 pub mod error;
 
 pub mod apply;
+pub mod bootdisk;
 pub mod bootenv;
 pub mod cli;
 pub mod config;

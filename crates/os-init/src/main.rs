@@ -4,8 +4,10 @@
 //! 2. loads the kernel modules listed, in order, in
 //!    `/lib/modules/os-init.load` (written by build-image from the modules'
 //!    own dependency data);
-//! 3. waits for the partition whose GPT name the kernel command line gives
-//!    as `bi.root=NAME` (e.g. `bi.root=root_a`), at most `bi.timeout=SECONDS`
+//! 3. waits for the disk holding the ESP partition GRUB started from
+//!    (`bi.esp=PARTUUID`, see [`bootdisk`]) and takes from that disk the
+//!    partition whose GPT name the kernel command line gives as
+//!    `bi.root=NAME` (e.g. `bi.root=root_a`), at most `bi.timeout=SECONDS`
 //!    (default 30); or, for a live boot with `bi.live=LABEL`, for the ISO
 //!    9660 volume with that label, which it mounts on `/run/os/live` and
 //!    whose `rootfs.squashfs` it attaches to a loop device (see [`live`]);
@@ -14,14 +16,16 @@
 //!    own files (which would otherwise hold their RAM for the life of the
 //!    system; see [`free_initramfs`]) and switches root to it;
 //! 5. sets up the persistent partition (see [`persist`]): creates or grows
-//!    `persist` on the root slot's disk, formats it with the root's own
+//!    `persist` on the boot disk (on its first boot giving the disk its own
+//!    GUIDs and ESP serial), formats it with the root's own
 //!    mkfs.ext4 the first time (never a partition that holds data), checks
 //!    it with the root's `e2fsck -p`, mounts it on `/run/os/persist`,
 //!    writes the kept machine-id to `/etc/machine-id` and bind-mounts the
 //!    persistent paths; `bi.persist=off` or `bi.slot=live` skips this. A
 //!    `persist` that cannot be used is replaced by a tmpfs for the boot
 //!    (degraded, reported, never a reboot);
-//! 6. executes `/sbin/init` of the new root (`bi.init=PATH` overrides).
+//! 6. records the boot disk for os-agent ([`boot_contract::boot_disk`]) and
+//!    executes `/sbin/init` of the new root (`bi.init=PATH` overrides).
 //!
 //! On a trial boot (`bi.trial=1`, added by GRUB) it starts the hardware
 //! watchdog right after loading the modules (see [`watchdog`]).
@@ -36,10 +40,11 @@ use std::ffi::CString;
 use std::fs;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustix::mount::{mount, mount_move, MountFlags};
 
+mod bootdisk;
 mod live;
 mod persist;
 mod watchdog;
@@ -114,43 +119,6 @@ fn module_refusal(e: rustix::io::Errno) -> Refusal {
     }
 }
 
-/// `/dev/NAME` of the partition with GPT name `label`, from the kernel's
-/// uevent data.
-fn find_partition(label: &str) -> Option<String> {
-    for entry in fs::read_dir("/sys/class/block").ok()?.flatten() {
-        let Ok(uevent) = fs::read_to_string(entry.path().join("uevent")) else {
-            continue;
-        };
-        let field = |k: &str| {
-            uevent
-                .lines()
-                .find_map(|l| l.strip_prefix(k)?.strip_prefix('='))
-        };
-        if field("PARTNAME") == Some(label) {
-            return field("DEVNAME").map(|d| format!("/dev/{d}"));
-        }
-    }
-    None
-}
-
-fn wait_for_partition(label: &str, timeout: Duration) -> Result<String> {
-    let start = Instant::now();
-    loop {
-        if let Some(dev) = find_partition(label) {
-            if Path::new(&dev).exists() {
-                return Ok(dev);
-            }
-        }
-        if start.elapsed() > timeout {
-            return Err(format!(
-                "no partition named {label:?} appeared within {} s",
-                timeout.as_secs()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn boot() -> Result<std::convert::Infallible> {
     let none = MountFlags::empty();
     let quiet = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
@@ -186,14 +154,20 @@ fn boot() -> Result<std::convert::Infallible> {
         ),
         None => DEFAULT_DEVICE_TIMEOUT,
     };
-    let dev = match param(&cmd, boot_contract::live::CMDLINE_LABEL) {
-        Some(label) => live::attach(label, timeout)?,
+    let (dev, disk) = match param(&cmd, boot_contract::live::CMDLINE_LABEL) {
+        Some(label) => (live::attach(label, timeout)?, None),
         None => {
             let label = param(&cmd, "bi.root")
                 .ok_or("no bi.root=PARTITION-NAME or bi.live=LABEL on the kernel command line")?;
-            let dev = wait_for_partition(label, timeout)?;
+            let esp = bootdisk::esp_uuid(&cmd)?;
+            let disk = bootdisk::find(esp, timeout)?;
+            say(&format!(
+                "boot disk {}: it holds the ESP partition {esp} GRUB started from",
+                disk.dev()
+            ));
+            let dev = disk.partition_named(label, timeout)?;
             say(&format!("root {label} is {dev}"));
-            dev
+            (dev, Some(disk))
         }
     };
 
@@ -226,11 +200,11 @@ fn boot() -> Result<std::convert::Infallible> {
             Ok(()) => say("trial boot: watchdog paused while persist is set up"),
             Err(e) => say(&format!("pausing the watchdog: {e}")),
         }
-        persist::setup(&cmd, &dev)?;
+        setup_disk(&cmd, disk.as_ref())?;
         // A full timeout from here for the init to take the watchdog over.
         watchdog = arm_watchdog(&cmd);
     } else {
-        persist::setup(&cmd, &dev)?;
+        setup_disk(&cmd, disk.as_ref())?;
     }
 
     let init = param(&cmd, "bi.init").unwrap_or("/sbin/init");
@@ -239,6 +213,24 @@ fn boot() -> Result<std::convert::Infallible> {
     let _running = watchdog;
     let err = std::process::Command::new(init).arg0(init).exec();
     Err(format!("executing {init}: {err}"))
+}
+
+/// Sets up persist on the boot disk (none on a live boot: all in RAM) and
+/// records the disk for os-agent. A record that cannot be made is
+/// reported; os-agent then refuses to touch any ESP.
+fn setup_disk(cmd: &str, disk: Option<&persist::disk::Disk>) -> Result<()> {
+    let Some(disk) = disk else {
+        return persist::setup(cmd, None);
+    };
+    persist::setup(cmd, Some(disk))?;
+    let path = Path::new(boot_contract::boot_disk::RECORD);
+    match bootdisk::record(disk).and_then(|r| bootdisk::write_record(path, &r)) {
+        Ok(()) => {}
+        Err(e) => say(&format!(
+            "warning: no record of the boot disk for os-agent: {e}"
+        )),
+    }
+    Ok(())
 }
 
 /// Starts the hardware watchdog when this is a trial boot; reports and

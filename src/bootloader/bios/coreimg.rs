@@ -208,7 +208,7 @@ impl PcFiles {
 pub struct CoreSpec<'a> {
     /// Modules to build in; their dependencies are added from moddep.lst.
     pub modules: &'a [&'a str],
-    /// The early config, run before normal mode.
+    /// The early config, run before normal mode; none when empty.
     pub config: &'a str,
     /// `$prefix` (the early config may set it again).
     pub prefix: &'a str,
@@ -294,8 +294,11 @@ fn payload(kernel: &[u8], modules: &[(&str, &[u8])], config: &str, prefix: &str)
         .iter()
         .map(|(_, data)| (OBJ_TYPE_ELF, *data, data.len()))
         .collect();
-    // Config and prefix are strings: at least one NUL after them.
-    objects.push((OBJ_TYPE_CONFIG, config.as_bytes(), config.len() + 1));
+    // Config and prefix are strings: at least one NUL after them. Without
+    // an early config there is no config object (grub-mkimage without -c).
+    if !config.is_empty() {
+        objects.push((OBJ_TYPE_CONFIG, config.as_bytes(), config.len() + 1));
+    }
     objects.push((OBJ_TYPE_PREFIX, prefix.as_bytes(), prefix.len() + 1));
     let total = MODULE_INFO_SIZE
         + objects

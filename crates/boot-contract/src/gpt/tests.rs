@@ -445,3 +445,62 @@ fn new_tables_are_clean_and_checked() {
     assert!(Gpt::new(512, 40, disk_guid, &[]).is_err());
     assert!(Gpt::new(520, sectors, disk_guid, &[]).is_err());
 }
+
+#[test]
+fn personalize_gives_new_guids_and_keeps_everything_else() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = disk(tmp.path());
+    let mut gpt = read(&path).unwrap();
+    let before: Vec<(usize, Entry)> = gpt.partitions().collect();
+    let old_disk = gpt.disk_guid();
+    let mut n = 0u8;
+    gpt.personalize(|| {
+        n += 1;
+        Guid::random_v4([n; 16])
+    })
+    .unwrap();
+    write(&gpt, &path);
+    assert_clean(&path);
+    let again = read(&path).unwrap();
+    assert_eq!(again.disk_guid(), Guid::random_v4([1; 16]));
+    assert_ne!(again.disk_guid(), old_disk);
+    let after: Vec<(usize, Entry)> = again.partitions().collect();
+    assert_eq!(after.len(), before.len());
+    for (k, ((i, b), (j, a))) in before.iter().zip(&after).enumerate() {
+        assert_eq!(i, j);
+        assert_eq!(a.guid, Guid::random_v4([k as u8 + 2; 16]), "{}", a.name);
+        assert_eq!(
+            Entry {
+                guid: b.guid,
+                ..a.clone()
+            },
+            *b,
+            "only the GUID changes"
+        );
+    }
+    // sgdisk sees the new identity.
+    let p = sgdisk(&["-i", "2"], &path);
+    assert!(
+        p.contains(&format!(
+            "Partition unique GUID: {}",
+            Guid::random_v4([3; 16])
+        )),
+        "{p}"
+    );
+    // The backup holds the same table.
+    let backup = Gpt::read_backup(&mut File::open(&path).unwrap(), 512, sectors(&path)).unwrap();
+    assert_eq!(backup.disk_guid(), again.disk_guid());
+    assert!(gpt.personalize(|| Guid::NIL).is_err());
+}
+
+#[test]
+fn derived_and_random_guids_are_told_apart() {
+    let d = Guid::derived([0xFF; 16]);
+    assert_eq!(d.version(), 8);
+    assert!(d.is_derived());
+    assert_eq!(d.to_string(), "FFFFFFFF-FFFF-8FFF-BFFF-FFFFFFFFFFFF");
+    let r = Guid::random_v4([0xFF; 16]);
+    assert_eq!(r.version(), 4);
+    assert!(!r.is_derived());
+    assert_eq!(r.to_string(), "FFFFFFFF-FFFF-4FFF-BFFF-FFFFFFFFFFFF");
+}

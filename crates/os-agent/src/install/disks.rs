@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use crate::bail;
 use crate::error::{Context, Result};
+use crate::install::manifest::SECTOR;
 
 /// Where the system's facts are read from.
 #[derive(Debug, Clone)]
@@ -47,6 +48,9 @@ pub struct Disk {
     /// `MAJ:MIN`
     pub dev: String,
     pub size: u64,
+    /// Bytes per logical block (`queue/logical_block_size`); None when
+    /// sysfs does not say.
+    pub logical_block_size: Option<u64>,
     pub removable: bool,
     /// Partitions: (name, `MAJ:MIN`).
     pub parts: Vec<(String, String)>,
@@ -65,6 +69,8 @@ pub fn disk(sys: &Sys, name: &str) -> Result<Disk> {
         .and_then(|s| s.parse::<u64>().ok())
         .map(|s| s * 512)
         .unwrap_or(0);
+    let logical_block_size =
+        read_trim(&dir.join("queue/logical_block_size")).and_then(|s| s.parse::<u64>().ok());
     let removable = read_trim(&dir.join("removable")).as_deref() == Some("1");
     let mut parts = Vec::new();
     if let Ok(rd) = fs::read_dir(&dir) {
@@ -82,9 +88,47 @@ pub fn disk(sys: &Sys, name: &str) -> Result<Disk> {
         name: name.to_string(),
         dev,
         size,
+        logical_block_size,
         removable,
         parts,
     })
+}
+
+/// Why `disk` cannot take the image's layout of 512-byte sectors: its
+/// logical block size is another (a 4Kn disk) or unknown.
+pub fn block_size_refusal(disk: &Disk) -> Option<String> {
+    match disk.logical_block_size {
+        Some(SECTOR) => None,
+        Some(n) => Some(format!(
+            "{n}-byte logical blocks: the image's GPT and ESP are laid out for {SECTOR}-byte \
+             sectors (a 4Kn disk is not supported; use a disk with 512-byte or 512e sectors)"
+        )),
+        None => Some(format!(
+            "its logical block size is unknown (no {}/queue/logical_block_size)",
+            disk.name
+        )),
+    }
+}
+
+/// What an existing build-image system on a disk holds: a GPT (primary,
+/// or the backup at the end) with `root_a` and a `persist` partition, which
+/// keeps the node's data. None when there is no such system (no table, or
+/// one without `persist`: an install that never booted).
+pub fn existing_system<D: std::io::Read + std::io::Seek>(f: &mut D, size: u64) -> Option<String> {
+    use boot_contract::gpt::Gpt;
+    use boot_contract::partition::{PERSIST, ROOT_A};
+    let sectors = size / SECTOR;
+    let gpt = Gpt::read(f, SECTOR, sectors)
+        .or_else(|_| Gpt::read_backup(f, SECTOR, sectors))
+        .ok()?;
+    gpt.find(ROOT_A)?;
+    let (i, p) = gpt.find(PERSIST)?;
+    Some(format!(
+        "holds an installed system with its data on {PERSIST} (partition {}, {} MiB: \
+         machine-id, SSH host keys, k3s state)",
+        i + 1,
+        (p.sectors() * SECTOR) >> 20
+    ))
 }
 
 /// The `MAJ:MIN` of every mounted filesystem, from mountinfo.
@@ -208,10 +252,11 @@ pub fn human(bytes: u64) -> String {
     format!("{bytes} bytes ({:.1} GiB)", bytes as f64 / GIB)
 }
 
-/// `--device auto`: the one whole, fixed disk that is large enough, not
-/// in use and not the live medium. Errors list every candidate and why it
-/// was not picked.
-pub fn pick_auto(sys: &Sys, min_size: u64) -> Result<Disk> {
+/// `--device auto`: the one whole, fixed disk that is large enough, of
+/// 512-byte sectors, not in use, not the live medium and, unless
+/// `overwrite`, not holding an installed system's data. Errors list every
+/// candidate and why it was not picked.
+pub fn pick_auto(sys: &Sys, min_size: u64, overwrite: bool) -> Result<Disk> {
     let block = sys.sysfs.join("block");
     let mut names: Vec<String> = fs::read_dir(&block)
         .with_context(|| format!("listing {}", block.display()))?
@@ -232,8 +277,17 @@ pub fn pick_auto(sys: &Sys, min_size: u64) -> Result<Disk> {
             Some("holds the live medium".to_string())
         } else if d.size < min_size {
             Some(format!("too small: needs {min_size} bytes"))
+        } else if let Some(why) = block_size_refusal(&d) {
+            Some(why)
+        } else if let Some(why) = busy(sys, &d)? {
+            Some(why)
+        } else if overwrite {
+            None
         } else {
-            busy(sys, &d)?
+            std::fs::File::open(sys.dev.join(&d.name))
+                .ok()
+                .and_then(|mut f| existing_system(&mut f, d.size))
+                .map(|why| format!("{why}; install.overwrite: true or --force replaces it"))
         };
         report.push(format!(
             "  {} {}: {}",
@@ -330,6 +384,8 @@ pub(crate) mod tests {
             fs::write(d.join("dev"), format!("{major}:0\n")).unwrap();
             fs::write(d.join("size"), format!("{}\n", size / 512)).unwrap();
             fs::write(d.join("removable"), if removable { "1\n" } else { "0\n" }).unwrap();
+            fs::create_dir_all(d.join("queue")).unwrap();
+            fs::write(d.join("queue/logical_block_size"), "512\n").unwrap();
             let link = |from: PathBuf, to: &Path| std::os::unix::fs::symlink(to, from).unwrap();
             link(self.sys.sysfs.join("block").join(name), &d);
             link(self.sys.sysfs.join(format!("dev/block/{major}:0")), &d);
@@ -353,6 +409,40 @@ pub(crate) mod tests {
             devs
         }
 
+        /// Gives disk `name` a logical block size of `bytes`.
+        pub fn block_size(&self, name: &str, bytes: u64) {
+            let q = self.sys.sysfs.join("block").join(name).join("queue");
+            fs::write(q.join("logical_block_size"), format!("{bytes}\n")).unwrap();
+        }
+
+        /// Puts an installed system (a GPT with root_a and persist) on
+        /// disk `name` of `size` bytes, as its device node.
+        pub fn installed(&self, name: &str, size: u64) {
+            use boot_contract::gpt::{types, Entry, Gpt, Guid};
+            let e = |n: &str, first: u64, last: u64, k: u8| Entry {
+                type_guid: types::LINUX_FILESYSTEM,
+                guid: Guid::random_v4([k; 16]),
+                first_lba: first,
+                last_lba: last,
+                attributes: 0,
+                name: n.into(),
+            };
+            let sectors = size / 512;
+            let g = Gpt::new(
+                512,
+                sectors,
+                Guid::random_v4([9; 16]),
+                &[
+                    e("root_a", 2048, 4095, 1),
+                    e("persist", 4096, sectors - 2048, 2),
+                ],
+            )
+            .unwrap();
+            let mut f = fs::File::create(self.sys.dev.join(name)).unwrap();
+            f.set_len(size).unwrap();
+            g.write(&mut f, |_| Ok(())).unwrap();
+        }
+
         pub fn mount(&self, dev: &str, at: &str) {
             let mut t = fs::read_to_string(&self.sys.mountinfo).unwrap();
             t.push_str(&format!("40 22 {dev} / {at} rw - ext4 /dev/x rw\n"));
@@ -363,7 +453,7 @@ pub(crate) mod tests {
     const GIB: u64 = 1 << 30;
 
     fn err(f: &FakeSys, min: u64) -> String {
-        pick_auto(&f.sys, min).unwrap_err().to_string()
+        pick_auto(&f.sys, min, false).unwrap_err().to_string()
     }
 
     #[test]
@@ -376,7 +466,7 @@ pub(crate) mod tests {
         f.disk("loop0", 32 * GIB, false, 0);
         f.disk("sr0", GIB, false, 0);
         f.mount(&live[1], "/run/os/live");
-        assert_eq!(pick_auto(&f.sys, 4 * GIB).unwrap().name, "nvme0n1");
+        assert_eq!(pick_auto(&f.sys, 4 * GIB, false).unwrap().name, "nvme0n1");
     }
 
     #[test]
@@ -406,6 +496,28 @@ pub(crate) mod tests {
         ] {
             assert!(e.contains(want), "{want:?} missing from:\n{e}");
         }
+    }
+
+    #[test]
+    fn a_4kn_disk_and_an_installed_system_are_not_picked() {
+        let mut f = FakeSys::new();
+        f.disk("vda", 8 * GIB, false, 0);
+        f.disk("vdb", 8 * GIB, false, 0);
+        f.block_size("vdb", 4096);
+        f.installed("vda", 8 * GIB);
+        let e = err(&f, 4 * GIB);
+        for want in [
+            "no suitable disk",
+            "vda 8589934592 bytes (8.0 GiB): holds an installed system with its data on persist \
+             (partition 2,",
+            "install.overwrite: true or --force replaces it",
+            "vdb 8589934592 bytes (8.0 GiB): 4096-byte logical blocks: the image's GPT and ESP \
+             are laid out for 512-byte sectors",
+        ] {
+            assert!(e.contains(want), "{want:?} missing from:\n{e}");
+        }
+        // Asked to overwrite: the installed disk is the one.
+        assert_eq!(pick_auto(&f.sys, 4 * GIB, true).unwrap().name, "vda");
     }
 
     #[test]

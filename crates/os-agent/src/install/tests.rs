@@ -4,6 +4,7 @@
 
 use std::fs;
 use std::io::Cursor;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -148,6 +149,11 @@ impl Fixture {
             ..Options::new(Device::Path(target.to_path_buf()))
         }
     }
+
+    /// The GPT of the image's head.
+    fn head_gpt(&self) -> Gpt {
+        Gpt::read(&mut Cursor::new(&self.head), SECTOR, IMAGE / SECTOR).unwrap()
+    }
 }
 
 fn fixture() -> Fixture {
@@ -222,7 +228,11 @@ fn installs_to_a_larger_file_and_sgdisk_agrees() {
     let f = fixture();
     let size = 16 * MIB;
     let t = f.target("disk.img", size);
-    let done = install(&f.opts(&t)).unwrap();
+    let vars = f.dir.path().join("efivars");
+    fs::create_dir(&vars).unwrap();
+    let mut o = f.opts(&t);
+    o.efivars = EfiVars::Dir(vars.clone());
+    let done = install(&o).unwrap();
     assert_eq!(
         (
             done.id.as_str(),
@@ -245,7 +255,49 @@ fn installs_to_a_larger_file_and_sgdisk_agrees() {
     let g = Gpt::read(&mut Cursor::new(&d), SECTOR, sectors).unwrap();
     assert_eq!(g.alternate_lba(), sectors - 1);
     assert!(!g.backup_misplaced(sectors));
-    Gpt::read_backup(&mut Cursor::new(&d), SECTOR, sectors).unwrap();
+    let backup = Gpt::read_backup(&mut Cursor::new(&d), SECTOR, sectors).unwrap();
+    // The disk's own identity: new GUIDs, the same names, types, places.
+    let image = f.head_gpt();
+    assert_eq!(g.disk_guid(), done.disk_guid);
+    assert_eq!(backup.disk_guid(), done.disk_guid);
+    assert_ne!(g.disk_guid(), image.disk_guid());
+    let (new, old): (Vec<Entry>, Vec<Entry>) = (
+        g.partitions().map(|p| p.1).collect(),
+        image.partitions().map(|p| p.1).collect(),
+    );
+    assert_eq!(new.len(), old.len());
+    for (n, o) in new.iter().zip(&old) {
+        assert_ne!(n.guid, o.guid, "{}", n.name);
+        assert_eq!(
+            &Entry {
+                guid: o.guid,
+                ..n.clone()
+            },
+            o
+        );
+    }
+    // The firmware boots the new disk next: HD(1,GPT,<new ESP>)/File(...)
+    // first in BootOrder and in BootNext.
+    let (i, esp) = g.find(partition::ESP).unwrap();
+    assert_eq!(done.esp.guid, esp.guid);
+    assert_eq!(
+        done.boot_entry.as_deref(),
+        Ok("Boot0000, first in BootOrder and BootNext")
+    );
+    let var = |n: &str| fs::read(vars.join(format!("{n}-{}", efiboot::GLOBAL))).unwrap();
+    let want = efiboot::load_option(
+        "debian 1.0.0",
+        &efiboot::EspPartition {
+            number: i as u32 + 1,
+            first_lba: esp.first_lba,
+            sectors: esp.sectors(),
+            guid: esp.guid,
+        },
+        efiboot::loader_path(machine_arch()).unwrap(),
+    );
+    assert_eq!(var("Boot0000")[4..], want[..]);
+    assert_eq!(var("BootOrder")[4..], [0, 0]);
+    assert_eq!(var("BootNext")[4..], [0, 0]);
     // LBA 0: boot code kept, protective entry fitted to the target.
     assert_eq!(d[..440], f.head[..440]);
     assert_eq!(d[446 + 12..446 + 16], ((sectors - 1) as u32).to_le_bytes());
@@ -259,6 +311,64 @@ fn installs_to_a_larger_file_and_sgdisk_agrees() {
     assert_eq!(d[a + f.rootfs.len()], 0xAB);
     let b = ROOT_B.0 as usize;
     assert!(d[b..b + MIB as usize].iter().all(|&x| x == 0));
+}
+
+/// What os-init does on the first boot: a `persist` partition after the
+/// slots, holding data.
+fn first_boot(t: &Path) {
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(t)
+        .unwrap();
+    let sectors = file.metadata().unwrap().len() / SECTOR;
+    let mut g = Gpt::read(&mut file, SECTOR, sectors).unwrap();
+    let first = g.first_free_aligned(MIB / SECTOR);
+    g.add(&Entry {
+        type_guid: boot_contract::gpt::types::LINUX_FILESYSTEM,
+        guid: guid(7),
+        first_lba: first,
+        last_lba: g.last_usable(),
+        attributes: 0,
+        name: partition::PERSIST.into(),
+    })
+    .unwrap();
+    g.write(&mut file, |f| f.sync_all()).unwrap();
+    file.write_all_at(b"the node's data", first * SECTOR)
+        .unwrap();
+}
+
+#[test]
+fn an_installed_system_with_data_is_kept_unless_overwrite_is_asked() {
+    let f = fixture();
+    let t = f.target("disk.img", 16 * MIB);
+    install(&f.opts(&t)).unwrap();
+    // Installed but never booted (no persist): installing again is fine.
+    install(&f.opts(&t)).unwrap();
+    first_boot(&t);
+    let before = fs::read(&t).unwrap();
+    let e = install(&f.opts(&t)).unwrap_err().to_string();
+    for want in [
+        t.display().to_string().as_str(),
+        "holds an installed system with its data on persist (partition 4, 8 MiB",
+        "refusing to install over it",
+        "install.overwrite: true",
+        "--force",
+    ] {
+        assert!(e.contains(want), "{want:?} not in {e}");
+    }
+    assert!(fs::read(&t).unwrap() == before, "a refused install wrote");
+    // With the primary GPT damaged the backup still tells.
+    let mut damaged = before.clone();
+    damaged[SECTOR as usize..2 * SECTOR as usize].fill(0);
+    fs::write(&t, &damaged).unwrap();
+    assert!(install(&f.opts(&t)).is_err());
+    // Asked for: installed over it.
+    let mut o = f.opts(&t);
+    o.overwrite = true;
+    install(&o).unwrap();
+    let g = Gpt::read(&mut fs::File::open(&t).unwrap(), SECTOR, 16 * MIB / SECTOR).unwrap();
+    assert!(g.find(partition::PERSIST).is_none());
 }
 
 #[test]
@@ -437,9 +547,19 @@ fn unattended_install_from_the_configuration() {
     )
     .unwrap();
     assert_eq!(run(&[]).unwrap(), 0);
+    let said = fs::read_to_string(&console).unwrap();
+    let lines: Vec<&str> = said.lines().collect();
+    assert_eq!(lines.len(), 2, "{said}");
+    assert!(
+        lines[0].starts_with(&format!(
+            "os-agent: installed debian 1.0.0 to {} (disk GUID ",
+            t.display()
+        )),
+        "{said}"
+    );
     assert_eq!(
-        fs::read_to_string(&console).unwrap(),
-        format!("os-agent: installed debian 1.0.0 to {}\n", t.display())
+        lines[1],
+        "os-agent: firmware boot entry: none (the target is a file)"
     );
     assert!(sgdisk(&["-v"], &t).contains("No problems found"));
 }

@@ -5,8 +5,9 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use boot_contract::fat::{volume_id_text, Fat32};
 use boot_contract::gpt::{self, Entry, Gpt, Guid};
-use boot_contract::partition::PERSIST;
+use boot_contract::partition::{ESP, PERSIST};
 
 use super::blkpg;
 use crate::{say, Result};
@@ -17,6 +18,7 @@ const ALIGN: u64 = 1 << 20;
 pub const MIN_SIZE: u64 = boot_contract::persist::MIN_SIZE;
 
 /// A whole disk, as sysfs describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Disk {
     /// `vda`, `nvme0n1`, `mmcblk0`
     pub name: String,
@@ -34,28 +36,9 @@ impl Disk {
         self.sectors * self.sector_size
     }
 
-    /// The disk holding the partition `/dev/PART`: its sysfs directory is
-    /// the parent of the partition's.
-    pub fn of_partition(dev: &str) -> Result<Disk> {
-        let part = dev
-            .strip_prefix("/dev/")
-            .ok_or_else(|| format!("{dev}: expected a /dev/ path"))?;
-        let sys = Path::new("/sys/class/block").join(part);
-        if !sys.join("partition").exists() {
-            return Err(format!(
-                "{dev} is not a partition ({} has no partition file)",
-                sys.display()
-            ));
-        }
-        let real =
-            fs::canonicalize(&sys).map_err(|e| format!("resolving {}: {e}", sys.display()))?;
-        let name = real
-            .parent()
-            .and_then(Path::file_name)
-            .and_then(|n| n.to_str())
-            .ok_or_else(|| format!("no disk above {}", real.display()))?
-            .to_string();
-        let disk_sys = Path::new("/sys/class/block").join(&name);
+    /// The whole disk `/sys/block/NAME`: its size and logical sector size.
+    pub fn named(name: &str) -> Result<Disk> {
+        let disk_sys = Path::new("/sys/block").join(name);
         // sysfs sizes are in 512-byte units whatever the sector size.
         let bytes = read_number(&disk_sys.join("size"))? * 512;
         let sector_size = read_number(&disk_sys.join("queue/logical_block_size"))?;
@@ -65,10 +48,25 @@ impl Disk {
             ));
         }
         Ok(Disk {
-            name,
+            name: name.to_string(),
             sector_size,
             sectors: bytes / sector_size,
         })
+    }
+
+    /// `/dev/NAME` of the partition named `name` in this disk's GPT (the
+    /// primary, or the backup when the primary is damaged), once the kernel
+    /// and devtmpfs show it (at most `timeout`).
+    pub fn partition_named(&self, name: &str, timeout: Duration) -> Result<String> {
+        let dev = self.dev();
+        let mut f = File::open(&dev).map_err(|e| format!("opening {dev}: {e}"))?;
+        let gpt = Gpt::read(&mut f, self.sector_size, self.sectors)
+            .or_else(|_| Gpt::read_backup(&mut f, self.sector_size, self.sectors))
+            .map_err(|e| format!("reading the GPT of {dev}: {e}"))?;
+        let (i, _) = gpt
+            .find(name)
+            .ok_or_else(|| format!("the boot disk {dev} has no partition named {name:?}"))?;
+        self.wait_partition(i as u32 + 1, timeout)
     }
 
     /// `/dev/NAME` of partition number `pno` once the kernel and devtmpfs
@@ -175,6 +173,13 @@ pub fn ensure_persist(disk: &Disk) -> Result<Option<Persist>> {
         .all(|(_, e)| e.last_lba < old_alternate)
         .then_some(old_alternate);
     let relocate = gpt.backup_misplaced(disk.sectors);
+    // A disk that still carries its image's identity (the GUIDs a build
+    // derives) gets its own now, in the same table write.
+    let identity = if gpt.disk_guid().is_derived() {
+        Some(personalize(&mut f, &mut gpt, disk)?)
+    } else {
+        None
+    };
     if relocate {
         gpt.relocate_backup(disk.sectors)
             .map_err(|e| format!("{dev}: {e}"))?;
@@ -184,11 +189,14 @@ pub fn ensure_persist(disk: &Disk) -> Result<Option<Persist>> {
             let first = gpt.first_free_aligned(ALIGN / ss);
             let last = gpt.last_usable();
             if last < first || (last - first + 1) * ss < MIN_SIZE {
-                if relocate || restore {
+                if relocate || restore || identity.is_some() {
                     write_table(&mut f, &gpt, disk, old_backup.filter(|_| relocate))?;
                 }
                 if relocate {
                     say(&format!("moved the backup GPT of {dev} to its end"));
+                }
+                if let Some(what) = identity {
+                    say(&format!("gave {dev} its own identity: {what}"));
                 }
                 return Ok(None);
             }
@@ -222,7 +230,7 @@ pub fn ensure_persist(disk: &Disk) -> Result<Option<Persist>> {
             }
         }
     };
-    if relocate || restore || change != Change::Unchanged {
+    if relocate || restore || change != Change::Unchanged || identity.is_some() {
         write_table(&mut f, &gpt, disk, old_backup.filter(|_| relocate))?;
     }
     if relocate {
@@ -230,6 +238,9 @@ pub fn ensure_persist(disk: &Disk) -> Result<Option<Persist>> {
             "moved the backup GPT of {dev} to its end ({} MiB disk)",
             disk.bytes() >> 20
         ));
+    }
+    if let Some(what) = identity {
+        say(&format!("gave {dev} its own identity: {what}"));
     }
     let e = gpt.entry(index).ok_or("the persist entry vanished")?;
     let pno = index as u32 + 1;
@@ -263,6 +274,54 @@ pub fn ensure_persist(disk: &Disk) -> Result<Option<Persist>> {
         bytes,
         change,
     }))
+}
+
+/// The first boot of a disk written from an image (its disk GUID is one a
+/// build derived, version 8) gives it its own identity, so no two disks
+/// written from one image look alike after it: new random GUIDs for the
+/// disk and every partition (names, types and places stay) in `gpt`, which
+/// the caller writes, and a new serial for the ESP's FAT32, written here
+/// first. A power cut before the table is written leaves the image's disk
+/// GUID, and the next boot does it all again. A disk `os-agent install`
+/// wrote has random GUIDs already and keeps them (its firmware boot entry
+/// names its ESP partition UUID). Returns what changed, for the console.
+fn personalize(f: &mut File, gpt: &mut Gpt, disk: &Disk) -> Result<String> {
+    let dev = disk.dev();
+    let ss = disk.sector_size;
+    let mut serial = "no ESP, no serial changed".to_string();
+    if let Some((_, esp)) = gpt.find(ESP) {
+        serial = match Fat32::read(f, esp.first_lba * ss, esp.sectors() * ss) {
+            Ok(fat) => {
+                let mut b = [0u8; 4];
+                crate::persist::random(&mut b)?;
+                let id = u32::from_le_bytes(b);
+                for (at, bytes) in fat.volume_id_writes(id) {
+                    f.seek(SeekFrom::Start(at))
+                        .and_then(|_| f.write_all(&bytes))
+                        .map_err(|e| format!("writing the ESP's serial on {dev}: {e}"))?;
+                }
+                f.sync_all().map_err(|e| format!("syncing {dev}: {e}"))?;
+                format!(
+                    "ESP serial {} (was {})",
+                    volume_id_text(id),
+                    volume_id_text(fat.volume_id())
+                )
+            }
+            Err(e) => format!("ESP serial kept ({e})"),
+        };
+    }
+    let count = gpt.partitions().count() + 1;
+    let mut guids = Vec::with_capacity(count);
+    for _ in 0..count {
+        guids.push(random_guid()?);
+    }
+    let disk_guid = guids[0];
+    let mut next = guids.into_iter();
+    gpt.personalize(|| next.next().unwrap_or(Guid::NIL))
+        .map_err(|e| format!("{dev}: {e}"))?;
+    Ok(format!(
+        "disk GUID {disk_guid}, new partition GUIDs, {serial}"
+    ))
 }
 
 /// Writes the table (backup, sync, primary, sync), then fits the protective

@@ -12,7 +12,7 @@
 //! booted system sees.
 
 mod blkpg;
-mod disk;
+pub(crate) mod disk;
 mod fs;
 mod probe;
 
@@ -47,21 +47,27 @@ pub fn random(buf: &mut [u8]) -> Result<()> {
     Ok(())
 }
 
-/// Sets up persist for a root slot on partition `root_dev`. A `persist`
+/// Sets up persist on `disk`, the disk the node booted from (None: a live
+/// boot, persist off). A `persist`
 /// that should be there but cannot be used never stops the boot (a reboot
 /// would only meet it again): a tmpfs takes its place, the console and
 /// [`persist::STATUS_FILE`] say why, and the partition is left as it is
 /// for repair.
-pub fn setup(cmdline: &str, root_dev: &str) -> Result<()> {
-    if let Some(why) = disabled(cmdline) {
+pub fn setup(cmdline: &str, disk: Option<&Disk>) -> Result<()> {
+    let why = disabled(cmdline).or(disk.is_none().then_some("live system, no boot disk"));
+    if let Some(why) = why {
         say(&format!("persist off ({why}): all changes stay in memory"));
         return record(persist::STATE_OFF, why);
     }
-    match from_disk(root_dev) {
+    let Some(disk) = disk else {
+        return Ok(());
+    };
+    match from_disk(disk) {
         Ok(true) => record(persist::STATE_OK, ""),
         Ok(false) => {
             let why = format!(
-                "no room for persist on the disk of {root_dev} (less than {} MiB after the last partition)",
+                "no room for persist on {} (less than {} MiB after the last partition)",
+                disk.dev(),
                 disk::MIN_SIZE >> 20
             );
             say(&format!("{why}: all changes stay in memory"));
@@ -74,9 +80,8 @@ pub fn setup(cmdline: &str, root_dev: &str) -> Result<()> {
 /// Persist from its partition: found or created, checked, mounted, the
 /// machine-id and the bind mounts in place: `Ok(true)`; `Ok(false)` when
 /// the disk has no room for it.
-fn from_disk(root_dev: &str) -> Result<bool> {
-    let disk = Disk::of_partition(root_dev)?;
-    let Some(part) = disk::ensure_persist(&disk)? else {
+fn from_disk(disk: &Disk) -> Result<bool> {
+    let Some(part) = disk::ensure_persist(disk)? else {
         return Ok(false);
     };
     if part.change == Change::Created {

@@ -52,6 +52,8 @@ Options:
                       upgrade: plain HTTP to HOST or HOST:PORT (repeatable)
   --allow-downgrade   upgrade: write an older version (or the same again)
   --retry-failed      upgrade: try a digest whose trial failed before
+  --wait-trial SECS   upgrade: on a trial boot, wait this long for health
+                      to commit it instead of refusing at once (default 0)
   --keep-config       reset: keep the device's config and SSH host keys
   --source DIR        install: the live ISO (default /run/os/live)
   --unattended        install: do nothing without an install section in
@@ -96,6 +98,7 @@ pub struct Args {
     pub allow_downgrade: bool,
     pub retry_failed: bool,
     pub keep_config: bool,
+    pub wait_trial: Duration,
 }
 
 fn secs(opt: &str, v: &str) -> Result<Duration> {
@@ -124,6 +127,7 @@ pub fn parse(argv: &[String]) -> Result<Args> {
         allow_downgrade: false,
         retry_failed: false,
         keep_config: false,
+        wait_trial: Duration::ZERO,
     };
     let mut cmd: Option<(Cmd, &str)> = None;
     let mut seen: Vec<&str> = Vec::new();
@@ -158,6 +162,7 @@ pub fn parse(argv: &[String]) -> Result<Args> {
             "--json" => args.json = true,
             "--timeout" => args.timeout = secs(name, &value(name)?)?,
             "--k3s-timeout" => args.k3s_timeout = secs(name, &value(name)?)?,
+            "--wait-trial" => args.wait_trial = secs(name, &value(name)?)?,
             "--console" => args.console = Some(PathBuf::from(value(name)?)),
             "--device" => args.device = Some(value(name)?),
             "--config" => args.config = Some(PathBuf::from(value(name)?)),
@@ -230,6 +235,7 @@ pub fn parse(argv: &[String]) -> Result<Args> {
             "--insecure-registry",
             "--allow-downgrade",
             "--retry-failed",
+            "--wait-trial",
         ],
         Cmd::Rollback => &["--root", "--esp", "--reboot"],
         Cmd::Reset => &["--root", "--reboot", "--keep-config"],
@@ -323,6 +329,7 @@ pub fn run(args: &Args) -> Result<i32> {
                 insecure: args.insecure_registries.clone(),
                 allow_downgrade: args.allow_downgrade,
                 retry_failed: args.retry_failed,
+                wait_trial: args.wait_trial,
             };
             return crate::upgrade::run(&root, &o);
         }
@@ -565,6 +572,46 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("no install.device"), "{e}");
+    }
+
+    #[test]
+    fn parses_upgrade_rollback_reset() {
+        let a = p(&[
+            "upgrade",
+            "--json",
+            "10.0.2.2:5000/os:v2",
+            "--insecure-registry",
+            "10.0.2.2:5000",
+            "--insecure-registry=reg.lan",
+            "--allow-downgrade",
+            "--wait-trial",
+            "600",
+        ])
+        .unwrap();
+        assert_eq!(a.cmd, Cmd::Upgrade);
+        assert_eq!(a.reference.as_deref(), Some("10.0.2.2:5000/os:v2"));
+        assert_eq!(a.insecure_registries, ["10.0.2.2:5000", "reg.lan"]);
+        assert!(a.json && a.allow_downgrade && !a.retry_failed && !a.reboot);
+        assert_eq!(a.wait_trial, Duration::from_secs(600));
+        let a = p(&["reset", "--keep-config", "--reboot"]).unwrap();
+        assert!(a.cmd == Cmd::Reset && a.keep_config && a.reboot);
+        assert_eq!(p(&["rollback"]).unwrap().cmd, Cmd::Rollback);
+        for (a, want) in [
+            (&["upgrade"][..], "give the upgrade to apply"),
+            (&["upgrade", "a", "b"][..], "unexpected argument \"b\""),
+            (
+                &["rollback", "--keep-config"][..],
+                "--keep-config is not an option",
+            ),
+            (&["reset", "--json"][..], "--json is not an option"),
+            (
+                &["status", "--allow-downgrade"][..],
+                "--allow-downgrade is not an option",
+            ),
+        ] {
+            let e = p(a).unwrap_err().to_string();
+            assert!(e.contains(want), "{a:?}: {e}");
+        }
     }
 
     #[test]

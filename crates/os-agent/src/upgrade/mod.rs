@@ -58,6 +58,9 @@ pub struct Options {
     pub allow_downgrade: bool,
     /// Try a digest whose trial failed before.
     pub retry_failed: bool,
+    /// On a trial boot, how long to wait for health to commit it before
+    /// refusing (`--wait-trial SECS`; zero: refuse at once).
+    pub wait_trial: std::time::Duration,
 }
 
 /// The lock that keeps two upgrades apart (and tells `status` whether an
@@ -281,28 +284,58 @@ pub fn run(root: &Root, o: &Options) -> Result<i32> {
     let disk = target::locate(root, o.esp.as_deref(), true)?;
     let env = bootenv::read(disk.esp.dir())?;
     let mut st = state::load(root)?;
+    // The armed upgrade whose trial is still to come, if there is one.
+    let trial_pending = st.records.last_upgrade.as_ref().is_some_and(|u| {
+        let slot = u.slot.as_deref();
+        u.result == record::ARMED
+            && (slot == Some(env.trial_slot())
+                || slot == env.trial_booted()
+                || slot == Some(running.as_str()))
+    });
     let refuse = |st: &mut state::State,
                   rep: &mut Reporter,
                   plan: Option<&Plan>,
                   why: &str|
      -> Result<i32> {
-        st.records.last_upgrade = Some(Upgrade {
-            reference: o.reference.clone(),
-            digest: plan.map(|p| p.digest.clone()),
-            version: plan.map(|p| p.version.clone()),
-            slot: Some(passive.to_string()),
-            result: record::REFUSED.into(),
-            reason: Some(why.to_string()),
-            at: record::now(),
-            boot_count: st.boot_count,
-        });
-        state::save(root, st)?;
+        // A refusal does not replace the record of an armed upgrade whose
+        // trial is still to come: its outcome is recorded there.
+        if !trial_pending {
+            st.records.last_upgrade = Some(Upgrade {
+                reference: o.reference.clone(),
+                digest: plan.map(|p| p.digest.clone()),
+                version: plan.map(|p| p.version.clone()),
+                slot: Some(passive.to_string()),
+                result: record::REFUSED.into(),
+                reason: Some(why.to_string()),
+                at: record::now(),
+                boot_count: st.boot_count,
+            });
+            state::save(root, st)?;
+        }
         rep.result(
             result_json(record::REFUSED, o, passive, plan, Some(why), EXIT_REFUSED),
             &format!("os-agent: upgrade refused: {why}"),
         );
         Ok(EXIT_REFUSED)
     };
+    let mut env = env;
+    if env.default_slot() != Some(running.as_str()) && !o.wait_trial.is_zero() {
+        // A job started again after the reboot into its own trial: wait
+        // for health's verdict (a failed trial reboots, ending this too).
+        rep.step(
+            "trial",
+            &format!(
+                "slot {running} runs as a trial: waiting up to {} s for health to commit it",
+                o.wait_trial.as_secs()
+            ),
+        );
+        let until = std::time::Instant::now() + o.wait_trial;
+        while env.default_slot() != Some(running.as_str()) && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_secs(5));
+            env = bootenv::read(disk.esp.dir())?;
+        }
+        st = state::load(root)?;
+    }
     if env.default_slot() != Some(running.as_str()) {
         let why = format!(
             "slot {running} runs as a trial (the default is {}): let health commit it or roll it back first",

@@ -8,12 +8,14 @@
 //!   media → lock), with [`staging`] for its outputs;
 //! - sources: [`oci`] (registries, layouts) and [`cache`] (blobs by
 //!   digest), [`apt`] (signed package archives), [`flavor`] (what a
-//!   distribution needs), [`http`];
+//!   distribution needs), [`http`] and [`retry`] (one backoff loop);
 //! - the root filesystem: [`tree`] (in memory), [`assemble`] (layers into
 //!   it), [`finalise`] (maintainer-script effects), [`kmod`] (module
 //!   indexes and closures);
 //! - formats: [`squashfs`], [`initramfs`] (cpio), [`fat`], [`disk`] (GPT),
 //!   [`iso`], and [`bootloader`] (ESP contents, BIOS GRUB);
+//! - the upgrade artifact: [`upgrade`] (its OCI layout, `push`) and
+//!   [`sign`] (cosign-compatible signatures, P-256 keys);
 //! - [`progress`]: how stages report; [`command`]: the one way another
 //!   program is run.
 
@@ -34,9 +36,12 @@ pub mod kmod;
 pub mod oci;
 pub mod pipeline;
 pub mod progress;
+pub mod retry;
+pub mod sign;
 pub mod squashfs;
 pub mod staging;
 pub mod tree;
+pub mod upgrade;
 
 /// The `apiVersion` of every JSON document this tool prints.
 pub const API_VERSION: &str = "build-image/v1alpha1";

@@ -278,6 +278,12 @@ fn debian_amd64_builds_and_boots_uefi_and_bios_with_persistence() {
     let arts = result["artifacts"].as_array().unwrap();
     for a in arts {
         let p = Path::new(a["path"].as_str().unwrap());
+        if a["format"] == "upgrade" {
+            // A directory, named by its manifest's digest.
+            let l = build_image::upgrade::read_layout(p).unwrap();
+            assert_eq!(l.manifest_digest.as_str(), a["digest"].as_str().unwrap());
+            continue;
+        }
         assert_eq!(
             format!("sha256:{}", common::sha256_file(p)),
             a["digest"].as_str().unwrap()
@@ -937,17 +943,21 @@ fn a_package_whose_hash_does_not_match_its_index_is_refused() {
 }
 
 /// With SOURCE_DATE_EPOCH, two builds from the same inputs are
-/// byte-identical: disk, ISO, root filesystem and lock file.
+/// byte-identical: disk, ISO, root filesystem, upgrade artifact and lock
+/// file. The second also pushes its upgrade artifact (`--push`).
 #[test]
 fn builds_are_reproducible() {
     let _one = BUILD.lock().unwrap_or_else(|e| e.into_inner());
     let comps = components();
+    let reg = Registry::start();
+    let target = reg.image("fleet/os", "20251009.085320");
     let mut env = TestEnv::new();
     env.env("SOURCE_DATE_EPOCH", "1760000000");
     let mut sums = Vec::new();
+    let mut results = Vec::new();
     for run in ["one", "two"] {
         let out = env.tmp.path().join(run);
-        let o = env.run_raw(&[
+        let mut args = vec![
             "--cache-dir",
             shared_cache().to_str().unwrap(),
             "--json",
@@ -961,7 +971,15 @@ fn builds_are_reproducible() {
             &format!("oci-layout:{}", comps.display()),
             "-o",
             out.to_str().unwrap(),
-        ]);
+        ]
+        .into_iter()
+        .map(str::to_string)
+        .collect::<Vec<_>>();
+        if run == "two" {
+            args.extend(["--push".to_string(), target.clone()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = env.run_raw(&args);
         assert!(
             o.status.success(),
             "build failed:\n{}",
@@ -981,10 +999,58 @@ fn builds_are_reproducible() {
                 )
             })
             .collect();
-        assert_eq!(s.len(), 4, "{s:?}");
+        assert_eq!(s.len(), 5, "{s:?}");
         sums.push(s);
+        results.push(r);
     }
     assert_eq!(sums[0], sums[1]);
+
+    // The default build writes the upgrade artifact: a layout skopeo reads
+    // and build-image's push accepts, whose config describes the build and
+    // whose root layer is the .squashfs itself (a hardlink, not a copy).
+    let digest_of = |format: &str| -> String {
+        results[0]["artifacts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["format"] == format)
+            .unwrap_or_else(|| panic!("no {format} artifact: {}", results[0]))["digest"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let one = env.tmp.path().join("one");
+    let upgrade = one.join("debian-bookworm-amd64.upgrade");
+    let raw = common::skopeo_inspect_oci_raw(&upgrade, "20251009.085320");
+    assert_eq!(common::sha256_digest(&raw), digest_of("upgrade"));
+    let layout = build_image::upgrade::read_layout(&upgrade).unwrap();
+    let c = &layout.config;
+    assert_eq!(
+        (c.arch.as_str(), c.version.as_str(), c.created.as_str()),
+        ("amd64", "20251009.085320", "2025-10-09T08:53:20Z")
+    );
+    assert_eq!(c.rootfs_digest, digest_of("squashfs"));
+    assert_eq!(c.lock_digest, digest_of("lock"));
+    assert!(
+        c.kernel.ends_with("-amd64") && c.k3s_version.is_none(),
+        "{c:?}"
+    );
+    use std::os::unix::fs::MetadataExt;
+    let root_blob = upgrade
+        .join("blobs/sha256")
+        .join(&c.rootfs_digest["sha256:".len()..]);
+    assert_eq!(
+        fs::metadata(&root_blob).unwrap().ino(),
+        fs::metadata(one.join("debian-bookworm-amd64.squashfs"))
+            .unwrap()
+            .ino()
+    );
+    // --push sent exactly that artifact.
+    assert_eq!(results[1]["push"]["digest"], digest_of("upgrade").as_str());
+    assert_eq!(
+        common::sha256_digest(&common::skopeo_inspect_raw(&target, None)),
+        digest_of("upgrade")
+    );
 }
 
 /// How a live boot attaches the ISO and which firmware starts it.

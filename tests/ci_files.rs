@@ -71,6 +71,7 @@ fn the_release_workflow_is_valid_yaml_with_the_documented_steps() {
         "./target/release/build-image --json",
         "--arch \"${{ matrix.arch }}\"",
         "sha256sum",
+        "build-image --json push dist/*.upgrade",
         "gh release create",
     ] {
         assert!(commands.contains(cmd), "the workflow does not run {cmd:?}");

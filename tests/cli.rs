@@ -29,6 +29,9 @@ fn help_works_and_fits_80_columns() {
     help_lines_fit(&["--help"]);
     help_lines_fit(&["rootfs", "--help"]);
     help_lines_fit(&["inspect", "--help"]);
+    help_lines_fit(&["push", "--help"]);
+    help_lines_fit(&["sign", "--help"]);
+    help_lines_fit(&["keygen", "--help"]);
     help_lines_fit(&["help", "rootfs"]);
 }
 
@@ -109,6 +112,44 @@ fn a_bad_node_config_fails_the_build_at_once() {
         );
         assert!(list_files(&out).is_empty());
     }
+}
+
+/// `--push` and `--sign-key` mistakes stop the build before anything is
+/// fetched or written.
+#[test]
+fn push_options_are_checked_before_the_build() {
+    let env = TestEnv::new();
+    let out = env.out.join("dist");
+    let out_s = out.to_str().unwrap();
+    let o = env.run(&["--format", "disk", "--push", "127.0.0.1:1/x:1", "-o", out_s]);
+    assert_mentions(&assert_fails(&o), "add upgrade to --format");
+    let digest = format!("127.0.0.1:1/x@sha256:{}", "a".repeat(64));
+    let o = env.run(&["--push", &digest, "-o", out_s]);
+    assert_mentions(&assert_fails(&o), "give a tag");
+    let key = env.out.join("not-a.key");
+    fs::write(&key, "hello\n").unwrap();
+    let o = env.run(&[
+        "--push",
+        "127.0.0.1:1/x:1",
+        "--sign-key",
+        key.to_str().unwrap(),
+        "-o",
+        out_s,
+    ]);
+    let e = assert_fails(&o);
+    assert_mentions(&e, "--sign-key");
+    assert_mentions(&e, key.to_str().unwrap());
+    assert_mentions(&e, "not a PEM file");
+    assert!(!out.exists(), "the output directory was created");
+    // push checks its key before it reads a layout.
+    let o = env.run(&[
+        "push",
+        "no-such.upgrade",
+        "127.0.0.1:1/x:1",
+        "--sign-key",
+        key.to_str().unwrap(),
+    ]);
+    assert_mentions(&assert_fails(&o), "not a PEM file");
 }
 
 #[test]

@@ -16,6 +16,9 @@ pub enum Format {
     /// Hybrid live/installer ISO: boots as a CD and from a USB stick, BIOS
     /// and UEFI; installs the A/B layout with `os-agent install`
     Iso,
+    /// Upgrade artifact: an OCI image layout (`{stem}.upgrade/`) for
+    /// `build-image push` and `os-agent upgrade`
+    Upgrade,
 }
 
 impl Format {
@@ -23,6 +26,7 @@ impl Format {
         match self {
             Format::Disk => "disk",
             Format::Iso => "iso",
+            Format::Upgrade => "upgrade",
         }
     }
 }
@@ -93,4 +97,20 @@ pub struct BuildArgs {
     /// Allow plain HTTP to this registry (HOST or HOST:PORT)
     #[arg(long = "insecure-registry", value_name = "HOST")]
     pub insecure_registries: Vec<String>,
+    /// Source revision (a commit id) recorded in the upgrade artifact as
+    /// org.opencontainers.image.revision
+    #[arg(long, env = "BUILD_IMAGE_REVISION", value_name = "REV")]
+    pub revision: Option<String>,
+    /// Source repository URL recorded in the upgrade artifact as
+    /// org.opencontainers.image.source
+    #[arg(long, env = "BUILD_IMAGE_SOURCE_URL", value_name = "URL")]
+    pub source_url: Option<String>,
+    /// After the build, push the upgrade artifact to REF
+    /// (REGISTRY/REPOSITORY:TAG), as `build-image push` does
+    #[arg(long, value_name = "REF")]
+    pub push: Option<String>,
+    /// Sign what --push pushes with this P-256 private key (cosign's
+    /// signature format; `build-image keygen` makes one)
+    #[arg(long, value_name = "KEY", requires = "push")]
+    pub sign_key: Option<PathBuf>,
 }

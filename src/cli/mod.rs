@@ -4,7 +4,9 @@
 
 pub mod build;
 mod inspect;
+pub mod push;
 mod rootfs;
+pub mod sign;
 
 use std::path::PathBuf;
 
@@ -59,15 +61,19 @@ impl Global {
         insecure: &[String],
         reporter: &'a dyn Reporter,
     ) -> Result<Puller<'a>> {
-        let dir = match &self.cache_dir {
-            Some(d) => d.clone(),
-            None => BlobCache::default_dir()?,
-        };
         Ok(Puller {
             client: RegistryClient::new(insecure.to_vec()),
-            cache: BlobCache::open(&dir)?,
+            cache: BlobCache::open(&self.cache_dir()?)?,
             reporter,
         })
+    }
+
+    /// `--cache-dir`, or the default cache directory.
+    pub fn cache_dir(&self) -> Result<PathBuf> {
+        match &self.cache_dir {
+            Some(d) => Ok(d.clone()),
+            None => BlobCache::default_dir(),
+        }
     }
 }
 
@@ -80,6 +86,14 @@ pub enum Command {
     /// Show an image's platforms, digests, layers and config, or what an
     /// ISO that build-image wrote holds
     Inspect(inspect::InspectArgs),
+    /// Push upgrade artifacts (`{stem}.upgrade` layouts) to a registry,
+    /// several architectures as one index; print the pushed digest
+    Push(push::PushArgs),
+    /// Sign a pushed image by digest, as cosign does (ECDSA P-256,
+    /// stored as the tag sha256-<hex>.sig)
+    Sign(sign::SignArgs),
+    /// Write a P-256 key pair for signing: PREFIX.key and PREFIX.pub
+    Keygen(sign::KeygenArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish,
     /// powershell)
     Completions {
@@ -254,6 +268,9 @@ pub fn run(cli: Cli, reporter: &dyn Reporter) -> Result<()> {
         Some(Command::Build(a)) => print(g, &crate::pipeline::run(g, *a, reporter)?),
         Some(Command::Rootfs(a)) => print(g, &rootfs::run(g, a, reporter)?),
         Some(Command::Inspect(a)) => print(g, &inspect::run(g, a, reporter)?),
+        Some(Command::Push(a)) => print(g, &push::run(g, a, reporter)?),
+        Some(Command::Sign(a)) => print(g, &sign::run_sign(g, a, reporter)?),
+        Some(Command::Keygen(a)) => print(g, &sign::run_keygen(a)?),
         Some(Command::Completions { shell }) => {
             clap_complete::generate(
                 shell,
@@ -365,6 +382,64 @@ mod tests {
     }
 
     #[test]
+    fn parses_push_sign_keygen_and_build_with_push() {
+        let cli = Cli::try_parse_checked([
+            "build-image",
+            "push",
+            "out-amd64/x.upgrade",
+            "out-arm64/x.upgrade",
+            "reg.lan/os/debian:1.0",
+            "--sign-key",
+            "k.key",
+            "--insecure-registry",
+            "reg.lan",
+        ])
+        .unwrap();
+        let Some(Command::Push(a)) = cli.command else {
+            panic!("expected push");
+        };
+        assert_eq!(
+            a.layouts,
+            [
+                PathBuf::from("out-amd64/x.upgrade"),
+                PathBuf::from("out-arm64/x.upgrade")
+            ]
+        );
+        assert_eq!(a.reference, "reg.lan/os/debian:1.0");
+        assert_eq!(a.sign_key, Some(PathBuf::from("k.key")));
+        // A layout and a reference, at least.
+        assert!(Cli::try_parse_checked(["build-image", "push", "reg/x:1"]).is_err());
+
+        let cli =
+            Cli::try_parse_checked(["build-image", "sign", "--key", "k", "r/x@sha256:ab"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Sign(_))));
+        assert!(Cli::try_parse_checked(["build-image", "sign", "r/x@sha256:ab"]).is_err());
+        let cli = Cli::try_parse_checked(["build-image", "keygen"]).unwrap();
+        let Some(Command::Keygen(k)) = cli.command else {
+            panic!("expected keygen");
+        };
+        assert_eq!(k.output, PathBuf::from("build-image"));
+
+        let cli = Cli::try_parse_checked([
+            "build-image",
+            "--push",
+            "reg/os:1",
+            "--sign-key",
+            "k.key",
+            "--revision",
+            "abc123",
+            "--format",
+            "upgrade",
+        ])
+        .unwrap();
+        assert_eq!(cli.build.push.as_deref(), Some("reg/os:1"));
+        assert_eq!(cli.build.revision.as_deref(), Some("abc123"));
+        assert_eq!(cli.build.format, [build::Format::Upgrade]);
+        // --sign-key signs what --push pushes.
+        assert!(Cli::try_parse_checked(["build-image", "--sign-key", "k.key"]).is_err());
+    }
+
+    #[test]
     fn build_options_do_not_mix_with_other_subcommands() {
         let e = Cli::try_parse_checked([
             "build-image",
@@ -415,7 +490,15 @@ mod tests {
         for line in cmd.render_long_help().to_string().lines() {
             assert!(line.chars().count() <= 80, "build-image: {line:?}");
         }
-        for sub in ["build", "rootfs", "inspect", "completions"] {
+        for sub in [
+            "build",
+            "rootfs",
+            "inspect",
+            "push",
+            "sign",
+            "keygen",
+            "completions",
+        ] {
             let mut cmd = Cli::command();
             cmd.build();
             let help = cmd
@@ -444,7 +527,10 @@ mod tests {
                 "build-image-build.1",
                 "build-image-completions.1",
                 "build-image-inspect.1",
+                "build-image-keygen.1",
+                "build-image-push.1",
                 "build-image-rootfs.1",
+                "build-image-sign.1",
                 "build-image.1"
             ]
         );

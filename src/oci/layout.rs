@@ -8,7 +8,8 @@ use super::manifest::{self, Descriptor, Index, ManifestDoc, WantedPlatform};
 use super::{finish, platforms_of, ImageSource, ResolvedImage};
 use crate::cache::hash_file;
 
-const REF_NAME: &str = "org.opencontainers.image.ref.name";
+/// The `index.json` annotation naming a manifest (`oci-layout:DIR:TAG`).
+pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
 /// The path of a blob inside a layout, verified against its descriptor.
 pub fn verified_blob(dir: &Path, desc: &Descriptor) -> Result<PathBuf> {

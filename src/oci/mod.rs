@@ -9,6 +9,7 @@ pub mod layout;
 pub mod manifest;
 pub mod reference;
 pub mod registry;
+pub mod upload;
 
 use std::path::{Path, PathBuf};
 
@@ -17,7 +18,8 @@ use serde::Serialize;
 
 pub use manifest::{Descriptor, Digest, ImageConfig, ManifestDoc, WantedPlatform};
 pub use reference::{ImageSource, Reference};
-pub use registry::{RegistryClient, RetryPolicy};
+pub use registry::{Access, RegistryClient, RetryPolicy};
+pub use upload::{BlobPush, BlobSource};
 
 use crate::cache::BlobCache;
 use crate::progress::Reporter;
@@ -168,6 +170,11 @@ fn finish(
     config_path: &Path,
     want: &WantedPlatform,
 ) -> Result<ResolvedImage> {
+    if m.artifact_type.as_deref() == Some(boot_contract::upgrade::ARTIFACT_TYPE) {
+        bail!(
+            "{what}: a build-image upgrade artifact, not a container image (read its manifest and config with `skopeo inspect --raw` and `--config --raw`; docs/upgrade.md)"
+        );
+    }
     let raw = std::fs::read(config_path)
         .with_context(|| format!("{what}: reading config {}", m.config.digest))?;
     let config_json: serde_json::Value = serde_json::from_slice(&raw)

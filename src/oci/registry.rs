@@ -1,16 +1,17 @@
-//! A client for the OCI distribution API (pull side).
+//! A client for the OCI distribution API: requests, auth and the pull side
+//! (the push side is [`super::upload`]).
 //!
 //! HTTPS by default; plain HTTP only for loopback hosts and hosts the user
 //! names with `--insecure-registry`. Handles anonymous and credentialed
-//! bearer-token flows and basic auth, retries connection failures, 429 and
-//! 5xx answers and broken blob transfers with exponential backoff, and
-//! streams blobs into the [`BlobCache`] while verifying their digest.
+//! bearer-token flows (pull and push scopes) and basic auth, retries
+//! connection failures, 429 and 5xx answers and broken blob transfers with
+//! exponential backoff ([`crate::retry`]), and streams blobs into the
+//! [`BlobCache`] while verifying their digest.
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine;
@@ -21,23 +22,10 @@ use super::manifest::{Descriptor, Digest, MANIFEST_ACCEPT};
 use super::reference::{host_without_port, is_loopback_host, Reference};
 use crate::cache::{BlobCache, InsertError};
 use crate::progress::{short, Event, Reporter};
+pub use crate::retry::RetryPolicy;
+use crate::retry::{retry, Outcome};
 use indicatif::HumanBytes;
-
-/// How often and how patiently to retry.
-#[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
-    pub attempts: u32,
-    pub first_delay: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            attempts: 5,
-            first_delay: Duration::from_millis(250),
-        }
-    }
-}
+use sha2::{Digest as _, Sha256};
 
 pub struct RegistryClient {
     agent: ureq::Agent,
@@ -48,13 +36,112 @@ pub struct RegistryClient {
     creds: Mutex<HashMap<String, Option<Credentials>>>,
 }
 
-const MAX_MANIFEST: u64 = 8 << 20;
+pub(super) const MAX_MANIFEST: u64 = 8 << 20;
 
-/// What one HTTP exchange gave.
-enum Outcome {
-    Ok(ureq::http::Response<ureq::Body>),
-    /// Worth another try (connection trouble, 429, 5xx).
-    Transient(anyhow::Error),
+/// What a request needs of a repository: to read it, or to write it too
+/// (the scope a bearer token is asked for).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Pull,
+    Push,
+}
+
+impl Access {
+    fn actions(self) -> &'static str {
+        match self {
+            Access::Pull => "pull",
+            Access::Push => "pull,push",
+        }
+    }
+}
+
+/// A request body.
+pub enum ReqBody<'a> {
+    Empty,
+    Bytes(&'a [u8]),
+    /// A file streamed from disk (never read whole into memory), opened
+    /// anew for every attempt; `progress` gets the bytes sent so far.
+    File {
+        path: &'a Path,
+        len: u64,
+        progress: Option<&'a dyn Fn(u64)>,
+        /// Hash what is sent and withhold the last bytes unless the content
+        /// has this digest: the request is cut off, so the server never
+        /// receives a whole body that does not match.
+        verify: Option<&'a Digest>,
+    },
+}
+
+/// One registry request; sent again as it is when an auth challenge or a
+/// transient failure asks for it.
+pub struct Request<'a> {
+    pub method: &'static str,
+    pub url: String,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: ReqBody<'a>,
+    /// Another repository of the same registry the request reads (the
+    /// source of a cross-repository mount): its pull scope is asked for too.
+    pub also_pull: Option<&'a str>,
+}
+
+impl<'a> Request<'a> {
+    pub fn new(method: &'static str, url: String) -> Self {
+        Request {
+            method,
+            url,
+            headers: Vec::new(),
+            body: ReqBody::Empty,
+            also_pull: None,
+        }
+    }
+
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    pub fn body(mut self, body: ReqBody<'a>) -> Self {
+        self.body = body;
+        self
+    }
+}
+
+/// A file body on its way out: counts what was sent and, when asked,
+/// checks its digest before handing over the last bytes.
+struct Streamed<'a> {
+    file: std::fs::File,
+    len: u64,
+    done: u64,
+    progress: Option<&'a dyn Fn(u64)>,
+    verify: Option<(Sha256, &'a Digest)>,
+    /// The digest the content had instead, once known.
+    mismatch: Option<Digest>,
+}
+
+impl Read for Streamed<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read(buf)?;
+        self.done += n as u64;
+        if let Some((h, _)) = &mut self.verify {
+            h.update(&buf[..n]);
+        }
+        if self.done >= self.len {
+            if let Some((h, want)) = self.verify.take() {
+                let got = Digest::from_sha256(&h.finalize());
+                if got != *want {
+                    self.mismatch = Some(got);
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "the content does not match its digest",
+                    ));
+                }
+            }
+        }
+        if let Some(p) = self.progress {
+            p(self.done);
+        }
+        Ok(n)
+    }
 }
 
 impl RegistryClient {
@@ -73,6 +160,10 @@ impl RegistryClient {
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
         self
+    }
+
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.retry
     }
 
     fn scheme(&self, r: &Reference) -> &'static str {
@@ -123,13 +214,37 @@ impl RegistryClient {
         Ok(())
     }
 
-    fn url(&self, r: &Reference, path: &str) -> String {
-        format!(
-            "{}://{}/v2/{}/{path}",
-            self.scheme(r),
-            r.api_host(),
-            r.repository
-        )
+    /// `scheme://host[:port]` of the registry's API.
+    pub fn base(&self, r: &Reference) -> String {
+        format!("{}://{}", self.scheme(r), r.api_host())
+    }
+
+    /// The URL of `/v2/<repository>/<path>`.
+    pub fn url(&self, r: &Reference, path: &str) -> String {
+        format!("{}/v2/{}/{path}", self.base(r), r.repository)
+    }
+
+    /// Resolves a `Location` header (absolute, or relative to the
+    /// registry's root as registries send it) into a URL.
+    pub fn resolve_location(&self, r: &Reference, location: &str) -> String {
+        if location.starts_with("http://") || location.starts_with("https://") {
+            location.to_string()
+        } else if location.starts_with('/') {
+            format!("{}{location}", self.base(r))
+        } else {
+            format!(
+                "{}/v2/{}/blobs/uploads/{location}",
+                self.base(r),
+                r.repository
+            )
+        }
+    }
+
+    /// Whether `url` goes to the registry itself: credentials are sent
+    /// only there, never to another host a `Location` names.
+    fn same_origin(&self, r: &Reference, url: &str) -> bool {
+        url.strip_prefix(&self.base(r))
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
     }
 
     fn credentials(&self, r: &Reference) -> Result<Option<Credentials>> {
@@ -151,64 +266,53 @@ impl RegistryClient {
         accept: Option<&str>,
         what: &str,
     ) -> Result<ureq::http::Response<ureq::Body>> {
-        let mut delay = self.retry.first_delay;
-        let mut last = None;
-        for attempt in 1..=self.retry.attempts {
-            match self.get_once(r, url, accept, what)? {
-                Outcome::Ok(resp) => return Ok(resp),
-                Outcome::Transient(e) => {
-                    tracing::warn!("{what}: {e:#} (attempt {attempt}/{})", self.retry.attempts);
-                    last = Some(e);
-                }
-            }
-            if attempt < self.retry.attempts {
-                std::thread::sleep(delay);
-                delay *= 2;
-            }
-        }
-        Err(last
-            .unwrap_or_else(|| anyhow!("no attempt made"))
-            .context(format!(
-                "{what}: giving up after {} attempts",
-                self.retry.attempts
-            )))
-    }
-
-    fn send(
-        &self,
-        url: &str,
-        accept: Option<&str>,
-        authz: Option<&str>,
-    ) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
-        let mut req = self.agent.get(url);
+        let mut req = Request::new("GET", url.to_string());
         if let Some(a) = accept {
             req = req.header("Accept", a);
         }
-        if let Some(a) = authz {
-            req = req.header("Authorization", a);
-        }
-        req.call()
+        let resp = self.request(r, Access::Pull, &req, what)?;
+        check_status(resp, r, url, what)
     }
 
-    fn get_once(
+    /// Sends `req` with the credentials `r`'s registry wants, retrying
+    /// transient failures (connection trouble, 429, 5xx) with the client's
+    /// [`RetryPolicy`]. Any other answer is returned for the caller to
+    /// judge (see [`check_status`]).
+    pub fn request(
         &self,
         r: &Reference,
-        url: &str,
-        accept: Option<&str>,
+        access: Access,
+        req: &Request,
         what: &str,
-    ) -> Result<Outcome> {
+    ) -> Result<ureq::http::Response<ureq::Body>> {
+        retry(self.retry, what, |_| self.call(r, access, req, what))
+    }
+
+    /// One attempt of `req`: with the cached `Authorization` for the
+    /// repository, and once more after answering a 401's challenge.
+    pub fn call(
+        &self,
+        r: &Reference,
+        access: Access,
+        req: &Request,
+        what: &str,
+    ) -> Result<Outcome<ureq::http::Response<ureq::Body>>> {
         let key = (r.registry.clone(), r.repository.clone());
-        let cached = self
-            .tokens
-            .lock()
-            .expect("token cache poisoned")
-            .get(&key)
-            .cloned();
-        let resp = match self.send(url, accept, cached.as_deref()) {
+        let same = self.same_origin(r, &req.url);
+        let cached = same
+            .then(|| {
+                self.tokens
+                    .lock()
+                    .expect("token cache poisoned")
+                    .get(&key)
+                    .cloned()
+            })
+            .flatten();
+        let resp = match self.send(req, cached.as_deref())? {
             Ok(resp) => resp,
-            Err(e) => return classify_transport(e, url),
+            Err(e) => return classify_transport(e, &req.url),
         };
-        let resp = if resp.status().as_u16() == 401 {
+        let resp = if resp.status().as_u16() == 401 && same {
             let challenge = resp
                 .headers()
                 .get("www-authenticate")
@@ -216,46 +320,105 @@ impl RegistryClient {
                 .map(str::to_string);
             let Some(challenge) = challenge else {
                 bail!(
-                    "{what}: {url} answered 401 Unauthorized without an authentication challenge"
+                    "{what}: {} answered 401 Unauthorized without an authentication challenge",
+                    req.url
                 );
             };
-            let authz = self.authorize(r, &challenge, what)?;
+            let authz = self.authorize(r, &challenge, access, req.also_pull, what)?;
             self.tokens
                 .lock()
                 .expect("token cache poisoned")
                 .insert(key, authz.clone());
-            match self.send(url, accept, Some(&authz)) {
+            match self.send(req, Some(&authz))? {
                 Ok(resp) => resp,
-                Err(e) => return classify_transport(e, url),
+                Err(e) => return classify_transport(e, &req.url),
             }
         } else {
             resp
         };
         let status = resp.status().as_u16();
-        match status {
-            200..=299 => Ok(Outcome::Ok(resp)),
-            429 | 500..=599 => Ok(Outcome::Transient(anyhow!("{url} answered HTTP {status}"))),
-            401 | 403 => {
-                let body = error_body(resp);
-                bail!(
-                    "{what}: authentication to {} failed (HTTP {status}{body}); check the credentials for {} in $REGISTRY_AUTH_FILE or ~/.docker/config.json",
-                    r.registry,
-                    r.registry
-                )
-            }
-            404 => {
-                let body = error_body(resp);
-                bail!("{what}: not found at {url} (HTTP 404{body})")
-            }
-            _ => {
-                let body = error_body(resp);
-                bail!("{what}: {url} answered HTTP {status}{body}")
-            }
+        if status == 429 || (500..=599).contains(&status) {
+            let body = error_body(resp);
+            return Ok(Outcome::Transient(anyhow!(
+                "{} {} answered HTTP {status}{body}",
+                req.method,
+                req.url
+            )));
         }
+        Ok(Outcome::Ok(resp))
+    }
+
+    /// Sends `req` once. The outer error is a local failure (the body's
+    /// file cannot be opened), the inner one the transport's.
+    fn send(
+        &self,
+        req: &Request,
+        authz: Option<&str>,
+    ) -> Result<Result<ureq::http::Response<ureq::Body>, ureq::Error>> {
+        let mut b = ureq::http::Request::builder()
+            .method(req.method)
+            .uri(&req.url);
+        for (k, v) in &req.headers {
+            b = b.header(*k, v);
+        }
+        if let Some(a) = authz {
+            b = b.header("Authorization", a);
+        }
+        let bad = |e: ureq::http::Error| anyhow!(e).context(format!("building {}", req.url));
+        Ok(match &req.body {
+            ReqBody::Empty => self.agent.run(b.body(()).map_err(bad)?),
+            ReqBody::Bytes(bytes) => self.agent.run(b.body(*bytes).map_err(bad)?),
+            ReqBody::File {
+                path,
+                len,
+                progress,
+                verify,
+            } => {
+                let file = std::fs::File::open(path)
+                    .with_context(|| format!("opening {}", path.display()))?;
+                let actual = file
+                    .metadata()
+                    .with_context(|| format!("reading the size of {}", path.display()))?
+                    .len();
+                if actual != *len {
+                    bail!(
+                        "{}: {actual} bytes, expected {len} (did it change?)",
+                        path.display()
+                    );
+                }
+                let mut body = Streamed {
+                    file,
+                    len: *len,
+                    done: 0,
+                    progress: *progress,
+                    verify: verify.map(|d| (Sha256::new(), d)),
+                    mismatch: None,
+                };
+                let b = b.header("Content-Length", len.to_string());
+                let result = self.agent.run(
+                    b.body(ureq::SendBody::from_reader(&mut body))
+                        .map_err(bad)?,
+                );
+                if let (Some(got), Some(want)) = (&body.mismatch, verify) {
+                    bail!(
+                        "{}: content has digest {got}, expected {want}; the upload was cut off before its end, so nothing was stored",
+                        path.display()
+                    );
+                }
+                result
+            }
+        })
     }
 
     /// Answers a `WWW-Authenticate` challenge with an `Authorization` value.
-    fn authorize(&self, r: &Reference, challenge: &str, what: &str) -> Result<String> {
+    fn authorize(
+        &self,
+        r: &Reference,
+        challenge: &str,
+        access: Access,
+        also_pull: Option<&str>,
+        what: &str,
+    ) -> Result<String> {
         let (scheme, params) = parse_challenge(challenge);
         let creds = self.credentials(r)?;
         match scheme.to_ascii_lowercase().as_str() {
@@ -278,66 +441,57 @@ impl RegistryClient {
                     url.push_str(&format!("{sep}service={}", encode(service)));
                     sep = '&';
                 }
-                let scope = params
-                    .get("scope")
-                    .cloned()
-                    .unwrap_or_else(|| format!("repository:{}:pull", r.repository));
-                url.push_str(&format!("{sep}scope={}", encode(&scope)));
+                for scope in scopes(&params, &r.repository, access, also_pull) {
+                    url.push_str(&format!("{sep}scope={}", encode(&scope)));
+                    sep = '&';
+                }
                 self.check_realm(r, realm, creds.is_some(), what)?;
                 let authz = creds.as_ref().map(basic);
-                let mut delay = self.retry.first_delay;
-                for attempt in 1..=self.retry.attempts {
-                    let resp = match self.send(&url, None, authz.as_deref()) {
+                let token_what = format!("{what}: requesting a token from {realm}");
+                let mut resp = retry(self.retry, &token_what, |_| {
+                    let req = Request::new("GET", url.clone());
+                    let resp = match self.send(&req, authz.as_deref())? {
                         Ok(resp) => resp,
-                        Err(e) if attempt < self.retry.attempts => {
-                            tracing::warn!("token request to {realm}: {e}");
-                            std::thread::sleep(delay);
-                            delay *= 2;
-                            continue;
-                        }
-                        Err(e) => {
-                            return Err(e).with_context(|| {
-                                format!("{what}: requesting a token from {realm}")
-                            })
-                        }
+                        Err(e) => return classify_transport(e, &url),
                     };
                     let status = resp.status().as_u16();
-                    if (status == 429 || status >= 500) && attempt < self.retry.attempts {
-                        std::thread::sleep(delay);
-                        delay *= 2;
-                        continue;
+                    if status == 429 || status >= 500 {
+                        return Ok(Outcome::Transient(anyhow!(
+                            "the token service {realm} answered HTTP {status}"
+                        )));
                     }
-                    if status == 401 || status == 403 {
-                        bail!(
-                            "{what}: authentication to {} failed: the token service {realm} answered HTTP {status}{}",
-                            r.registry,
-                            if creds.is_none() { " (no credentials found for this registry)" } else { " (check the credentials)" }
-                        );
-                    }
-                    if !(200..300).contains(&status) {
-                        bail!("{what}: the token service {realm} answered HTTP {status}");
-                    }
-                    #[derive(Deserialize)]
-                    struct Token {
-                        token: Option<String>,
-                        access_token: Option<String>,
-                    }
-                    let mut resp = resp;
-                    let body = resp
-                        .body_mut()
-                        .with_config()
-                        .limit(MAX_MANIFEST)
-                        .read_to_vec()
-                        .with_context(|| format!("{what}: reading the token from {realm}"))?;
-                    let t: Token = serde_json::from_slice(&body).with_context(|| {
-                        format!("{what}: the token service {realm} sent malformed JSON")
-                    })?;
-                    let token = t.token.or(t.access_token).ok_or_else(|| {
-                        anyhow!("{what}: the token service {realm} sent no token")
-                    })?;
-                    return Ok(format!("Bearer {token}"));
+                    Ok(Outcome::Ok(resp))
+                })?;
+                let status = resp.status().as_u16();
+                if status == 401 || status == 403 {
+                    bail!(
+                        "{what}: authentication to {} failed: the token service {realm} answered HTTP {status}{}",
+                        r.registry,
+                        if creds.is_none() { " (no credentials found for this registry)" } else { " (check the credentials)" }
+                    );
                 }
-                unreachable!("the loop returns on its last attempt")
+                if !(200..300).contains(&status) {
+                    bail!("{what}: the token service {realm} answered HTTP {status}");
+                }
+                #[derive(Deserialize)]
+                struct Token {
+                    token: Option<String>,
+                    access_token: Option<String>,
+                }
+                let body = resp
+                    .body_mut()
+                    .with_config()
+                    .limit(MAX_MANIFEST)
+                    .read_to_vec()
+                    .with_context(|| format!("{what}: reading the token from {realm}"))?;
+                let t: Token = serde_json::from_slice(&body).with_context(|| {
+                    format!("{what}: the token service {realm} sent malformed JSON")
+                })?;
+                let token = t
+                    .token
+                    .or(t.access_token)
+                    .ok_or_else(|| anyhow!("{what}: the token service {realm} sent no token"))?;
+                Ok(format!("Bearer {token}"))
             }
             other => bail!(
                 "{what}: unsupported authentication scheme {other:?} from {}",
@@ -443,7 +597,7 @@ impl RegistryClient {
     }
 }
 
-fn classify_transport(e: ureq::Error, url: &str) -> Result<Outcome> {
+fn classify_transport<T>(e: ureq::Error, url: &str) -> Result<Outcome<T>> {
     let transient = matches!(
         e,
         ureq::Error::Io(_)
@@ -459,6 +613,66 @@ fn classify_transport(e: ureq::Error, url: &str) -> Result<Outcome> {
     }
 }
 
+/// Turns an answer that is not 2xx into an error naming what failed: the
+/// registry's error text, and for 401/403 where credentials come from.
+pub fn check_status(
+    resp: ureq::http::Response<ureq::Body>,
+    r: &Reference,
+    url: &str,
+    what: &str,
+) -> Result<ureq::http::Response<ureq::Body>> {
+    let status = resp.status().as_u16();
+    match status {
+        200..=299 => Ok(resp),
+        401 | 403 => {
+            let body = error_body(resp);
+            bail!(
+                "{what}: authentication to {} failed (HTTP {status}{body}); check the credentials for {} in $REGISTRY_AUTH_FILE or ~/.docker/config.json",
+                r.registry,
+                r.registry
+            )
+        }
+        404 => {
+            let body = error_body(resp);
+            bail!("{what}: not found at {url} (HTTP 404{body})")
+        }
+        _ => {
+            let body = error_body(resp);
+            bail!("{what}: {url} answered HTTP {status}{body}")
+        }
+    }
+}
+
+/// The scopes to ask a token service for: the challenge's (it names what
+/// the refused request needed, several separated by spaces), widened to
+/// push when pushing, plus pull on a mount's source repository.
+fn scopes(
+    params: &HashMap<String, String>,
+    repository: &str,
+    access: Access,
+    also_pull: Option<&str>,
+) -> Vec<String> {
+    let mut v: Vec<String> = params
+        .get("scope")
+        .map(|s| s.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default();
+    let own = format!("repository:{repository}:");
+    match v.iter().position(|s| s.starts_with(&own)) {
+        None => v.push(format!("{own}{}", access.actions())),
+        Some(i) if access == Access::Push && !v[i][own.len()..].split(',').any(|a| a == "push") => {
+            v[i] = format!("{own}{}", access.actions());
+        }
+        Some(_) => {}
+    }
+    if let Some(from) = also_pull {
+        let theirs = format!("repository:{from}:");
+        if !v.iter().any(|s| s.starts_with(&theirs)) {
+            v.push(format!("{theirs}pull"));
+        }
+    }
+    v
+}
+
 fn basic(c: &Credentials) -> String {
     format!(
         "Basic {}",
@@ -466,7 +680,7 @@ fn basic(c: &Credentials) -> String {
     )
 }
 
-fn error_body(mut resp: ureq::http::Response<ureq::Body>) -> String {
+pub(super) fn error_body(mut resp: ureq::http::Response<ureq::Body>) -> String {
     let text = resp
         .body_mut()
         .with_config()
@@ -482,7 +696,7 @@ fn error_body(mut resp: ureq::http::Response<ureq::Body>) -> String {
 }
 
 /// Percent-encodes a query parameter value.
-fn encode(s: &str) -> String {
+pub(super) fn encode(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
@@ -552,6 +766,48 @@ mod tests {
         let (s, p) = parse_challenge("Basic realm=Registry");
         assert_eq!(s, "Basic");
         assert_eq!(p["realm"], "Registry");
+    }
+
+    #[test]
+    fn token_scopes_for_pulls_pushes_and_mounts() {
+        let (_, p) = parse_challenge(r#"Bearer realm="r",scope="repository:a/b:pull""#);
+        assert_eq!(
+            scopes(&p, "a/b", Access::Pull, None),
+            ["repository:a/b:pull"]
+        );
+        assert_eq!(
+            scopes(&p, "a/b", Access::Push, None),
+            ["repository:a/b:pull,push"]
+        );
+        let (_, p) = parse_challenge(
+            r#"Bearer realm="r",scope="repository:a/b:pull,push repository:c:pull""#,
+        );
+        assert_eq!(
+            scopes(&p, "a/b", Access::Push, Some("c")),
+            ["repository:a/b:pull,push", "repository:c:pull"]
+        );
+        let (_, p) = parse_challenge(r#"Bearer realm="r""#);
+        assert_eq!(
+            scopes(&p, "a/b", Access::Push, Some("old/x")),
+            ["repository:a/b:pull,push", "repository:old/x:pull"]
+        );
+    }
+
+    #[test]
+    fn locations_resolve_and_credentials_stay_with_the_registry() {
+        let c = RegistryClient::new(vec![]);
+        let r = Reference::parse("127.0.0.1:5000/a/b:1").unwrap();
+        assert_eq!(
+            c.resolve_location(&r, "/v2/a/b/blobs/uploads/u?_state=x"),
+            "http://127.0.0.1:5000/v2/a/b/blobs/uploads/u?_state=x"
+        );
+        assert_eq!(
+            c.resolve_location(&r, "http://127.0.0.1:5000/v2/a/b/blobs/uploads/u"),
+            "http://127.0.0.1:5000/v2/a/b/blobs/uploads/u"
+        );
+        assert!(c.same_origin(&r, "http://127.0.0.1:5000/v2/a/b/blobs/uploads/u"));
+        assert!(!c.same_origin(&r, "http://127.0.0.1:50001/v2/"));
+        assert!(!c.same_origin(&r, "https://storage.example/upload"));
     }
 
     #[test]

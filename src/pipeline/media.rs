@@ -1,5 +1,5 @@
 //! The output stages: the root SquashFS, the A/B disk image (ESP, BIOS
-//! boot) and the live/installer ISO.
+//! boot), the live/installer ISO and the upgrade artifact.
 
 use std::fs::File;
 use std::path::Path;
@@ -20,6 +20,7 @@ use crate::progress::{Event, Reporter, Task};
 use crate::squashfs;
 use crate::staging::{Staged, Staging};
 use crate::tree::ContentStore;
+use crate::upgrade::{self, Annotations, ArtifactFiles};
 
 fn stage(reporter: &dyn Reporter, message: String) {
     reporter.event(Event::Stage { message });
@@ -204,6 +205,64 @@ pub fn write_iso(
         live::write(&inputs, &out)
     })
     .context("writing the ISO")?;
+    Ok(())
+}
+
+/// The upgrade artifact, staged as the directory `{stem}.upgrade`: an OCI
+/// image layout whose root layer is the staged SquashFS itself (a
+/// hardlink, so its bytes are written once), plus the slot's kernel and
+/// initrd and the config the device checks before it writes anything.
+#[allow(clippy::too_many_arguments)]
+pub fn write_upgrade(
+    plan: &BuildPlan,
+    boot: &BootFiles,
+    rootfs: Staged,
+    kernel: &str,
+    k3s_version: Option<&str>,
+    lock_digest: &crate::oci::Digest,
+    reporter: &dyn Reporter,
+    staging: &mut Staging,
+) -> Result<()> {
+    stage(reporter, "writing the upgrade artifact".into());
+    let (rootfs_digest, rootfs_size) = staging.digest(rootfs)?;
+    let created = upgrade::layout::rfc3339(plan.mtime);
+    let config = boot_contract::upgrade::Config {
+        format: boot_contract::upgrade::CONFIG_FORMAT,
+        version: plan.version.clone(),
+        flavor: plan.flavor.name.clone(),
+        release: plan.flavor.release.clone(),
+        arch: plan.arch.clone(),
+        kernel: kernel.to_string(),
+        k3s_version: k3s_version.map(str::to_string),
+        rootfs_size,
+        rootfs_digest: rootfs_digest.to_string(),
+        min_slot_size: rootfs_size.next_multiple_of(disk::ALIGN),
+        min_agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        lock_digest: lock_digest.to_string(),
+        created: created.clone(),
+    };
+    let annotations = Annotations {
+        version: plan.version.clone(),
+        created,
+        revision: plan.revision.clone(),
+        source: plan.source_url.clone(),
+    };
+    let dir = staging.create_dir(&plan.output(".upgrade"), "upgrade")?;
+    let written = upgrade::write_layout(
+        staging.temp_path(dir),
+        &config,
+        &ArtifactFiles {
+            rootfs: staging.temp_path(rootfs),
+            kernel: &boot.vmlinuz,
+            initrd: &boot.initrd,
+        },
+        &annotations,
+    )
+    .context("writing the upgrade artifact")?;
+    if !written.rootfs_linked {
+        tracing::info!("the output filesystem cannot hardlink: the upgrade artifact holds a copy of the root filesystem");
+    }
+    staging.set_summary(dir, written.manifest.digest, written.size);
     Ok(())
 }
 

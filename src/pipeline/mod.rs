@@ -9,6 +9,7 @@ mod live;
 pub mod lock;
 mod media;
 pub mod plan;
+mod publish;
 mod root;
 
 use anyhow::{Context, Result};
@@ -16,9 +17,12 @@ use serde::Serialize;
 
 use crate::apt;
 use crate::cli::build::BuildArgs;
+use crate::cli::build::Format;
 use crate::cli::{Global, Output};
+use crate::oci::Digest;
 use crate::progress::Reporter;
 use crate::staging::{Artifact, Staging};
+use crate::upgrade::PushResult;
 
 pub use media::squashfs_with_bar;
 pub use plan::{default_cmdline, version_from_epoch, BuildPlan};
@@ -34,6 +38,8 @@ pub struct BuildResult {
     pub k3s_version: Option<String>,
     pub formats: Vec<&'static str>,
     pub artifacts: Vec<Artifact>,
+    /// What `--push` pushed (`null` without it).
+    pub push: Option<PushResult>,
 }
 
 pub fn run(g: &Global, a: BuildArgs, reporter: &dyn Reporter) -> Result<BuildResult> {
@@ -84,7 +90,7 @@ pub fn run(g: &Global, a: BuildArgs, reporter: &dyn Reporter) -> Result<BuildRes
         reporter,
         &mut staging,
     )?;
-    if plan.wants(crate::cli::build::Format::Iso) {
+    if plan.wants(Format::Iso) {
         media::write_iso(
             &plan,
             &boot,
@@ -97,9 +103,23 @@ pub fn run(g: &Global, a: BuildArgs, reporter: &dyn Reporter) -> Result<BuildRes
     }
     drop(disk);
     lock.repositories = releases.iter().map(apt::ReleaseStamp::to_json).collect();
+    let lock_bytes = lock.to_file_bytes();
+    if plan.wants(Format::Upgrade) {
+        media::write_upgrade(
+            &plan,
+            &boot,
+            rootfs,
+            &kernel,
+            k3s_version.as_deref(),
+            &Digest::of(&lock_bytes),
+            reporter,
+            &mut staging,
+        )?;
+    }
     let lock_file = staging.create(&plan.out_dir.join("build-image.lock"), "lock")?;
-    std::io::Write::write_all(staging.file(lock_file), &lock.to_file_bytes())?;
+    std::io::Write::write_all(staging.file(lock_file), &lock_bytes)?;
     let artifacts = staging.commit()?;
+    let push = publish::push(g, &plan, &artifacts, reporter)?;
 
     Ok(BuildResult {
         flavor: plan.flavor.name.clone(),
@@ -109,6 +129,7 @@ pub fn run(g: &Global, a: BuildArgs, reporter: &dyn Reporter) -> Result<BuildRes
         k3s_version,
         formats: plan.formats.iter().map(|f| f.name()).collect(),
         artifacts,
+        push,
     })
 }
 
@@ -118,6 +139,10 @@ impl Output for BuildResult {
     }
 
     fn text(&self) -> String {
-        self.artifacts.iter().map(|a| a.line() + "\n").collect()
+        let mut t: String = self.artifacts.iter().map(|a| a.line() + "\n").collect();
+        if let Some(p) = &self.push {
+            t.push_str(&format!("{}@{}\n", p.reference, p.digest));
+        }
+        t
     }
 }

@@ -9,7 +9,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use crate::cli::build::{BuildArgs, Format, Optional};
 use crate::disk;
 use crate::flavor::Flavor;
-use crate::oci::{ImageSource, WantedPlatform};
+use crate::oci::{ImageSource, Reference, WantedPlatform};
+use crate::sign::SigningKey;
 use crate::squashfs;
 
 /// Where the base of the root filesystem comes from.
@@ -52,6 +53,13 @@ pub struct BuildPlan {
     pub out_dir: PathBuf,
     /// `{flavor}-{release}-{arch}`, the stem of every output file.
     pub stem: String,
+    /// Recorded in the upgrade artifact's annotations.
+    pub revision: Option<String>,
+    pub source_url: Option<String>,
+    /// Where to push the upgrade artifact after the build (with a tag).
+    pub push: Option<Reference>,
+    /// The key that signs what is pushed, read before anything is built.
+    pub sign_key: Option<SigningKey>,
 }
 
 impl BuildPlan {
@@ -88,10 +96,25 @@ pub fn plan(a: &BuildArgs) -> Result<BuildPlan> {
     };
     let mut formats = a.format.clone();
     if formats.is_empty() {
-        formats = vec![Format::Disk, Format::Iso];
+        formats = vec![Format::Disk, Format::Iso, Format::Upgrade];
     }
     formats.sort();
     formats.dedup();
+    let push = match &a.push {
+        Some(p) => Some(push_target(p, &formats)?),
+        None => None,
+    };
+    let sign_key = match &a.sign_key {
+        Some(k) => Some(SigningKey::load(k).context("--sign-key")?),
+        None => None,
+    };
+    for (flag, v) in [("--revision", &a.revision), ("--source-url", &a.source_url)] {
+        if v.as_deref()
+            .is_some_and(|v| v.is_empty() || v.chars().any(char::is_control))
+        {
+            bail!("{flag} {v:?}: expected a non-empty value without control characters");
+        }
+    }
 
     let epoch = crate::cli::source_date_epoch()?;
     let mtime = epoch.unwrap_or_else(now);
@@ -158,6 +181,10 @@ pub fn plan(a: &BuildArgs) -> Result<BuildPlan> {
         insecure_registries: a.insecure_registries.clone(),
         out_dir,
         stem,
+        revision: a.revision.clone(),
+        source_url: a.source_url.clone(),
+        push,
+        sign_key,
     })
 }
 
@@ -197,6 +224,18 @@ impl UpgradeKey {
             pem,
         })
     }
+}
+
+/// `--push REF`: a reference with a tag, and the upgrade artifact to push.
+fn push_target(p: &str, formats: &[Format]) -> Result<Reference> {
+    if !formats.contains(&Format::Upgrade) {
+        bail!("--push {p}: it pushes the upgrade artifact; add upgrade to --format");
+    }
+    let r = Reference::parse(p.strip_prefix("docker://").unwrap_or(p)).context("--push")?;
+    if r.digest.is_some() {
+        bail!("--push {p}: give a tag to push to (REGISTRY/REPOSITORY:TAG), not a digest");
+    }
+    Ok(r)
 }
 
 /// Reads the node config and checks it with the rules os-agent applies

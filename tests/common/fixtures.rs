@@ -536,3 +536,150 @@ pub fn debian_release_deb(release: &str, package: &str, arch: &str) -> PathBuf {
     }
     panic!("apt-get download {package}:{arch} from Debian {release} failed 3 times:\n{last}");
 }
+
+/// skopeo 1.18 and cosign 2.5 from Debian trixie, run on this machine
+/// without installing them: bookworm's skopeo 1.9 cannot verify sigstore
+/// signatures (Debian patched it out), and trixie's skopeo needs trixie's
+/// glibc. The debs (skopeo, cosign, libc6 and skopeo's libraries) are
+/// downloaded with a private apt sources list and state (nothing under
+/// /etc/apt or /var/lib/apt changes) into
+/// `target/test-fixtures/trixie-tools/` and extracted there; `skopeo` is a
+/// wrapper running trixie's skopeo through trixie's dynamic loader (cosign
+/// needs only glibc 2.34 and runs as it is).
+pub struct TrixieTools {
+    pub skopeo: PathBuf,
+    pub cosign: PathBuf,
+}
+
+/// The tools, fetched once; `Err` with apt's output if the fetch failed
+/// (no network to deb.debian.org): callers skip loudly, naming it.
+pub fn trixie_tools() -> Result<TrixieTools, String> {
+    let dir = fixtures_dir().join("trixie-tools");
+    let tools = TrixieTools {
+        skopeo: dir.join("skopeo"),
+        cosign: dir.join("cosign"),
+    };
+    let ready = |t: &TrixieTools| t.skopeo.is_file() && t.cosign.exists();
+    if ready(&tools) {
+        return Ok(tools);
+    }
+    let _lock = lock(&dir, Duration::from_secs(600));
+    if ready(&tools) {
+        return Ok(tools);
+    }
+    require_tool("apt-get", "apt");
+    require_tool("dpkg-deb", "dpkg");
+    let partial = dir.with_extension("partial");
+    let _ = fs::remove_dir_all(&partial);
+    let apt = partial.join("apt");
+    for d in ["lists/partial", "archives/partial", "etc"] {
+        fs::create_dir_all(apt.join(d)).unwrap();
+    }
+    fs::write(
+        apt.join("etc/sources.list"),
+        "deb http://deb.debian.org/debian trixie main\n",
+    )
+    .unwrap();
+    let deb_arch = String::from_utf8(
+        Command::new("dpkg")
+            .arg("--print-architecture")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+    let mut opts = vec![
+        format!(
+            "-oDir::Etc::sourcelist={}",
+            apt.join("etc/sources.list").display()
+        ),
+        "-oDir::Etc::sourceparts=-".to_string(),
+        format!("-oDir::State::lists={}", apt.join("lists").display()),
+        format!("-oDir::Cache::archives={}", apt.join("archives").display()),
+        format!("-oAPT::Architecture={deb_arch}"),
+        "-oAcquire::Retries=3".to_string(),
+    ];
+    if is_root() {
+        // The private directories belong to root, not to apt's _apt user.
+        opts.push("-oAPT::Sandbox::User=root".into());
+    }
+    let run = |args: &[&str], cwd: &Path| -> Result<(), String> {
+        let out = Command::new("apt-get")
+            .args(&opts)
+            .args(args)
+            .current_dir(cwd)
+            .output()
+            .map_err(|e| format!("apt-get: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "apt-get {}: {}\n{}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    };
+    run(&["-qq", "update"], &partial)?;
+    run(
+        &[
+            "-qq",
+            "download",
+            "skopeo",
+            "cosign",
+            "libc6",
+            "libgpgme11t64",
+            "libassuan9",
+            "libgpg-error0",
+            "libsqlite3-0",
+        ],
+        &apt.join("archives"),
+    )?;
+    let root = partial.join("root");
+    fs::create_dir_all(&root).unwrap();
+    for e in fs::read_dir(apt.join("archives")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "deb") {
+            let st = Command::new("dpkg-deb")
+                .arg("-x")
+                .arg(&p)
+                .arg(&root)
+                .status()
+                .unwrap();
+            assert!(st.success(), "dpkg-deb -x {} failed", p.display());
+        }
+    }
+    let (triplet, loader) = match deb_arch.as_str() {
+        "arm64" => ("aarch64-linux-gnu", "ld-linux-aarch64.so.1"),
+        _ => ("x86_64-linux-gnu", "ld-linux-x86-64.so.2"),
+    };
+    let final_root = dir.join("root");
+    let libs = final_root.join("usr/lib").join(triplet);
+    let wrapper = format!(
+        "#!/bin/sh\nexec {} --library-path {} {} \"$@\"\n",
+        libs.join(loader).display(),
+        libs.display(),
+        final_root.join("usr/bin/skopeo").display()
+    );
+    fs::write(partial.join("skopeo"), wrapper).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(partial.join("skopeo"), fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink(final_root.join("usr/bin/cosign"), partial.join("cosign")).unwrap();
+    let _ = fs::remove_dir_all(partial.join("apt"));
+    let _ = fs::remove_dir_all(&dir);
+    fs::rename(&partial, &dir).unwrap();
+    let out = Command::new(&tools.skopeo)
+        .arg("--version")
+        .output()
+        .unwrap();
+    let version = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && version.contains("skopeo version 1."),
+        "trixie's skopeo does not run: {version}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(tools)
+}

@@ -22,11 +22,11 @@ pub mod ssh;
 pub mod tree;
 pub mod upgrade;
 
-pub use fixtures::{debian_layout, debian_minbase};
+pub use fixtures::{debian_layout, debian_minbase, trixie_tools, TrixieTools};
 pub use layer::{Compression, Layer, LayerBuilder, DEFAULT_MTIME};
 pub use oci::{host_arch, other_arch, Image, ImageDigests, IndexDigests, OciLayout};
 pub use proxy::{Fault, Proxy};
-pub use registry::{push, skopeo_inspect_raw, Registry};
+pub use registry::{push, skopeo_inspect_oci_raw, skopeo_inspect_raw, Registry};
 pub use squash::{extract, extract_tree, unsquashfs_listing, unsquashfs_stat};
 pub use tree::{assert_trees_match, Compare, Tree};
 

@@ -273,6 +273,24 @@ pub fn skopeo_inspect_raw(reference: &str, creds: Option<(&str, &str)>) -> Vec<u
     out.stdout
 }
 
+/// `skopeo inspect --raw oci:DIR:TAG`: the manifest bytes of a local
+/// layout as the reference client reads them.
+pub fn skopeo_inspect_oci_raw(dir: &Path, tag: &str) -> Vec<u8> {
+    require_tool("skopeo", "skopeo");
+    let out = Command::new("skopeo")
+        .args(["--insecure-policy", "inspect", "--raw"])
+        .arg(format!("oci:{}:{tag}", dir.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo inspect oci:{}:{tag} failed: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 /// Pushes an OCI layout dir with `skopeo` by path (for callers that have no
 /// [`OciLayout`]).
 pub fn push(layout_dir: &Path, tag: &str, registry: &Registry, repo: &str) -> String {

@@ -252,6 +252,7 @@ fn node_disk(built: &Path, work: &Path, key: &Key, pem: &str) -> PathBuf {
 /// A guest in a [`Session`], reached over SSH.
 struct Node {
     vm: Session,
+    started: Instant,
     ssh: Ssh,
     key: Key,
     /// `--insecure-registry` and the registry as the guest sees them.
@@ -263,7 +264,11 @@ impl Node {
     fn boot(&mut self, what: &str) -> String {
         let line = self.vm.expect("os-agent: boot ", BOOT);
         let line = line[line.find("os-agent: boot ").unwrap()..].to_string();
-        eprintln!("[{}] {what}: {line}", self.vm.name);
+        eprintln!(
+            "[{} +{}s] {what}: {line}",
+            self.vm.name,
+            self.started.elapsed().as_secs()
+        );
         line
     }
 
@@ -311,6 +316,17 @@ impl Node {
         (o.status.code().unwrap_or(-1), result, ssh_text(&o))
     }
 
+    /// `upgrade TAG --reboot`: armed, and the machine goes down (the
+    /// connection may die before the command's exit status arrives).
+    fn upgrade_and_reboot(&self, tag: &str) -> serde_json::Value {
+        let (code, r, text) = self.upgrade(tag, "--reboot", "");
+        assert!(
+            r["result"] == "armed" && (code == 0 || code == 255),
+            "{tag}: {text}"
+        );
+        r
+    }
+
     fn refused(&self, tag: &str, want: &str) {
         let (code, r, text) = self.upgrade(tag, "", "");
         assert_eq!(code, 3, "{tag}: {text}");
@@ -348,6 +364,7 @@ impl Node {
 fn start_node(name: &str, vm: Vm, key: Key, reg: &Registry, ssh_port: u16) -> Node {
     Node {
         vm: Session::start(&vm, name),
+        started: Instant::now(),
         ssh: Ssh { port: ssh_port },
         key,
         registry: format!("10.0.2.2:{}", reg.port),
@@ -543,7 +560,7 @@ fn happy_path_refusals_and_power_cuts() {
     node.ok("echo commit-after-primary:reboot > /var/lib/os-agent/fault-once && sync");
     let (code, _, text) = node.upgrade("v2", "", "OS_AGENT_FAULT=commit-after-primary:reboot");
     assert!(code != 0, "{text}");
-    node.vm.expect("bi.trial=1", BOOT);
+    node.vm.expect("os-init: trial boot", BOOT);
     node.vm.expect(
         "os-agent: fault point commit-after-primary reached (reboot)",
         BOOT,
@@ -579,7 +596,7 @@ fn happy_path_refusals_and_power_cuts() {
     node.refused("v3-unsigned", "not signed by a trusted key (2 keys)");
     let argv = plan_command(&format!("{}/test/os", node.registry), "v3");
     let inner = format!(
-        "mount -t tmpfs none /usr/bin && mount -t tmpfs none /var/lib/os-agent && exec /run/ctr-nsenter {} --insecure-registry {}",
+        "mount -t tmpfs none /var/lib/os-agent && mount -t tmpfs none /usr/bin && exec /run/ctr-nsenter {} --insecure-registry {}",
         argv[1..].join(" "),
         node.registry
     );
@@ -589,7 +606,7 @@ fn happy_path_refusals_and_power_cuts() {
     ));
     let text = ssh_text(&o);
     assert!(text.contains("\"result\":\"armed\""), "{text}");
-    node.vm.expect("bi.trial=1", BOOT);
+    node.vm.expect("os-init: trial boot", BOOT);
     node.boot_ok(
         "v3 trial",
         &format!("os-agent: boot ok slot=a version={V3}"),
@@ -677,8 +694,7 @@ fn failed_trials_come_back_and_reset_empties_persist() {
 
     // A trial whose health check fails: rolled back, recorded, its digest
     // refused from then on.
-    let (code, r, text) = node.upgrade("v2-unhealthy", "--reboot", "");
-    assert_eq!((code, &r["result"]), (0, &"armed".into()), "{text}");
+    node.upgrade_and_reboot("v2-unhealthy");
     let line = node.boot("unhealthy trial");
     assert!(
         line.starts_with("os-agent: boot degraded slot=b version=2.1.0-test"),
@@ -707,8 +723,7 @@ fn failed_trials_come_back_and_reset_empties_persist() {
 
     // A trial whose kernel panics (no usable initramfs): panic=10 reboots,
     // GRUB already took the trial back; the next health records it.
-    let (code, _, text) = node.upgrade("v2-panics", "--reboot", "");
-    assert_eq!(code, 0, "{text}");
+    node.upgrade_and_reboot("v2-panics");
     node.vm.expect("Kernel panic", BOOT);
     node.boot_ok("after the panic", "os-agent: boot ok slot=a");
     let s = node.status();
@@ -723,8 +738,7 @@ fn failed_trials_come_back_and_reset_empties_persist() {
     assert_eq!(s["lastUpgrade"]["result"], "rolled_back", "{s}");
 
     // A trial whose root cannot be mounted: os-init reboots.
-    let (code, _, text) = node.upgrade("v2-corrupt", "--reboot", "");
-    assert_eq!(code, 0, "{text}");
+    node.upgrade_and_reboot("v2-corrupt");
     node.vm.expect("os-init: error", BOOT);
     node.boot_ok("after the corrupt root", "os-agent: boot ok slot=a");
     let s = node.status();
@@ -799,8 +813,8 @@ fn arm64_happy_path() {
     let mut node = start_node("arm64", vm, key, &fleet.reg, port);
     node.boot_ok("arm64 v1", "os-agent: boot ok slot=a version=1.0.0-arm");
     guest_auth(&node, &[node.registry.clone()]);
-    let (code, r, text) = node.upgrade("v2", "--reboot", "");
-    assert_eq!((code, &r["slot"]), (0, &"b".into()), "{text}");
+    let r = node.upgrade_and_reboot("v2");
+    assert_eq!(r["slot"], "b", "{r}");
     node.boot_ok("arm64 v2", "os-agent: boot ok slot=b version=2.0.0-arm");
     assert!(node
         .vm

@@ -125,8 +125,15 @@ impl Session {
 }
 
 impl Drop for Session {
+    /// Stops QEMU and keeps the whole console in the target directory
+    /// (`session-NAME.console`), for reading a failure after the fact.
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let _ = std::fs::write(
+            dir.join(format!("session-{}.console", self.name)),
+            self.console(),
+        );
     }
 }

@@ -223,11 +223,17 @@ pub fn cached_build(
         "--output",
         partial.to_str().unwrap(),
     ]);
+    let started = std::time::Instant::now();
     let o = env.run_raw(&full);
     assert!(
         o.status.success(),
         "build failed:\n{}",
         String::from_utf8_lossy(&o.stderr)
+    );
+    eprintln!(
+        "built {prefix} ({}) in {:.0} s",
+        args.join(" "),
+        started.elapsed().as_secs_f64()
     );
     fs::rename(&partial, &out).unwrap();
     out

@@ -548,6 +548,9 @@ pub fn run(root: &Root, o: &Options) -> Result<i32> {
         }
     }
 
+    // The renames must be on the disk before anything names the slot.
+    write::sync_filesystem(disk.esp.dir())?;
+
     rep.step("record", "recording the upgrade in state.json");
     if let Some(s) = st.records.slots.get_mut(passive) {
         s.state = record::WRITTEN.into();

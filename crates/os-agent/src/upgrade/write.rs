@@ -231,7 +231,15 @@ pub fn boot_file(
     }
     fs::rename(&tmp, dest)
         .with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))?;
-    // FAT has no directory fsync; the files themselves are synced.
-    let _ = File::open(dir).and_then(|d| d.sync_all());
     Ok(Ok(()))
+}
+
+/// Makes everything written to the filesystem holding `dir` durable.
+/// On FAT an fsync of a file or a directory does not cover the directory
+/// entry a rename made (its size and first cluster): a power cut after
+/// `rename` could leave `vmlinuz` empty. `syncfs` writes out the FAT and
+/// every directory.
+pub fn sync_filesystem(dir: &Path) -> Result<()> {
+    let d = File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+    rustix::fs::syncfs(&d).with_context(|| format!("syncing the filesystem of {}", dir.display()))
 }

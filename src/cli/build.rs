@@ -61,6 +61,11 @@ pub struct BuildArgs {
     /// now with the rules os-agent applies on the device
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// A public key (P-256, PEM, as `build-image keygen` writes it) that
+    /// upgrades of this image must be signed with; repeatable. An image
+    /// with keys refuses unsigned upgrades
+    #[arg(long = "upgrade-key", value_name = "PUB")]
+    pub upgrade_keys: Vec<PathBuf>,
     /// Leave a component out (k3s: a plain immutable node)
     #[arg(long, value_name = "COMPONENT")]
     pub without: Vec<Optional>,

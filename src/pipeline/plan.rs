@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
 use crate::cli::build::{BuildArgs, Format, Optional};
 use crate::disk;
@@ -38,6 +38,8 @@ pub struct BuildPlan {
     pub version: String,
     /// The node config to bake in, already checked.
     pub config: Option<String>,
+    /// Public keys upgrades must be signed with (`--upgrade-key`).
+    pub upgrade_keys: Vec<UpgradeKey>,
     pub base: BaseSource,
     pub components: ImageSource,
     pub k3s: Option<ImageSource>,
@@ -127,6 +129,11 @@ pub fn plan(a: &BuildArgs) -> Result<BuildPlan> {
         Some(p) => Some(check_config(p)?),
         None => None,
     };
+    let upgrade_keys = a
+        .upgrade_keys
+        .iter()
+        .map(|p| UpgradeKey::load(p))
+        .collect::<Result<Vec<_>>>()?;
     let base = match a.base.clone().unwrap_or_else(|| flavor.default_base()) {
         b if b == "archive" => BaseSource::Archive,
         b => BaseSource::Image(ImageSource::parse(&b).context("--base")?),
@@ -163,6 +170,7 @@ pub fn plan(a: &BuildArgs) -> Result<BuildPlan> {
         mtime,
         version,
         config,
+        upgrade_keys,
         base,
         components,
         k3s,
@@ -178,6 +186,44 @@ pub fn plan(a: &BuildArgs) -> Result<BuildPlan> {
         push,
         sign_key,
     })
+}
+
+/// A public key for the image's [`boot_contract::upgrade::KEYS_DIR`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpgradeKey {
+    /// The file name in the image: the first 16 hex digits of the
+    /// SHA-256 of the key (reproducible, and the same key twice is one
+    /// file).
+    pub name: String,
+    /// The key as SPKI PEM.
+    pub pem: String,
+}
+
+impl UpgradeKey {
+    /// Reads `--upgrade-key PUB`: a P-256 public key, SPKI PEM.
+    pub fn load(p: &Path) -> Result<UpgradeKey> {
+        use p256::pkcs8::{DecodePublicKey, EncodePublicKey, LineEnding};
+        let text = std::fs::read_to_string(p)
+            .with_context(|| format!("--upgrade-key: reading {}", p.display()))?;
+        let key = p256::PublicKey::from_public_key_pem(text.trim()).map_err(|e| {
+            anyhow!(
+                "--upgrade-key {}: not a P-256 public key in PEM (\"-----BEGIN PUBLIC KEY-----\", \
+                 as `build-image keygen` writes it): {e}",
+                p.display()
+            )
+        })?;
+        let der = key
+            .to_public_key_der()
+            .map_err(|e| anyhow!("--upgrade-key {}: {e}", p.display()))?;
+        let pem = key
+            .to_public_key_pem(LineEnding::LF)
+            .map_err(|e| anyhow!("--upgrade-key {}: {e}", p.display()))?;
+        let id = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(der.as_bytes()));
+        Ok(UpgradeKey {
+            name: format!("{}.{}", &id[..16], boot_contract::upgrade::KEY_EXTENSION),
+            pem,
+        })
+    }
 }
 
 /// `--push REF`: a reference with a tag, and the upgrade artifact to push.

@@ -166,6 +166,11 @@ pub fn add_components(
         root.edit()
             .write("etc/os-agent/config.yaml", text.as_bytes(), 0o600)?;
     }
+    let keys_dir = boot_contract::upgrade::KEYS_DIR.trim_start_matches('/');
+    for k in &plan.upgrade_keys {
+        root.edit()
+            .write(&format!("{keys_dir}/{}", k.name), k.pem.as_bytes(), 0o644)?;
+    }
     Ok(k3s_version)
 }
 

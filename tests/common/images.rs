@@ -122,56 +122,95 @@ fn sha256_file(path: &Path) -> Vec<u8> {
 /// `build-image.lock`. Built on first use; later calls (from any test
 /// binary) reuse it. Treat it as read-only: boot copies of it.
 pub fn default_amd64() -> PathBuf {
+    cached_build(
+        "debian-amd64",
+        "amd64",
+        &["--image-version", VERSION],
+        &node_config(),
+        &[],
+    )
+}
+
+/// A build of the test inputs (the Debian base from a local registry for
+/// amd64, from the archive for arm64; the k3s stand-in; the components of
+/// `cargo xtask components`) for `arch` with `args` and the node config
+/// `config`, cached under `target/test-fixtures/images/PREFIX-KEY/`. KEY
+/// hashes everything the build reads that a change in this repository can
+/// change, `inputs` (files `args` name) included; a newer build of the
+/// same PREFIX replaces older ones (a build is up to ~1 GiB of sparse
+/// files). Treat the directory as read-only.
+pub fn cached_build(
+    prefix: &str,
+    arch: &str,
+    args: &[&str],
+    config: &str,
+    inputs: &[&Path],
+) -> PathBuf {
     let comps = components();
     let mut h = Sha256::new();
     h.update(sha256_file(Path::new(BIN)));
     h.update(fs::read(comps.join("index.json")).unwrap());
     h.update(fs::read(root().join("tests/fixtures/k3s-standin.rs")).unwrap());
-    h.update(node_config());
-    let (base, digests) = debian_layout();
-    h.update(&digests.manifest);
-    let args = [
-        "--flavor",
-        "debian",
-        "--arch",
-        "amd64",
-        "--image-version",
-        VERSION,
-    ];
-    h.update(args.join("\0"));
+    h.update(config);
+    for i in inputs {
+        h.update(fs::read(i).unwrap());
+    }
+    let registry_base = arch == super::oci::host_arch();
+    let base_digest = if registry_base {
+        let (_, digests) = debian_layout();
+        digests.manifest
+    } else {
+        "archive".to_string()
+    };
+    h.update(&base_digest);
+    let all: Vec<&str> = ["--flavor", "debian", "--arch", arch]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
+    h.update(all.join("\0"));
     let key: String = h.finalize()[..8]
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
     let images = fixtures_dir().join("images");
     fs::create_dir_all(&images).unwrap();
-    let out = images.join(format!("debian-amd64-{key}"));
+    let out = images.join(format!("{prefix}-{key}"));
     let _lock = lock(&images.join("build"), Duration::from_secs(1800));
     if out.join("build-image.lock").is_file() {
         return out;
     }
-    // Older builds go: only the current one is kept.
+    // Older builds of this kind go: only the current one is kept.
     for e in fs::read_dir(&images).unwrap().flatten() {
         let p = e.path();
-        if p.is_dir() && p != out {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let same_kind = name
+            .strip_prefix(prefix)
+            .and_then(|r| r.strip_prefix('-'))
+            .is_some_and(|r| r.len() == 16 && r.bytes().all(|b| b.is_ascii_hexdigit()));
+        if p.is_dir() && p != out && same_kind {
             let _ = fs::remove_dir_all(&p);
         }
     }
     let env = TestEnv::new();
     let reg = Registry::start();
-    reg.push(&base, "bookworm", "library/debian");
-    let k3s = k3s_standin_layout("amd64", env.tmp.path());
+    let base_ref = if registry_base {
+        let (base, _) = debian_layout();
+        reg.push(&base, "bookworm", "library/debian");
+        reg.image("library/debian", "bookworm")
+    } else {
+        "archive".to_string()
+    };
+    let k3s = k3s_standin_layout(arch, env.tmp.path());
     reg.push(&k3s, K3S_TAG, "rancher/k3s");
-    let config = env.tmp.path().join("node.yaml");
-    fs::write(&config, node_config()).unwrap();
+    let config_file = env.tmp.path().join("node.yaml");
+    fs::write(&config_file, config).unwrap();
     let partial = out.with_extension("partial");
     let _ = fs::remove_dir_all(&partial);
     let cache = fixtures_dir().join("build-cache");
     let comps = format!("oci-layout:{}", comps.display());
-    let base_ref = reg.image("library/debian", "bookworm");
     let k3s_ref = reg.image("rancher/k3s", K3S_TAG);
     let mut full: Vec<&str> = vec!["--cache-dir", cache.to_str().unwrap(), "--json"];
-    full.extend(args);
+    full.extend(all);
     full.extend([
         "--base",
         &base_ref,
@@ -180,15 +219,21 @@ pub fn default_amd64() -> PathBuf {
         "--components",
         &comps,
         "--config",
-        config.to_str().unwrap(),
+        config_file.to_str().unwrap(),
         "--output",
         partial.to_str().unwrap(),
     ]);
+    let started = std::time::Instant::now();
     let o = env.run_raw(&full);
     assert!(
         o.status.success(),
         "build failed:\n{}",
         String::from_utf8_lossy(&o.stderr)
+    );
+    eprintln!(
+        "built {prefix} ({}) in {:.0} s",
+        args.join(" "),
+        started.elapsed().as_secs_f64()
     );
     fs::rename(&partial, &out).unwrap();
     out

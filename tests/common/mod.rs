@@ -16,9 +16,11 @@ pub mod oci;
 pub mod proxy;
 pub mod qemu;
 pub mod registry;
+pub mod session;
 pub mod squash;
 pub mod ssh;
 pub mod tree;
+pub mod upgrade;
 
 pub use fixtures::{debian_layout, debian_minbase, trixie_tools, TrixieTools};
 pub use layer::{Compression, Layer, LayerBuilder, DEFAULT_MTIME};

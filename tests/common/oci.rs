@@ -299,8 +299,13 @@ impl OciLayout {
 
     /// Tags an existing manifest blob (OCI media type in index.json).
     pub fn tag(&self, tag: &str, digest: &str) {
+        self.tag_as(tag, OCI_MANIFEST, digest);
+    }
+
+    /// Tags an existing manifest or index blob of `media_type`.
+    pub fn tag_as(&self, tag: &str, media_type: &str, digest: &str) {
         let size = fs::metadata(self.blob_path(digest)).unwrap().len();
-        self.add_ref(tag, OCI_MANIFEST, digest, size);
+        self.add_ref(tag, media_type, digest, size);
     }
 
     /// The bytes of the Docker manifest list `tag` names, if it names one.

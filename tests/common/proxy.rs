@@ -33,6 +33,10 @@ pub enum Fault {
     /// The first `times` full `GET …/blobs/DIGEST` answers announce the full
     /// `Content-Length` but send only half of the body, then close.
     TruncateBlob { digest: String, times: usize },
+    /// The first full `GET …/blobs/DIGEST` answer sends half of the body,
+    /// then the registry is gone: every later connection is closed before
+    /// anything is read or sent (until [`Proxy::set_fault`]).
+    TruncateBlobThenGone { digest: String },
     /// Answer the first `times` requests whose path contains `path_contains`
     /// with `503 Service Unavailable` without forwarding them.
     ServiceUnavailable { times: usize, path_contains: String },
@@ -58,6 +62,8 @@ pub struct Logged {
 struct State {
     fault: Fault,
     applied: usize,
+    /// [`Fault::TruncateBlobThenGone`] struck: nobody answers.
+    gone: bool,
     log: Vec<Logged>,
     /// `host:port` the bearer challenge's realm names instead of the
     /// proxy's own address.
@@ -86,6 +92,7 @@ impl Proxy {
         let state = Arc::new(Mutex::new(State {
             fault,
             applied: 0,
+            gone: false,
             log: Vec::new(),
             realm_host: None,
         }));
@@ -129,6 +136,14 @@ impl Proxy {
     /// Whether any request in the log satisfies `f`.
     pub fn any_request(&self, f: impl Fn(&Logged) -> bool) -> bool {
         self.state.lock().unwrap().log.iter().any(f)
+    }
+
+    /// Changes the fault (and brings a gone registry back).
+    pub fn set_fault(&self, fault: Fault) {
+        let mut s = self.state.lock().unwrap();
+        s.fault = fault;
+        s.applied = 0;
+        s.gone = false;
     }
 
     /// How many times the fault was applied.
@@ -266,6 +281,10 @@ fn handle(
     state: &Mutex<State>,
 ) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    if state.lock().unwrap().gone {
+        let _ = conn.shutdown(Shutdown::Both);
+        return Ok(());
+    }
     // A TLS ClientHello (a client trying HTTPS): log it and hang up.
     let mut first = [0u8; 1];
     if conn.peek(&mut first)? == 1 && first[0] == 0x16 {
@@ -436,6 +455,20 @@ fn handle(
             if let Some(b) = body.last_mut() {
                 *b ^= 0xff;
                 applied = Some("corrupt");
+            }
+        }
+        Fault::TruncateBlobThenGone { digest } if is_blob_get(&req, digest) && status == 200 => {
+            let mut s = state.lock().unwrap();
+            if !s.gone {
+                s.applied += 1;
+                s.gone = true;
+                drop(s);
+                log(state, &req, status, Some("truncate-then-gone"));
+                conn.write_all(head_out.as_bytes())?;
+                conn.write_all(&body[..body.len() / 2])?;
+                conn.flush()?;
+                let _ = conn.shutdown(Shutdown::Both);
+                return Ok(());
             }
         }
         Fault::TruncateBlob { digest, times } if is_blob_get(&req, digest) && status == 200 => {

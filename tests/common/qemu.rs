@@ -218,6 +218,11 @@ impl Vm {
         ])
     }
 
+    /// The QEMU program and its arguments (for [`super::session`]).
+    pub fn command_line(&self) -> (&'static str, &[String]) {
+        (self.qemu, &self.args)
+    }
+
     /// Runs until `ready` appears on the console (its line complete), then
     /// calls `f` with the console so far while the guest goes on running
     /// (to reach it over the network), then stops QEMU. Returns what `f`

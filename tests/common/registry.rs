@@ -27,15 +27,24 @@ pub struct Registry {
 impl Registry {
     /// An anonymous registry.
     pub fn start() -> Registry {
-        Registry::launch(None)
+        Registry::launch(None, None)
     }
 
     /// A registry that requires HTTP basic auth (htpasswd, bcrypt).
     pub fn start_with_auth(user: &str, pass: &str) -> Registry {
-        Registry::launch(Some((user.to_string(), pass.to_string())))
+        Registry::launch(Some((user.to_string(), pass.to_string())), None)
     }
 
-    fn launch(creds: Option<(String, String)>) -> Registry {
+    /// An anonymous registry serving HTTPS only, with the certificate
+    /// and key (PEM files) given.
+    pub fn start_tls(cert: &Path, key: &Path) -> Registry {
+        Registry::launch(None, Some((cert.to_path_buf(), key.to_path_buf())))
+    }
+
+    fn launch(
+        creds: Option<(String, String)>,
+        tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    ) -> Registry {
         require_tool("docker-registry", "docker-registry");
         let dir = tempfile::Builder::new()
             .prefix("registry-")
@@ -55,6 +64,16 @@ impl Registry {
                 dir.path().join("htpasswd").display()
             );
         }
+        let tls_cfg = tls
+            .as_ref()
+            .map(|(cert, key)| {
+                format!(
+                    ", tls: {{certificate: {}, key: {}}}",
+                    cert.display(),
+                    key.display()
+                )
+            })
+            .unwrap_or_default();
         // A free port can be taken by someone else between probe and bind:
         // retry with a new one when the registry exits early.
         for _attempt in 0..10 {
@@ -64,7 +83,7 @@ impl Registry {
                 "version: 0.1\n\
                  log: {{level: warn, accesslog: {{disabled: true}}}}\n\
                  storage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\n\
-                 http: {{addr: {host}}}\n{auth}",
+                 http: {{addr: {host}{tls_cfg}}}\n{auth}",
                 dir.path().join("data").display()
             );
             let cfg = dir.path().join("config.yml");
@@ -88,7 +107,8 @@ impl Registry {
                     panic!("docker-registry exited with {status}: {log}");
                 }
                 if let Some(code) = http_status(&host, "/v2/") {
-                    if code == 200 || code == 401 {
+                    // A TLS port answers plain HTTP with 400.
+                    if code == 200 || code == 401 || (tls.is_some() && code == 400) {
                         return Registry {
                             child,
                             host,

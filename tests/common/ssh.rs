@@ -60,6 +60,12 @@ impl Ssh {
                 "LogLevel=ERROR",
                 "-o",
                 "ConnectTimeout=20",
+                // A guest that reboots under the session (a power-cut
+                // test) ends it within half a minute.
+                "-o",
+                "ServerAliveInterval=5",
+                "-o",
+                "ServerAliveCountMax=6",
                 "-p",
             ])
             .arg(self.port.to_string())

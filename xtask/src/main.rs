@@ -181,7 +181,8 @@ fn components(mut args: impl Iterator<Item = String>) -> Result<()> {
         let status = Command::new(&cargo)
             .args([
                 "build",
-                "--release",
+                "--profile",
+                "device",
                 "-p",
                 "os-init",
                 "-p",
@@ -195,7 +196,8 @@ fn components(mut args: impl Iterator<Item = String>) -> Result<()> {
         if !status.success() {
             bail!("building os-init and os-agent for {triple} failed (is the target installed? `rustup target add {triple}`)");
         }
-        let bin = target_dir.join(triple).join("release");
+        // The `device` profile (Cargo.toml): LTO, size over speed.
+        let bin = target_dir.join(triple).join("device");
         let mut files: Vec<(String, Vec<u8>, u32)> = vec![
             (
                 "usr/bin/os-agent".into(),

@@ -52,6 +52,28 @@ pub mod persist {
     /// left untouched for someone to repair.
     pub const STATE_DEGRADED: &str = "degraded";
 
+    /// A factory reset requested by `os-agent reset`, at the root of
+    /// `persist`: os-init acts on it at the next boot, before anything
+    /// uses `persist`, and removes it last. Its content is one word,
+    /// [`RESET_ALL`] or [`RESET_KEEP_CONFIG`].
+    pub const RESET_MARKER: &str = "reset";
+    /// Empty `persist` entirely.
+    pub const RESET_ALL: &str = "all";
+    /// Empty `persist` but keep [`KEEP_ON_RESET`].
+    pub const RESET_KEEP_CONFIG: &str = "keep-config";
+    /// Where os-init keeps a copy of [`KEEP_ON_RESET`] while it empties
+    /// `persist` (on `persist`, so a power cut cannot lose it; removed
+    /// once the files are back in place).
+    pub const RESET_KEEP_DIR: &str = "reset.keep";
+    /// What `reset --keep-config` keeps, relative to `persist`: the
+    /// device's node config, its registry credentials (how it reaches its
+    /// upgrades) and its SSH host keys.
+    pub const KEEP_ON_RESET: &[&str] = &[
+        "state/var/lib/os-agent/config.yaml",
+        "state/var/lib/os-agent/registry-auth.json",
+        "state/var/lib/os-agent/ssh",
+    ];
+
     /// A path of the root made persistent.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct Path {

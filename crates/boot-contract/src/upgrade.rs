@@ -32,6 +32,34 @@ pub const INITRD_TITLE: &str = "initrd.img";
 /// The OCI annotation naming a layer's file.
 pub const TITLE_ANNOTATION: &str = "org.opencontainers.image.title";
 
+/// Where an image keeps the public keys `build-image --upgrade-key` baked
+/// in (one SPKI PEM P-256 key per `*.pub` file): `os-agent upgrade`
+/// refuses an artifact no key has signed when there is at least one.
+pub const KEYS_DIR: &str = "/etc/os-agent/upgrade-keys";
+/// The file name extension of a key in [`KEYS_DIR`].
+pub const KEY_EXTENSION: &str = "pub";
+
+/// cosign's signature storage (the "tag" scheme, for registries without
+/// the referrers API): the signature manifest of `sha256:HEX` is tagged
+/// `sha256-HEX.sig` in the same repository; each of its layers is a
+/// simple-signing payload ([`SIMPLE_SIGNING_MEDIA_TYPE`]) whose
+/// base64 DER ECDSA P-256 signature over the payload bytes is the layer
+/// annotation [`SIGNATURE_ANNOTATION`].
+pub const SIMPLE_SIGNING_MEDIA_TYPE: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
+pub const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
+/// `critical.type` of a simple-signing payload.
+pub const SIMPLE_SIGNING_TYPE: &str = "cosign container image signature";
+
+/// The tag of the signature manifest of `digest` (`sha256:HEX` →
+/// `sha256-HEX.sig`); None for a digest that is not `ALGO:HEX`.
+pub fn signature_tag(digest: &str) -> Option<String> {
+    let (algo, hex) = digest.split_once(':')?;
+    if algo.is_empty() || hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some(format!("{algo}-{hex}.sig"))
+}
+
 /// The version of the config document's format this build understands
 /// ([`Config::format`]).
 pub const CONFIG_FORMAT: u32 = 1;
@@ -65,4 +93,19 @@ pub struct Config {
     pub lock_digest: String,
     /// RFC 3339 UTC build time (from `SOURCE_DATE_EPOCH` when set).
     pub created: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_tags() {
+        assert_eq!(
+            signature_tag("sha256:00ff").as_deref(),
+            Some("sha256-00ff.sig")
+        );
+        assert_eq!(signature_tag("sha256"), None);
+        assert_eq!(signature_tag("sha256:../x"), None);
+    }
 }

@@ -60,6 +60,48 @@ pub struct Config {
     pub k3s: Option<K3s>,
     pub install: Option<Install>,
     pub ssh: Option<Ssh>,
+    pub upgrade: Option<Upgrade>,
+}
+
+/// `upgrade:`, what `os-agent upgrade` trusts:
+///
+/// ```yaml
+/// upgrade:
+///   public_keys:
+///     - |
+///       -----BEGIN PUBLIC KEY-----
+///       MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE...
+///       -----END PUBLIC KEY-----
+/// ```
+///
+/// P-256 public keys (SPKI PEM, as `build-image keygen` and `cosign
+/// generate-key-pair` write them) whose cosign signatures an upgrade must
+/// carry, besides the keys baked into the image (`build-image
+/// --upgrade-key`). The lists of all files are joined.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upgrade {
+    #[serde(default)]
+    pub public_keys: Vec<String>,
+}
+
+/// The PEM label of an upgrade public key.
+pub const PUBLIC_KEY_PEM_BEGIN: &str = "-----BEGIN PUBLIC KEY-----";
+pub const PUBLIC_KEY_PEM_END: &str = "-----END PUBLIC KEY-----";
+
+/// Whether `text` has the shape of one SPKI PEM public key (the key
+/// itself is parsed by whoever uses it).
+pub fn looks_like_public_key_pem(text: &str) -> bool {
+    let t = text.trim();
+    t.starts_with(PUBLIC_KEY_PEM_BEGIN)
+        && t.ends_with(PUBLIC_KEY_PEM_END)
+        && t.matches(PUBLIC_KEY_PEM_BEGIN).count() == 1
+        && t[PUBLIC_KEY_PEM_BEGIN.len()..t.len() - PUBLIC_KEY_PEM_END.len()]
+            .split_whitespace()
+            .all(|l| {
+                l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
+            })
 }
 
 /// `ssh:`, the SSH server's policy:
@@ -353,6 +395,17 @@ fn validate(cfg: &Config) -> std::result::Result<(), String> {
             })?;
         }
     }
+    if let Some(u) = &cfg.upgrade {
+        for (i, k) in u.public_keys.iter().enumerate() {
+            if !looks_like_public_key_pem(k) {
+                return Err(format!(
+                    "upgrade.public_keys[{i}]: expected one PEM public key \
+                     (\"{PUBLIC_KEY_PEM_BEGIN}\" ... \"{PUBLIC_KEY_PEM_END}\"), \
+                     as `build-image keygen` writes it"
+                ));
+            }
+        }
+    }
     if let Some(k) = &cfg.k3s {
         if let Some(s) = &k.server {
             if !(s.starts_with("https://") || s.starts_with("http://")) {
@@ -392,6 +445,7 @@ pub fn validate_merged(cfg: &Config) -> Result<()> {
 ///   earlier entry, new names are appended in order;
 /// - `write_files`: concatenated, applied in order (the later file's entry
 ///   for a path is written last and wins);
+/// - `upgrade.public_keys`: joined (every file's keys are trusted);
 /// - `k3s`, `install`, `ssh`: field by field, the later file's fields win;
 ///   within `k3s.config` key by key; `k3s.args` as a whole list.
 pub fn merge(base: Config, over: Config) -> Config {
@@ -439,6 +493,18 @@ pub fn merge(base: Config, over: Config) -> Config {
         (Some(b), Some(o)) => Some(Ssh {
             password_authentication: o.password_authentication.or(b.password_authentication),
         }),
+    };
+    out.upgrade = match (out.upgrade, over.upgrade) {
+        (None, o) => o,
+        (b, None) => b,
+        (Some(mut b), Some(o)) => {
+            for k in o.public_keys {
+                if !b.public_keys.contains(&k) {
+                    b.public_keys.push(k);
+                }
+            }
+            Some(b)
+        }
     };
     out
 }
@@ -696,5 +762,43 @@ install: {reboot: false}
         assert!(cfg.contains_key("node-label") && cfg.contains_key("node-name"));
         let i = m.install.unwrap();
         assert_eq!((i.device.as_deref(), i.reboot), (Some("auto"), Some(false)));
+    }
+
+    const KEY: &str = "-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEl8G1Qnq4cVXkU7gqMAtyuJSXlDo0
+Zb3c1jWq2yPbkzS2vAXp8m1QjZ5BNu1eVaZ0E7vqkQmCQmSjTz3vAqjTqQ==
+-----END PUBLIC KEY-----
+";
+
+    #[test]
+    fn upgrade_keys_are_checked_and_joined() {
+        let one = format!("upgrade:\n  public_keys:\n    - |\n{}", indent(KEY));
+        let c = p(&one).unwrap();
+        assert_eq!(
+            c.upgrade.as_ref().unwrap().public_keys,
+            vec![KEY.to_string()]
+        );
+        let other = KEY.replace("Zb3c", "Zb3d");
+        let two = p(&format!(
+            "upgrade:\n  public_keys:\n    - |\n{}    - |\n{}",
+            indent(&other),
+            indent(KEY)
+        ))
+        .unwrap();
+        let m = merge(c, two);
+        assert_eq!(m.upgrade.unwrap().public_keys, vec![KEY.to_string(), other]);
+        for bad in [
+            "upgrade: {public_keys: [\"ssh-ed25519 AAAA\"]}\n",
+            "upgrade: {public_keys: [\"-----BEGIN PUBLIC KEY-----\\nno*base64\\n-----END PUBLIC KEY-----\"]}\n",
+        ] {
+            let e = p(bad).unwrap_err().to_string();
+            assert!(e.contains("upgrade.public_keys[0]: expected one PEM public key"), "{e}");
+        }
+        let e = p("upgrade: {keys: []}\n").unwrap_err().to_string();
+        assert!(e.contains("keys"), "{e}");
+    }
+
+    fn indent(t: &str) -> String {
+        t.lines().map(|l| format!("      {l}\n")).collect()
     }
 }

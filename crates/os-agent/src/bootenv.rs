@@ -301,8 +301,11 @@ fn replace(path: &Path, block: &[u8; BLOCK_SIZE]) -> Result<()> {
     fs::rename(&tmp, path)
         .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     if let Some(dir) = path.parent() {
-        // FAT has no directory fsync; a failure there is not an error.
-        let _ = File::open(dir).and_then(|d| d.sync_all());
+        // On FAT neither a file's nor a directory's fsync covers the entry
+        // a rename made: sync the whole filesystem.
+        let d = File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+        rustix::fs::syncfs(&d)
+            .with_context(|| format!("syncing the filesystem of {}", dir.display()))?;
     }
     Ok(())
 }

@@ -23,6 +23,10 @@ Commands:
   status       Show the running slot, boot state, image and boot count
   mark-good    Make the running slot the default boot slot
   install      Write the image from the live ISO to a disk (live system)
+  upgrade REF  Write the upgrade REF (HOST/REPO:TAG, HOST/REPO@DIGEST or
+               oci-layout:DIR[:TAG]) to the passive slot and arm a trial
+  rollback     Make the other slot the default (or give up a trial)
+  reset        Empty the persistent partition at the next boot
 
 Options:
   --root DIR          Work on the tree at DIR instead of / (all commands)
@@ -30,7 +34,8 @@ Options:
                       named ESP, mount it if needed); install: the new
                       disk's ESP is mounted at DIR (for a regular-file
                       target)
-  --json              status: print the versioned JSON document
+  --json              status: print the versioned JSON document;
+                      upgrade: JSON lines of progress and the result
   --timeout SECS      health: wait at most this long for the system to
                       finish booting (default 600)
   --k3s-timeout SECS  health: wait at most this long for k3s (default 600)
@@ -42,9 +47,16 @@ Options:
                       configuration's install.device)
   --config FILE       install: put FILE on the new disk's ESP as
                       build-image/config.yaml (checked first)
-  --reboot            install: reboot after a successful install
+  --reboot            install, upgrade, rollback, reset: reboot when done
+  --insecure-registry HOST
+                      upgrade: plain HTTP to HOST or HOST:PORT (repeatable)
+  --allow-downgrade   upgrade: write an older version (or the same again)
+  --retry-failed      upgrade: try a digest whose trial failed before
+  --wait-trial SECS   upgrade: on a trial boot, wait this long for health
+                      to commit it instead of refusing at once (default 0)
   --force             install: also over a disk holding an installed
                       system's data on persist (it is lost)
+  --keep-config       reset: keep the device's config and SSH host keys
   --source DIR        install: the live ISO (default /run/os/live)
   --unattended        install: do nothing without an install section in
                       the configuration; report on the console
@@ -59,6 +71,9 @@ pub enum Cmd {
     Status,
     MarkGood,
     Install,
+    Upgrade,
+    Rollback,
+    Reset,
     Help,
     Version,
 }
@@ -81,6 +96,13 @@ pub struct Args {
     pub force: bool,
     pub source: PathBuf,
     pub unattended: bool,
+    /// upgrade: the reference.
+    pub reference: Option<String>,
+    pub insecure_registries: Vec<String>,
+    pub allow_downgrade: bool,
+    pub retry_failed: bool,
+    pub keep_config: bool,
+    pub wait_trial: Duration,
 }
 
 fn secs(opt: &str, v: &str) -> Result<Duration> {
@@ -105,6 +127,12 @@ pub fn parse(argv: &[String]) -> Result<Args> {
         force: false,
         source: PathBuf::from(boot_contract::live::MOUNT),
         unattended: false,
+        reference: None,
+        insecure_registries: Vec::new(),
+        allow_downgrade: false,
+        retry_failed: false,
+        keep_config: false,
+        wait_trial: Duration::ZERO,
     };
     let mut cmd: Option<(Cmd, &str)> = None;
     let mut seen: Vec<&str> = Vec::new();
@@ -139,18 +167,32 @@ pub fn parse(argv: &[String]) -> Result<Args> {
             "--json" => args.json = true,
             "--timeout" => args.timeout = secs(name, &value(name)?)?,
             "--k3s-timeout" => args.k3s_timeout = secs(name, &value(name)?)?,
+            "--wait-trial" => args.wait_trial = secs(name, &value(name)?)?,
             "--console" => args.console = Some(PathBuf::from(value(name)?)),
             "--device" => args.device = Some(value(name)?),
             "--config" => args.config = Some(PathBuf::from(value(name)?)),
             "--source" => args.source = PathBuf::from(value(name)?),
-            "--reboot" | "--unattended" | "--force" if inline.is_some() => {
+            "--reboot" | "--unattended" | "--force" | "--allow-downgrade" | "--retry-failed"
+            | "--keep-config"
+                if inline.is_some() =>
+            {
                 bail!("{name} takes no value")
             }
             "--reboot" => args.reboot = true,
             "--force" => args.force = true,
             "--unattended" => args.unattended = true,
+            "--allow-downgrade" => args.allow_downgrade = true,
+            "--retry-failed" => args.retry_failed = true,
+            "--keep-config" => args.keep_config = true,
+            "--insecure-registry" => args.insecure_registries.push(value(name)?),
             _ if name.starts_with('-') => bail!("unknown option {name}; see os-agent --help"),
             _ => {
+                if let Some((Cmd::Upgrade, _)) = &cmd {
+                    if args.reference.is_none() {
+                        args.reference = Some(a.clone());
+                        continue;
+                    }
+                }
                 if let Some((_, prev)) = &cmd {
                     bail!(
                         "unexpected argument {a:?} after the command {prev}; see os-agent --help"
@@ -162,6 +204,9 @@ pub fn parse(argv: &[String]) -> Result<Args> {
                     "status" => Cmd::Status,
                     "mark-good" => Cmd::MarkGood,
                     "install" => Cmd::Install,
+                    "upgrade" => Cmd::Upgrade,
+                    "rollback" => Cmd::Rollback,
+                    "reset" => Cmd::Reset,
                     other => bail!("unknown command {other:?}; see os-agent --help"),
                 };
                 cmd = Some((c, a.as_str()));
@@ -189,8 +234,23 @@ pub fn parse(argv: &[String]) -> Result<Args> {
             "--source",
             "--unattended",
         ],
+        Cmd::Upgrade => &[
+            "--root",
+            "--esp",
+            "--json",
+            "--reboot",
+            "--insecure-registry",
+            "--allow-downgrade",
+            "--retry-failed",
+            "--wait-trial",
+        ],
+        Cmd::Rollback => &["--root", "--esp", "--reboot"],
+        Cmd::Reset => &["--root", "--reboot", "--keep-config"],
         Cmd::Help | Cmd::Version => &[],
     };
+    if cmd == Cmd::Upgrade && args.reference.is_none() {
+        bail!("upgrade: give the upgrade to apply: HOST/REPO:TAG, HOST/REPO@sha256:DIGEST or oci-layout:DIR");
+    }
     if let Some(bad) = seen.iter().find(|o| !allowed.contains(o)) {
         bail!("{bad} is not an option of this command; see os-agent --help");
     }
@@ -264,8 +324,36 @@ pub fn run(args: &Args) -> Result<i32> {
                 ),
                 Commit::AlreadyDefault => println!("os-agent: slot {slot} is already the default"),
             }
+            crate::upgrade::record::note_trial_committed(&root, &slot);
         }
         Cmd::Install => return run_install(args, &root),
+        Cmd::Upgrade => {
+            let o = crate::upgrade::Options {
+                reference: args.reference.clone().unwrap_or_default(),
+                esp: args.esp.clone(),
+                reboot: args.reboot,
+                json: args.json,
+                insecure: args.insecure_registries.clone(),
+                allow_downgrade: args.allow_downgrade,
+                retry_failed: args.retry_failed,
+                wait_trial: args.wait_trial,
+            };
+            return crate::upgrade::run(&root, &o);
+        }
+        Cmd::Rollback => {
+            let o = crate::rollback::Options {
+                esp: args.esp.clone(),
+                reboot: args.reboot,
+            };
+            return crate::rollback::run(&root, &o);
+        }
+        Cmd::Reset => {
+            let o = crate::reset::Options {
+                keep_config: args.keep_config,
+                reboot: args.reboot,
+            };
+            return crate::reset::run(&root, &o);
+        }
     }
     Ok(0)
 }
@@ -538,6 +626,46 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("no install.device"), "{e}");
+    }
+
+    #[test]
+    fn parses_upgrade_rollback_reset() {
+        let a = p(&[
+            "upgrade",
+            "--json",
+            "10.0.2.2:5000/os:v2",
+            "--insecure-registry",
+            "10.0.2.2:5000",
+            "--insecure-registry=reg.lan",
+            "--allow-downgrade",
+            "--wait-trial",
+            "600",
+        ])
+        .unwrap();
+        assert_eq!(a.cmd, Cmd::Upgrade);
+        assert_eq!(a.reference.as_deref(), Some("10.0.2.2:5000/os:v2"));
+        assert_eq!(a.insecure_registries, ["10.0.2.2:5000", "reg.lan"]);
+        assert!(a.json && a.allow_downgrade && !a.retry_failed && !a.reboot);
+        assert_eq!(a.wait_trial, Duration::from_secs(600));
+        let a = p(&["reset", "--keep-config", "--reboot"]).unwrap();
+        assert!(a.cmd == Cmd::Reset && a.keep_config && a.reboot);
+        assert_eq!(p(&["rollback"]).unwrap().cmd, Cmd::Rollback);
+        for (a, want) in [
+            (&["upgrade"][..], "give the upgrade to apply"),
+            (&["upgrade", "a", "b"][..], "unexpected argument \"b\""),
+            (
+                &["rollback", "--keep-config"][..],
+                "--keep-config is not an option",
+            ),
+            (&["reset", "--json"][..], "--json is not an option"),
+            (
+                &["status", "--allow-downgrade"][..],
+                "--allow-downgrade is not an option",
+            ),
+        ] {
+            let e = p(a).unwrap_err().to_string();
+            assert!(e.contains(want), "{a:?}: {e}");
+        }
     }
 
     #[test]

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 
 pub use node_config::{
     merge, parse, parse_mode, valid_hostname, valid_user_name, validate_merged, Config,
-    ConfigError, Encoding, Install, K3s, Role, Ssh, User, WriteFile, DEVICE_CONFIG, ESP_CONFIG,
-    IMAGE_CONFIG, SUDOERS,
+    ConfigError, Encoding, Install, K3s, Role, Ssh, Upgrade, User, WriteFile, DEVICE_CONFIG,
+    ESP_CONFIG, IMAGE_CONFIG, SUDOERS,
 };
 
 use crate::error::Result;

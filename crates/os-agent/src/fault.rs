@@ -14,6 +14,19 @@
 //! - `install-after-rootfs`: `install` wrote root_a.
 //! - `install-after-backup-gpt`: `install` wrote and fsynced the backup
 //!   GPT at the disk's end; the primary and LBA 0 are not written.
+//! - `upgrade-mid-stream`: `upgrade` wrote half of the root filesystem to
+//!   the passive slot (not synced).
+//! - `upgrade-after-stream`: the root filesystem is written, synced and
+//!   read back; the kernel and initrd are not on the ESP yet.
+//! - `upgrade-before-arm`: the kernel and initrd are on the ESP and the
+//!   record in state.json says armed; the boot environment is not
+//!   touched yet.
+//!
+//! A fault can also be planted for a later run, even one after a reboot
+//! (the commit of a trial by `health`): the file [`ONCE_FILE`] (on
+//! persist) holding `NAME` or `NAME:HOW` acts like the variable, once: it
+//! is removed (and the removal synced) before the fault acts. The
+//! variable, when set, wins.
 
 use std::io::Write;
 
@@ -24,13 +37,30 @@ pub const COMMIT_AFTER_PRIMARY: &str = "commit-after-primary";
 pub const INSTALL_AFTER_HEAD: &str = "install-after-head";
 pub const INSTALL_AFTER_ROOTFS: &str = "install-after-rootfs";
 pub const INSTALL_AFTER_BACKUP_GPT: &str = "install-after-backup-gpt";
+pub const UPGRADE_MID_STREAM: &str = "upgrade-mid-stream";
+pub const UPGRADE_AFTER_STREAM: &str = "upgrade-after-stream";
+pub const UPGRADE_BEFORE_ARM: &str = "upgrade-before-arm";
+/// A fault planted for one later run (see the module's documentation).
+pub const ONCE_FILE: &str = "/var/lib/os-agent/fault-once";
 
 /// How `OS_AGENT_FAULT` asks to fail at `name`, if it does.
 fn wanted(name: &str) -> Option<String> {
-    let v = std::env::var_os(VAR)?;
-    let v = v.to_string_lossy();
-    let (want, how) = v.split_once(':').unwrap_or((&v, "exit"));
-    (want == name).then(|| how.to_string())
+    let parse = |v: &str| -> Option<String> {
+        let v = v.trim();
+        let (want, how) = v.split_once(':').unwrap_or((v, "exit"));
+        (want == name).then(|| how.to_string())
+    };
+    if let Some(v) = std::env::var_os(VAR) {
+        return parse(&v.to_string_lossy());
+    }
+    let once = std::path::Path::new(ONCE_FILE);
+    let how = parse(&std::fs::read_to_string(once).ok()?)?;
+    // Used up before it acts: a reboot must not meet it again.
+    std::fs::remove_file(once).ok()?;
+    if let Some(dir) = once.parent() {
+        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    }
+    Some(how)
 }
 
 fn stop(name: &str, how: &str) -> ! {

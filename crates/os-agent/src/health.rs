@@ -248,13 +248,20 @@ fn settle_trial(root: &Root, opts: &Options, running: Option<&str>) -> Result<()
         }
     };
     let mut st = state::load(root)?;
+    let version = st
+        .records
+        .slots
+        .get(&failed)
+        .and_then(|r| r.version.clone());
     st.last_rollback = Some(state::Rollback {
         slot: failed.clone(),
-        version: "unknown".into(),
+        version: version.unwrap_or_else(|| "unknown".into()),
         to: running.to_string(),
         boot_count: st.boot_count,
         reason: NO_VERDICT.into(),
     });
+    let n = st.boot_count;
+    st.records.trial_failed(&failed, NO_VERDICT, n);
     state::save(root, &st)?;
     announce(
         &opts.console,
@@ -321,6 +328,9 @@ pub fn run(root: &Root, opts: &Options) -> Result<bool> {
                 Ok(Commit::AlreadyDefault) => {}
                 Err(e) => commit_err = Some(e),
             }
+            if commit_err.is_none() {
+                crate::upgrade::record::note_trial_committed(root, slot);
+            }
         }
     }
     if let Some(e) = commit_err {
@@ -371,8 +381,10 @@ fn roll_back_a_trial(root: &Root, opts: &Options, verdict: &Verdict) -> Result<(
         version: verdict.version.clone(),
         to: to.clone(),
         boot_count: verdict.boot_count,
-        reason,
+        reason: reason.clone(),
     });
+    st.records
+        .trial_failed(&verdict.slot, &reason, verdict.boot_count);
     state::save(root, &st)?;
     // GRUB cleared trial_slot in the copy it loaded; the other copy must
     // not arm the failed slot again either.

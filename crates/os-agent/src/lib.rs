@@ -9,6 +9,9 @@
 //! - `status` ([`status`]) and `mark-good`.
 //! - `install` ([`install`]): writes the A/B disk from the live ISO to a
 //!   disk.
+//! - `upgrade` ([`upgrade`]): writes an upgrade from a registry to the
+//!   passive slot and arms a trial; `rollback` ([`rollback`]), `reset`
+//!   ([`reset`]).
 //!
 //! Every path goes through [`fsutil::Root`], so the same code runs on a
 //! directory tree in tests (`--root DIR`).
@@ -25,7 +28,10 @@ pub mod fsutil;
 pub mod health;
 pub mod install;
 pub mod k3s;
+pub mod reset;
+pub mod rollback;
 pub mod state;
 pub mod status;
 pub mod system;
+pub mod upgrade;
 pub mod users;

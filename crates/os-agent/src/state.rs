@@ -26,6 +26,13 @@ pub struct State {
     /// The latest trial that failed its health check and was rolled back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rollback: Option<Rollback>,
+    /// What `upgrade` wrote to each slot and how its latest run ended.
+    #[serde(flatten)]
+    pub records: crate::upgrade::record::Records,
+    /// Fields of a newer agent, kept as they are (a rollback to an older
+    /// agent must not drop them).
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, serde_json::Value>,
 }
 
 /// A trial slot that failed its health check: os-agent rebooted into the
@@ -52,6 +59,8 @@ impl Default for State {
             last_slot: None,
             last_version: None,
             last_rollback: None,
+            records: Default::default(),
+            other: Default::default(),
         }
     }
 }
@@ -91,4 +100,30 @@ pub fn record_boot(root: &Root, slot: Option<&str>, version: Option<&str>) -> Re
     st.last_version = version.map(str::to_string);
     save(root, &st)?;
     Ok(st)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_survive_a_rewrite() {
+        let d = tempfile::tempdir().unwrap();
+        let root = Root::new(d.path());
+        create_dirs(&root.join(STATE_DIR)).unwrap();
+        std::fs::write(
+            root.join(STATE_FILE),
+            r#"{"apiVersion":"os-agent/v1alpha1","bootCount":3,"fromANewerAgent":{"x":[1]},
+               "slots":{"b":{"state":"good","version":"2","digest":null,"writtenAt":null}}}"#,
+        )
+        .unwrap();
+        let st = record_boot(&root, Some("a"), Some("1")).unwrap();
+        assert_eq!(st.boot_count, 4);
+        assert_eq!(st.records.slots["b"].state, "good");
+        let back: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(root.join(STATE_FILE)).unwrap()).unwrap();
+        assert_eq!(back["fromANewerAgent"]["x"][0], 1);
+        assert_eq!(back["slots"]["b"]["version"], "2");
+        assert!(back.get("lastUpgrade").is_none());
+    }
 }

@@ -45,6 +45,13 @@ pub struct Status {
     pub persist: Option<String>,
     /// Why persist is `off` or `degraded`.
     pub persist_reason: Option<String>,
+    /// Slots `a` and `b`: state, image, when written
+    /// ([`crate::upgrade::view`]).
+    pub slots: std::collections::BTreeMap<String, crate::upgrade::view::SlotView>,
+    /// The latest `upgrade` and how it ended.
+    pub last_upgrade: Option<crate::upgrade::record::Upgrade>,
+    /// Digests whose trial failed: not tried again automatically.
+    pub bad_digests: Vec<crate::upgrade::record::BadDigest>,
 }
 
 pub fn gather(root: &Root, esp: Option<&PathBuf>) -> Result<Status> {
@@ -75,6 +82,9 @@ pub fn gather(root: &Root, esp: Option<&PathBuf>) -> Result<Status> {
         boot_env_warning: None,
         persist: None,
         persist_reason: None,
+        slots: Default::default(),
+        last_upgrade: None,
+        bad_digests: st.records.bad_digests.clone(),
     };
     let ps = system::persist_status(root);
     status.persist = ps.state;
@@ -87,6 +97,20 @@ pub fn gather(root: &Root, esp: Option<&PathBuf>) -> Result<Status> {
         Some(d) => bootenv::read(d),
         None => Esp::locate(root, false).and_then(|e| bootenv::read(e.dir())),
     };
+    {
+        use crate::upgrade::view;
+        let e = env.as_ref().ok();
+        let trial = e.is_some_and(|e| slot.is_some() && e.default_slot() != slot.as_deref());
+        status.slots = view::slots(
+            root,
+            &st.records,
+            slot.as_deref(),
+            trial,
+            status.version.as_deref(),
+            e,
+        );
+        status.last_upgrade = view::last_upgrade(root, &st.records, slot.as_deref(), e);
+    }
     match env {
         Ok(env) => {
             let default = env.default_slot().map(str::to_string);
@@ -141,6 +165,54 @@ impl Status {
                 t,
                 "last rollback: slot {} (version {}) at boot {}, back to slot {}: {}",
                 r.slot, r.version, r.boot_count, r.to, r.reason
+            );
+        }
+        for (name, v) in &self.slots {
+            let _ = writeln!(
+                t,
+                "slot {name}:        {}{}{}{}{}",
+                v.state,
+                v.version
+                    .as_deref()
+                    .map(|x| format!(" {x}"))
+                    .unwrap_or_default(),
+                v.digest
+                    .as_deref()
+                    .map(|x| format!(" {x}"))
+                    .unwrap_or_default(),
+                v.written_at
+                    .as_deref()
+                    .map(|x| format!(" written {x}"))
+                    .unwrap_or_default(),
+                v.reason
+                    .as_deref()
+                    .map(|x| format!(" ({x})"))
+                    .unwrap_or_default(),
+            );
+        }
+        if let Some(u) = &self.last_upgrade {
+            let _ = writeln!(
+                t,
+                "last upgrade:  {} {} to slot {} at {}{}",
+                u.result,
+                u.version.as_deref().unwrap_or(&u.reference),
+                u.slot.as_deref().unwrap_or("-"),
+                u.at,
+                u.reason
+                    .as_deref()
+                    .map(|x| format!(": {x}"))
+                    .unwrap_or_default(),
+            );
+        }
+        for b in &self.bad_digests {
+            let _ = writeln!(
+                t,
+                "bad digest:    {} (version {}) failed {} time(s), latest {}: {}",
+                b.digest,
+                b.version.as_deref().unwrap_or("unknown"),
+                b.failures,
+                b.at,
+                b.reason
             );
         }
         if let Some(p) = &self.persist {

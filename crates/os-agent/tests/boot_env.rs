@@ -222,7 +222,15 @@ fn status_json_shape() {
             "bootEnvError": null,
             "bootEnvWarning": null,
             "persist": "degraded",
-            "persistReason": "/dev/vda4 has no ext4 superblock"
+            "persistReason": "/dev/vda4 has no ext4 superblock",
+            "slots": {
+                "a": {"state": "active", "version": "1.2.3", "digest": null,
+                      "writtenAt": null, "reason": null},
+                "b": {"state": "empty", "version": null, "digest": null,
+                      "writtenAt": null, "reason": null}
+            },
+            "lastUpgrade": null,
+            "badDigests": []
         })
     );
     let o = agent(&[

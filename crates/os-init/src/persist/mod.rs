@@ -15,6 +15,7 @@ mod blkpg;
 pub(crate) mod disk;
 mod fs;
 mod probe;
+mod reset;
 
 use std::fs::{self as stdfs, OpenOptions};
 use std::io::Write;
@@ -151,6 +152,14 @@ fn from_disk(disk: &Disk) -> Result<bool> {
                 "warning: growing persist failed, it stays at {} MiB: {e}",
                 fs_bytes >> 20
             )),
+        }
+    }
+    match reset::apply(Path::new(persist::MOUNT)) {
+        Ok(Some(what)) => say(&format!("persist reset ({what}) as os-agent reset asked")),
+        Ok(None) => {}
+        Err(e) => {
+            release();
+            return Err(format!("the requested reset of persist failed: {e}"));
         }
     }
     let rest = machine_id().and_then(|_| bind_paths());

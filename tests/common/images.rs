@@ -1,12 +1,17 @@
 //! Full images built once per target dir and shared by test binaries: the
-//! default amd64 image is what tests/build_image.rs's `build` makes (a
-//! Debian base from a local registry, the archive's packages, the k3s
-//! stand-in, the components of `cargo xtask components`, the test node
-//! config), stored under `target/test-fixtures/images/KEY/`. KEY hashes
-//! everything the build reads that a change in this repository can
-//! change: the build-image binary, the components layout, the k3s
-//! stand-in's source, the config and the arguments. A newer key replaces
-//! older ones (a build is ~1 GiB of sparse files).
+//! amd64 image of a flavor is what tests/build_image.rs's `build` makes (the
+//! flavor release's Debian minbase from a local registry, the archive's
+//! packages, the k3s stand-in, the components of `cargo xtask
+//! components`, the test node config), stored under
+//! `target/test-fixtures/images/FLAVOR-amd64-KEY/` (FLAVOR as resolved:
+//! `debian-13` for `debian`). KEY hashes everything the build reads that a
+//! change in this repository can change: the build-image binary, the
+//! components layout, the k3s stand-in's source, the config, the base and
+//! the arguments, the flavor among them. A newer key replaces older ones of
+//! the same flavor (a build is ~1 GiB of sparse files).
+//!
+//! Output file names follow the flavor's release (`debian-trixie-amd64.raw`):
+//! take them from [`output`], not from a literal.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -15,13 +20,15 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use super::fixtures::{debian_layout, fixtures_dir, lock};
+use super::fixtures::{debian_layout_of, fixtures_dir, lock};
 use super::layer::{Compression, LayerBuilder};
 use super::oci::{Image, OciLayout};
 use super::registry::Registry;
 use super::{TestEnv, BIN};
 
 pub const K3S_TAG: &str = "v1.31.4-k3s1";
+/// What a build without `--flavor` builds: Debian's current stable release.
+pub const DEFAULT_FLAVOR: &str = "debian";
 /// `--image-version` of the default image.
 pub const VERSION: &str = "1.0.0-test";
 
@@ -117,22 +124,47 @@ fn sha256_file(path: &Path) -> Vec<u8> {
     h.finalize().to_vec()
 }
 
-/// The output directory of the default amd64 build (`debian` flavor,
-/// version [`VERSION`]): `debian-bookworm-amd64.raw`, `.squashfs`, `.iso`,
-/// `build-image.lock`. Built on first use; later calls (from any test
-/// binary) reuse it. Treat it as read-only: boot copies of it.
+/// The built-in flavor `flavor` names (`debian` → `debian-13`).
+pub fn flavor(flavor: &str) -> build_image::flavor::Flavor {
+    build_image::flavor::Flavor::load(flavor).unwrap()
+}
+
+/// `{name}-{release}-{arch}`, the stem of a build's output files
+/// (`debian-trixie-amd64`).
+pub fn stem(flavor_name: &str, arch: &str) -> String {
+    let f = flavor(flavor_name);
+    format!("{}-{}-{arch}", f.name, f.release)
+}
+
+/// The output file `{stem}.{ext}` of a build of `flavor` for `arch` in
+/// `dir` (`ext`: `raw`, `squashfs`, `iso`).
+pub fn output(dir: &Path, flavor: &str, arch: &str, ext: &str) -> PathBuf {
+    dir.join(format!("{}.{ext}", stem(flavor, arch)))
+}
+
+/// The output directory of the default amd64 build ([`DEFAULT_FLAVOR`],
+/// version [`VERSION`]): `debian-trixie-amd64.raw`, `.squashfs`, `.iso`,
+/// `build-image.lock` ([`output`] names them). Built on first use; later
+/// calls (from any test binary) reuse it. Treat it as read-only: boot
+/// copies of it.
 pub fn default_amd64() -> PathBuf {
+    amd64(DEFAULT_FLAVOR)
+}
+
+/// [`default_amd64`] for another built-in flavor (`debian-12`).
+pub fn amd64(flavor_name: &str) -> PathBuf {
+    let f = flavor(flavor_name);
     let comps = components();
     let mut h = Sha256::new();
     h.update(sha256_file(Path::new(BIN)));
     h.update(fs::read(comps.join("index.json")).unwrap());
     h.update(fs::read(root().join("tests/fixtures/k3s-standin.rs")).unwrap());
     h.update(node_config());
-    let (base, digests) = debian_layout();
+    let (base, digests) = debian_layout_of(&f.release);
     h.update(&digests.manifest);
     let args = [
         "--flavor",
-        "debian",
+        f.id.as_str(),
         "--arch",
         "amd64",
         "--image-version",
@@ -145,21 +177,25 @@ pub fn default_amd64() -> PathBuf {
         .collect();
     let images = fixtures_dir().join("images");
     fs::create_dir_all(&images).unwrap();
-    let out = images.join(format!("debian-amd64-{key}"));
+    let prefix = format!("{}-amd64-", f.id);
+    let out = images.join(format!("{prefix}{key}"));
     let _lock = lock(&images.join("build"), Duration::from_secs(1800));
     if out.join("build-image.lock").is_file() {
         return out;
     }
-    // Older builds go: only the current one is kept.
+    // Older builds of this flavor go: only the current one is kept.
     for e in fs::read_dir(&images).unwrap().flatten() {
         let p = e.path();
-        if p.is_dir() && p != out {
+        let name = e.file_name().to_string_lossy().into_owned();
+        // (`debian-amd64-KEY`: the name before flavors were in it.)
+        let stale = name.starts_with(&prefix) || name.starts_with("debian-amd64-");
+        if p.is_dir() && p != out && stale {
             let _ = fs::remove_dir_all(&p);
         }
     }
     let env = TestEnv::new();
     let reg = Registry::start();
-    reg.push(&base, "bookworm", "library/debian");
+    reg.push(&base, &f.release, "library/debian");
     let k3s = k3s_standin_layout("amd64", env.tmp.path());
     reg.push(&k3s, K3S_TAG, "rancher/k3s");
     let config = env.tmp.path().join("node.yaml");
@@ -168,7 +204,7 @@ pub fn default_amd64() -> PathBuf {
     let _ = fs::remove_dir_all(&partial);
     let cache = fixtures_dir().join("build-cache");
     let comps = format!("oci-layout:{}", comps.display());
-    let base_ref = reg.image("library/debian", "bookworm");
+    let base_ref = reg.image("library/debian", &f.release);
     let k3s_ref = reg.image("rancher/k3s", K3S_TAG);
     let mut full: Vec<&str> = vec!["--cache-dir", cache.to_str().unwrap(), "--json"];
     full.extend(args);

@@ -383,11 +383,12 @@ fn debian_amd64_builds_and_boots_uefi_and_bios_with_persistence() {
 
     // Boot 1, UEFI: as if dd'd to a bigger disk.
     let (vm_disk, vars) = vm_disk(&disk, OVMF_VARS, &env.tmp.path().join("boot"));
-    let c1 = pc()
-        .ovmf(&vars)
-        .virtio_disk(&vm_disk)
-        .nic()
-        .run_until("os-agent: boot ", Duration::from_secs(600));
+    // udev may load the NIC's driver after the boot is reported (systemd
+    // does not wait for coldplug to settle): wait for both.
+    let c1 = pc().ovmf(&vars).virtio_disk(&vm_disk).nic().run_until_all(
+        &["os-agent: boot ", "renamed from eth0"],
+        Duration::from_secs(600),
+    );
     let line = boot_ok(
         &c1,
         "UEFI",

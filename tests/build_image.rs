@@ -221,12 +221,12 @@ fn build_with(
     let comps = format!("oci-layout:{}", comps.display());
     let k3s_image = reg.image("rancher/k3s", K3S_TAG);
     let cache = shared_cache();
-    let mut args: Vec<&str> = vec![
-        "--cache-dir",
-        cache.to_str().unwrap(),
-        "--json",
-        "--flavor",
-        flavor,
+    let mut args: Vec<&str> = vec!["--cache-dir", cache.to_str().unwrap(), "--json"];
+    // The default flavor is what a build without --flavor makes.
+    if flavor != DEFAULT_FLAVOR {
+        args.extend(["--flavor", flavor]);
+    }
+    args.extend([
         "--arch",
         arch,
         "--base",
@@ -241,7 +241,7 @@ fn build_with(
         version,
         "--output",
         out.to_str().unwrap(),
-    ];
+    ]);
     args.extend(extra);
     let o = env.run_raw(&args);
     assert!(
@@ -290,6 +290,7 @@ fn debian_amd64_builds_and_boots_uefi_and_bios_with_persistence() {
         &["--cmdline", "standin.fail_slot=b"],
     );
     assert_eq!(result["kind"], "BuildResult");
+    assert_eq!(result["release"], release.as_str());
     assert_eq!(result["k3sVersion"], "v1.31.4+k3s1");
     let arts = result["artifacts"].as_array().unwrap();
     for a in arts {
@@ -1018,6 +1019,17 @@ fn builds_are_reproducible() {
         );
         let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         assert_eq!(r["version"], "20251009.085320");
+        // Without --flavor: Debian's current stable release, and it says so.
+        let f = images::flavor(DEFAULT_FLAVOR);
+        assert_eq!(
+            (r["flavor"].as_str(), r["release"].as_str()),
+            (Some("debian"), Some(f.release.as_str()))
+        );
+        let said = format!("building {} for amd64 (flavor {})", f.description, f.id);
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains(&said),
+            "{said:?} not on stderr"
+        );
         let s: Vec<(String, String)> = r["artifacts"]
             .as_array()
             .unwrap()

@@ -745,6 +745,109 @@ fn real_bookworm_index_parses_and_resolves() {
     assert!(pos("libsystemd-shared") < pos("systemd"));
 }
 
+/// Debian 13 as the `debian-13` flavor sees it: trixie's InRelease (from
+/// the archive, through apt into a private list directory) verifies with
+/// the flavor's built-in keyrings alone — signed by trixie's archive and
+/// release keys — its main Packages index matches the signed hash, and
+/// the flavor's whole package set resolves from nothing, with the `t64`
+/// library names of the 64-bit time_t transition (`libssl3t64`, not
+/// `libssl3`) and trixie's versions of systemd and OpenSSH.
+#[test]
+fn real_trixie_index_verifies_with_the_flavor_keys_and_resolves() {
+    let arch = host_debian_arch();
+    common::fixtures::release_apt_options("trixie", &arch, false);
+    let lists = common::fixtures::fixtures_dir().join(format!("apt-trixie-{arch}/lists"));
+    let flavor = build_image::flavor::Flavor::load("debian-13").unwrap();
+    let repo = &flavor.repositories[0];
+    let mut keys = Vec::new();
+    for k in &repo.keyrings {
+        keys.extend(flavor.keyring(k).unwrap());
+    }
+    let keyring = Keyring::from_bytes(&keys, "debian-13 keyrings").unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let inrelease =
+        std::fs::read(lists.join("deb.debian.org_debian_dists_trixie_InRelease")).unwrap();
+    let release = verify_inrelease(&inrelease, &keyring, now, "trixie/InRelease").unwrap();
+    assert_eq!(release.codename.as_deref(), Some("trixie"));
+    for fpr in [
+        "04B54C3CDCA79751B16BC6B5225629DF75B188BD", // archive 13/trixie
+        "41587F7DB8C774BCCF131416762F67A0B2C39DE4", // stable release 13/trixie
+    ] {
+        assert!(
+            release.signed_by.iter().any(|f| f == fpr),
+            "{:?}",
+            release.signed_by
+        );
+    }
+    // Bookworm's keys alone do not open trixie.
+    let bookworm = build_image::flavor::Flavor::load("debian-12").unwrap();
+    let mut old = Vec::new();
+    for k in &bookworm.repositories[0].keyrings {
+        if k.contains("stable") {
+            old.extend(bookworm.keyring(k).unwrap());
+        }
+    }
+    let old = Keyring::from_bytes(&old, "bookworm stable").unwrap();
+    assert!(verify_inrelease(&inrelease, &old, now, "trixie/InRelease").is_err());
+
+    let packages_path = std::fs::read_dir(&lists)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(&format!(
+                    "deb.debian.org_debian_dists_trixie_main_binary-{arch}_Packages"
+                ))
+        })
+        .expect("no trixie main Packages in the private lists");
+    let out = Command::new("/usr/lib/apt/apt-helper")
+        .arg("cat-file")
+        .arg(&packages_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let entry = &release.files[&format!("main/binary-{arch}/Packages")];
+    assert_eq!(out.stdout.len() as u64, entry.size);
+    assert_eq!(Digest::of(&out.stdout).hex(), entry.sha256);
+    let index = apt::parse_index(std::str::from_utf8(&out.stdout).unwrap(), "trixie main").unwrap();
+    assert!(index.len() > 50_000, "{}", index.len());
+
+    let opts = ResolveOptions {
+        arch: arch.clone(),
+        source: "trixie main".into(),
+    };
+    let plan = resolve(&flavor.packages_for(&arch), &index, &[], &opts).unwrap();
+    let version = |n: &str| {
+        plan.iter()
+            .find(|p| p.name == n)
+            .unwrap_or_else(|| panic!("{n} not planned"))
+            .version
+            .to_string()
+    };
+    assert!(
+        version("systemd").starts_with("257"),
+        "{}",
+        version("systemd")
+    );
+    assert!(
+        version("openssh-server").starts_with("1:10."),
+        "{}",
+        version("openssh-server")
+    );
+    assert!(version("libssl3t64").starts_with('3'));
+    for gone in ["libssl3", "libcurl4", "libgnutls30"] {
+        assert!(
+            !plan.iter().any(|p| p.name == gone),
+            "{gone} is a pre-t64 name"
+        );
+    }
+}
+
 /// Signatures made by a signing subkey verify through its binding to the
 /// primary; once the subkey has expired they do not.
 #[test]

@@ -279,7 +279,7 @@ impl TwoDisks {
 #[test]
 fn boots_only_the_disk_the_firmware_chose_and_gives_it_its_own_identity() {
     let built = images::default_amd64();
-    let raw = built.join("debian-bookworm-amd64.raw");
+    let raw = images::output(&built, images::DEFAULT_FLAVOR, "amd64", "raw");
     let tmp = tempfile::tempdir().unwrap();
     let config = format!(
         "users:\n  - name: {USB_USER}\n    ssh_authorized_keys: [\"{}\"]\n",
@@ -488,8 +488,8 @@ fn persist_file(work: &Path, disk: &Path, part: &Entry, path: &str) -> String {
 #[test]
 fn the_unattended_install_happens_once_and_keeps_the_data() {
     let built = images::default_amd64();
-    let raw = built.join("debian-bookworm-amd64.raw");
-    let iso = built.join("debian-bookworm-amd64.iso");
+    let raw = images::output(&built, images::DEFAULT_FLAVOR, "amd64", "raw");
+    let iso = images::output(&built, images::DEFAULT_FLAVOR, "amd64", "iso");
     let tmp = tempfile::tempdir().unwrap();
     let size = fs::metadata(&raw).unwrap().len() + GIB;
     let target = tmp.path().join("target.raw");

@@ -580,7 +580,10 @@ fn full_image_reports_a_failed_trial_and_a_degraded_persist() {
     let built = images::default_amd64();
     let tmp = tempfile::tempdir().unwrap();
     let disk = tmp.path().join("disk.raw");
-    sparse_copy(&built.join("debian-bookworm-amd64.raw"), &disk);
+    sparse_copy(
+        &images::output(&built, images::DEFAULT_FLAVOR, "amd64", "raw"),
+        &disk,
+    );
     let f = File::options().write(true).open(&disk).unwrap();
     f.set_len(f.metadata().unwrap().len() + (1 << 30)).unwrap();
     drop(f);

@@ -75,7 +75,7 @@ fn v2_amd64() -> PathBuf {
         &node_config(),
         &[k2],
     );
-    out.join("debian-bookworm-amd64.upgrade")
+    images::output(&out, images::DEFAULT_FLAVOR, "amd64", "upgrade")
 }
 
 fn v3_amd64() -> PathBuf {
@@ -94,7 +94,7 @@ fn v3_amd64() -> PathBuf {
         &node_config(),
         &[k2],
     );
-    out.join("debian-bookworm-amd64.upgrade")
+    images::output(&out, images::DEFAULT_FLAVOR, "amd64", "upgrade")
 }
 
 /// A v2 whose k3s fails: its config tells the k3s stand-in to fail a unit.
@@ -111,7 +111,7 @@ fn v2_unhealthy_amd64() -> PathBuf {
         &config,
         &[],
     );
-    out.join("debian-bookworm-amd64.upgrade")
+    images::output(&out, images::DEFAULT_FLAVOR, "amd64", "upgrade")
 }
 
 /// The registry the guests pull from, and build-image pushing to it.
@@ -470,7 +470,12 @@ fn happy_path_refusals_and_power_cuts() {
     let d_root = format!("sha256:{}", common::sha256_file(&rootfs_v2));
 
     let key = Key::generate(&work, "node-a");
-    let disk = node_disk(&v1.join("debian-bookworm-amd64.raw"), &work, &key, &pem1);
+    let disk = node_disk(
+        &images::output(&v1, images::DEFAULT_FLAVOR, "amd64", "raw"),
+        &work,
+        &key,
+        &pem1,
+    );
     let vars = work.join("VARS.fd");
     fresh_vars(OVMF_VARS, &vars);
     let port = free_port();
@@ -676,7 +681,12 @@ fn failed_trials_come_back_and_reset_empties_persist() {
     let pem1 = fs::read_to_string(&fleet.keys[0].1).unwrap();
 
     let key = Key::generate(&work, "node-b");
-    let disk = node_disk(&v1.join("debian-bookworm-amd64.raw"), &work, &key, &pem1);
+    let disk = node_disk(
+        &images::output(&v1, images::DEFAULT_FLAVOR, "amd64", "raw"),
+        &work,
+        &key,
+        &pem1,
+    );
     let vars = work.join("VARS.fd");
     fresh_vars(OVMF_VARS, &vars);
     let port = free_port();
@@ -787,20 +797,29 @@ fn arm64_happy_path() {
         &node_config(),
         &[],
     );
-    let v2 = cached_build(
-        "arm64-v2",
+    let v2 = images::output(
+        &cached_build(
+            "arm64-v2",
+            "arm64",
+            &["--format", "upgrade", "--image-version", "2.0.0-arm"],
+            &node_config(),
+            &[],
+        ),
+        images::DEFAULT_FLAVOR,
         "arm64",
-        &["--format", "upgrade", "--image-version", "2.0.0-arm"],
-        &node_config(),
-        &[],
-    )
-    .join("debian-bookworm-arm64.upgrade");
+        "upgrade",
+    );
     fleet.push(&v2, "v2", Some(0));
     let work = fleet.env.tmp.path().join("arm");
     fs::create_dir_all(&work).unwrap();
     let key = Key::generate(&work, "node-arm");
     let pem1 = fs::read_to_string(&fleet.keys[0].1).unwrap();
-    let disk = node_disk(&v1.join("debian-bookworm-arm64.raw"), &work, &key, &pem1);
+    let disk = node_disk(
+        &images::output(&v1, images::DEFAULT_FLAVOR, "arm64", "raw"),
+        &work,
+        &key,
+        &pem1,
+    );
     let vars = work.join("VARS.fd");
     fresh_vars(AAVMF_VARS, &vars);
     let port = free_port();

@@ -6,6 +6,10 @@
 //! with systemd up, no failed units, a virtio NIC driver autoloaded by
 //! udev, and the persistent partition created and kept across reboots.
 //! Hostile inputs fail with clear errors and leave no output behind.
+//!
+//! The default flavor (Debian's current stable release) goes through every
+//! path; `debian-12` through its builds and one boot per firmware (OVMF,
+//! SeaBIOS, AAVMF), at the end of the file.
 
 mod common;
 
@@ -17,7 +21,8 @@ use std::time::Duration;
 
 use boot_contract::grubenv::GrubEnv;
 use common::abdisk::read_fat_file;
-use common::fixtures::{debian_layout, fixtures_dir};
+use common::fixtures::{debian_layout_of, debian_minbase_of, fixtures_dir};
+use common::images::{self, DEFAULT_FLAVOR};
 use common::layer::{Compression, LayerBuilder};
 use common::oci::{Image, OciLayout};
 use common::qemu::{boot_line, fresh_vars, tail, Vm, AAVMF_VARS, OVMF_VARS, OVMF_VARS_MS};
@@ -181,17 +186,26 @@ fn list_squashfs(path: &Path) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// Builds a `debian` image for `arch` from `base` with the k3s stand-in and
-/// the test config, `--json`; returns the output directory and the result.
-fn build(env: &TestEnv, arch: &str, base: &str, version: &str) -> (PathBuf, serde_json::Value) {
+/// Builds an image of `flavor` for `arch` from `base` with the k3s
+/// stand-in and the test config, `--json`; returns the output directory
+/// and the result.
+fn build(
+    env: &TestEnv,
+    flavor: &str,
+    arch: &str,
+    base: &str,
+    version: &str,
+) -> (PathBuf, serde_json::Value) {
     let config = config_file(env.tmp.path());
-    build_with(env, arch, base, version, &config, "dist", &[])
+    build_with(env, flavor, arch, base, version, &config, "dist", &[])
 }
 
 /// [`build`] with another config, into `env.tmp/out_name`, with `extra`
 /// arguments.
+#[allow(clippy::too_many_arguments)]
 fn build_with(
     env: &TestEnv,
+    flavor: &str,
     arch: &str,
     base: &str,
     version: &str,
@@ -207,12 +221,12 @@ fn build_with(
     let comps = format!("oci-layout:{}", comps.display());
     let k3s_image = reg.image("rancher/k3s", K3S_TAG);
     let cache = shared_cache();
-    let mut args: Vec<&str> = vec![
-        "--cache-dir",
-        cache.to_str().unwrap(),
-        "--json",
-        "--flavor",
-        "debian",
+    let mut args: Vec<&str> = vec!["--cache-dir", cache.to_str().unwrap(), "--json"];
+    // The default flavor is what a build without --flavor makes.
+    if flavor != DEFAULT_FLAVOR {
+        args.extend(["--flavor", flavor]);
+    }
+    args.extend([
         "--arch",
         arch,
         "--base",
@@ -227,7 +241,7 @@ fn build_with(
         version,
         "--output",
         out.to_str().unwrap(),
-    ];
+    ]);
     args.extend(extra);
     let o = env.run_raw(&args);
     assert!(
@@ -258,15 +272,17 @@ fn vm_disk(disk: &Path, vars_template: &str, work: &Path) -> (PathBuf, PathBuf) 
 #[test]
 fn debian_amd64_builds_and_boots_uefi_and_bios_with_persistence() {
     let _one = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let release = images::flavor(DEFAULT_FLAVOR).release;
     let reg = Registry::start();
-    let (base, digests) = debian_layout();
-    reg.push(&base, "bookworm", "library/debian");
+    let (base, digests) = debian_layout_of(&release);
+    reg.push(&base, &release, "library/debian");
     let env = TestEnv::new();
     let config = config_file(env.tmp.path());
     let (out, result) = build_with(
         &env,
+        DEFAULT_FLAVOR,
         "amd64",
-        &reg.image("library/debian", "bookworm"),
+        &reg.image("library/debian", &release),
         "1.0.0-test",
         &config,
         "dist",
@@ -274,6 +290,7 @@ fn debian_amd64_builds_and_boots_uefi_and_bios_with_persistence() {
         &["--cmdline", "standin.fail_slot=b"],
     );
     assert_eq!(result["kind"], "BuildResult");
+    assert_eq!(result["release"], release.as_str());
     assert_eq!(result["k3sVersion"], "v1.31.4+k3s1");
     let arts = result["artifacts"].as_array().unwrap();
     for a in arts {
@@ -290,8 +307,8 @@ fn debian_amd64_builds_and_boots_uefi_and_bios_with_persistence() {
         );
         assert_eq!(fs::metadata(p).unwrap().len(), a["size"].as_u64().unwrap());
     }
-    let disk = out.join("debian-bookworm-amd64.raw");
-    let rootfs = out.join("debian-bookworm-amd64.squashfs");
+    let disk = images::output(&out, DEFAULT_FLAVOR, "amd64", "raw");
+    let rootfs = images::output(&out, DEFAULT_FLAVOR, "amd64", "squashfs");
     assert!(disk.is_file() && rootfs.is_file());
     let names: Vec<String> = fs::read_dir(&out)
         .unwrap()
@@ -319,7 +336,11 @@ fn debian_amd64_builds_and_boots_uefi_and_bios_with_persistence() {
     let suites: Vec<&str> = repos.iter().map(|r| r["suite"].as_str().unwrap()).collect();
     assert_eq!(
         suites,
-        ["bookworm", "bookworm-updates", "bookworm-security"]
+        [
+            release.clone(),
+            format!("{release}-updates"),
+            format!("{release}-security")
+        ]
     );
     for r in repos {
         assert!(
@@ -369,11 +390,12 @@ fn debian_amd64_builds_and_boots_uefi_and_bios_with_persistence() {
 
     // Boot 1, UEFI: as if dd'd to a bigger disk.
     let (vm_disk, vars) = vm_disk(&disk, OVMF_VARS, &env.tmp.path().join("boot"));
-    let c1 = pc()
-        .ovmf(&vars)
-        .virtio_disk(&vm_disk)
-        .nic()
-        .run_until("os-agent: boot ", Duration::from_secs(600));
+    // udev may load the NIC's driver after the boot is reported (systemd
+    // does not wait for coldplug to settle): wait for both.
+    let c1 = pc().ovmf(&vars).virtio_disk(&vm_disk).nic().run_until_all(
+        &["os-agent: boot ", "renamed from eth0"],
+        Duration::from_secs(600),
+    );
     let line = boot_ok(
         &c1,
         "UEFI",
@@ -531,8 +553,10 @@ fn write_flavor(dir: &Path, text: &str) -> PathBuf {
     p
 }
 
+/// The text of the default flavor's file (`flavors/debian-13.yaml`).
 fn debian_flavor() -> String {
-    fs::read_to_string(root().join("flavors/debian.yaml")).unwrap()
+    let id = images::flavor(DEFAULT_FLAVOR).id;
+    fs::read_to_string(root().join(format!("flavors/{id}.yaml"))).unwrap()
 }
 
 fn walk_files(dir: &Path) -> Vec<PathBuf> {
@@ -591,9 +615,15 @@ fn a_repository_whose_signature_does_not_verify_is_refused() {
     let _one = BUILD.lock().unwrap_or_else(|e| e.into_inner());
     let env = TestEnv::new();
     // The main archive checked against the security archive's key only.
-    let text = debian_flavor().replace(
-        "      - keys/debian-archive-bookworm-stable.gpg\n      - keys/debian-archive-bookworm-automatic.gpg\n",
-        "      - keys/debian-archive-bookworm-security-automatic.gpg\n",
+    let release = images::flavor(DEFAULT_FLAVOR).release;
+    let main_keys = format!(
+        "      - keys/debian-archive-{release}-stable.gpg\n      - keys/debian-archive-{release}-automatic.gpg\n"
+    );
+    let text = debian_flavor();
+    assert!(text.contains(&main_keys), "{text}");
+    let text = text.replace(
+        &main_keys,
+        &format!("      - keys/debian-archive-{release}-security-automatic.gpg\n"),
     );
     let flavor = write_flavor(env.tmp.path(), &text);
     let out = env.tmp.path().join("dist");
@@ -630,13 +660,14 @@ fn a_release_older_than_the_lock_file_records_is_refused() {
     let out = env.tmp.path().join("dist");
     fs::create_dir_all(&out).unwrap();
     let lock = out.join("build-image.lock");
+    let release = images::flavor(DEFAULT_FLAVOR).release;
     let text = serde_json::json!({
         "apiVersion": "build-image/v1alpha1",
         "kind": "BuildLock",
         "repositories": [{
             "url": "https://deb.debian.org/debian",
-            "suite": "bookworm",
-            "codename": "bookworm",
+            "suite": release,
+            "codename": release,
             "date": "Fri, 01 Jan 2100 00:00:00 UTC",
         }],
     })
@@ -658,7 +689,9 @@ fn a_release_older_than_the_lock_file_records_is_refused() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        err.contains("https://deb.debian.org/debian/dists/bookworm/InRelease"),
+        err.contains(&format!(
+            "https://deb.debian.org/debian/dists/{release}/InRelease"
+        )),
         "{err}"
     );
     assert!(
@@ -691,6 +724,7 @@ fn secure_boot_checks_shim_grub_and_kernel_but_not_grub_cfg_or_initrd() {
     let config = config_file(env.tmp.path());
     let (out, _) = build_with(
         &env,
+        DEFAULT_FLAVOR,
         "amd64",
         "archive",
         "1.0.0-sb",
@@ -699,7 +733,11 @@ fn secure_boot_checks_shim_grub_and_kernel_but_not_grub_cfg_or_initrd() {
         &["--format", "disk"],
     );
     let work = env.tmp.path().join("sb-boot");
-    let (disk, vars) = vm_disk(&out.join("debian-bookworm-amd64.raw"), OVMF_VARS_MS, &work);
+    let (disk, vars) = vm_disk(
+        &images::output(&out, DEFAULT_FLAVOR, "amd64", "raw"),
+        OVMF_VARS_MS,
+        &work,
+    );
     let image = format!("{}@@{}", disk.display(), esp_offset(&disk));
     let mtools = |tool: &str, args: &[&str]| {
         Command::new(tool)
@@ -779,47 +817,13 @@ fn secure_boot_checks_shim_grub_and_kernel_but_not_grub_cfg_or_initrd() {
 }
 
 /// arm64 on this x86_64 machine without emulation at build time: the base
-/// bootstrapped from the Debian archive, booted under AAVMF.
+/// bootstrapped from the Debian archive, booted under AAVMF; the ISO too.
 #[test]
 fn debian_arm64_builds_from_the_archive_and_boots_under_aavmf() {
-    let _one = BUILD.lock().unwrap_or_else(|e| e.into_inner());
-    let env = TestEnv::new();
-    let (out, result) = build(&env, "arm64", "archive", "1.0.0-arm");
-    assert_eq!(result["arch"], "arm64");
-    let disk = out.join("debian-bookworm-arm64.raw");
-    let p = Command::new("sgdisk")
-        .arg("-p")
-        .arg(&disk)
-        .output()
-        .unwrap();
-    let table = String::from_utf8_lossy(&p.stdout).into_owned();
-    assert!(
-        !table.contains("bios_grub") && table.contains("root_a"),
-        "{table}"
-    );
-    let listing = list_squashfs(&out.join("debian-bookworm-arm64.squashfs"));
-    assert!(listing.contains("/usr/lib/grub/arm64-efi-signed") || listing.contains("grubaa64"));
-
-    let (vm_disk, vars) = vm_disk(&disk, AAVMF_VARS, &env.tmp.path().join("boot"));
-    let c = arm()
-        .aavmf(&vars)
-        .virtio_pci_disk(&vm_disk)
-        .nic()
-        .run_until("os-agent: boot ", Duration::from_secs(900));
-    boot_ok(
-        &c,
-        "AAVMF",
-        "os-agent: boot ok slot=a version=1.0.0-arm k3s=v1.31.4+k3s1",
-    );
-    assert!(c.contains("os-init: created persist"), "{}", tail(&c, 80));
-    assert!(
-        c.contains("k3s stand-in: server running"),
-        "{}",
-        tail(&c, 80)
-    );
+    let (env, out) = arm64_builds_from_the_archive_and_boots(DEFAULT_FLAVOR, "1.0.0-arm");
 
     // The arm64 ISO: UEFI only, booted live from a (virtio-scsi) CD.
-    let iso = out.join("debian-bookworm-arm64.iso");
+    let iso = images::output(&out, DEFAULT_FLAVOR, "arm64", "iso");
     let o = Command::new("xorriso")
         .arg("-indev")
         .arg(&iso)
@@ -831,6 +835,7 @@ fn debian_arm64_builds_from_the_archive_and_boots_under_aavmf() {
         report.contains("El Torito boot img :   1  UEFI") && !report.contains("BIOS"),
         "{report}"
     );
+    let vars = env.tmp.path().join("iso-vars.fd");
     fresh_vars(AAVMF_VARS, &vars);
     let c = arm()
         .aavmf(&vars)
@@ -843,6 +848,49 @@ fn debian_arm64_builds_from_the_archive_and_boots_under_aavmf() {
         "{}",
         tail(&c, 60)
     );
+}
+
+/// The arm64 build of `flavor` from the archive, its disk booted under
+/// AAVMF to `boot ok slot=a` with persist created and the k3s stand-in
+/// up. Returns the environment and the output directory.
+fn arm64_builds_from_the_archive_and_boots(flavor: &str, version: &str) -> (TestEnv, PathBuf) {
+    let _one = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let env = TestEnv::new();
+    let (out, result) = build(&env, flavor, "arm64", "archive", version);
+    assert_eq!(result["arch"], "arm64");
+    let disk = images::output(&out, flavor, "arm64", "raw");
+    let p = Command::new("sgdisk")
+        .arg("-p")
+        .arg(&disk)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&p.stdout).into_owned();
+    assert!(
+        !table.contains("bios_grub") && table.contains("root_a"),
+        "{table}"
+    );
+    let listing = list_squashfs(&images::output(&out, flavor, "arm64", "squashfs"));
+    assert!(listing.contains("/usr/lib/grub/arm64-efi-signed") || listing.contains("grubaa64"));
+    assert!(images::output(&out, flavor, "arm64", "iso").is_file());
+
+    let (vm_disk, vars) = vm_disk(&disk, AAVMF_VARS, &env.tmp.path().join("boot"));
+    let c = arm()
+        .aavmf(&vars)
+        .virtio_pci_disk(&vm_disk)
+        .nic()
+        .run_until("os-agent: boot ", Duration::from_secs(900));
+    boot_ok(
+        &c,
+        "AAVMF",
+        &format!("os-agent: boot ok slot=a version={version} k3s=v1.31.4+k3s1"),
+    );
+    assert!(c.contains("os-init: created persist"), "{}", tail(&c, 80));
+    assert!(
+        c.contains("k3s stand-in: server running"),
+        "{}",
+        tail(&c, 80)
+    );
+    (env, out)
 }
 
 #[test]
@@ -884,7 +932,9 @@ fn a_package_whose_hash_does_not_match_its_index_is_refused() {
         ),
     )
     .unwrap();
-    let base = common::fixtures::debian_minbase();
+    // The repository serves bookworm's packages (the host's): a bookworm
+    // base, as the flavor's release says.
+    let base = debian_minbase_of("bookworm");
     let out = env.tmp.path().join("dist");
     let comps = format!("oci-layout:{}", components().display());
     let build = |flavor: &Path| {
@@ -987,6 +1037,17 @@ fn builds_are_reproducible() {
         );
         let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         assert_eq!(r["version"], "20251009.085320");
+        // Without --flavor: Debian's current stable release, and it says so.
+        let f = images::flavor(DEFAULT_FLAVOR);
+        assert_eq!(
+            (r["flavor"].as_str(), r["release"].as_str()),
+            (Some("debian"), Some(f.release.as_str()))
+        );
+        let said = format!("building {} for amd64 (flavor {})", f.description, f.id);
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains(&said),
+            "{said:?} not on stderr"
+        );
         let s: Vec<(String, String)> = r["artifacts"]
             .as_array()
             .unwrap()
@@ -1020,7 +1081,7 @@ fn builds_are_reproducible() {
             .to_string()
     };
     let one = env.tmp.path().join("one");
-    let upgrade = one.join("debian-bookworm-amd64.upgrade");
+    let upgrade = images::output(&one, images::DEFAULT_FLAVOR, "amd64", "upgrade");
     let raw = common::skopeo_inspect_oci_raw(&upgrade, "20251009.085320");
     assert_eq!(common::sha256_digest(&raw), digest_of("upgrade"));
     let layout = build_image::upgrade::read_layout(&upgrade).unwrap();
@@ -1041,9 +1102,14 @@ fn builds_are_reproducible() {
         .join(&c.rootfs_digest["sha256:".len()..]);
     assert_eq!(
         fs::metadata(&root_blob).unwrap().ino(),
-        fs::metadata(one.join("debian-bookworm-amd64.squashfs"))
-            .unwrap()
-            .ino()
+        fs::metadata(images::output(
+            &one,
+            images::DEFAULT_FLAVOR,
+            "amd64",
+            "squashfs"
+        ))
+        .unwrap()
+        .ino()
     );
     // --push sent exactly that artifact.
     assert_eq!(results[1]["push"]["digest"], digest_of("upgrade").as_str());
@@ -1125,6 +1191,7 @@ fn debian_amd64_iso_boots_live_from_cd_disk_and_usb_with_bios_and_uefi() {
     let config = config_with_key(env.tmp.path(), &key);
     let (out, result) = build_with(
         &env,
+        DEFAULT_FLAVOR,
         "amd64",
         "archive",
         "1.0.0-iso",
@@ -1135,8 +1202,8 @@ fn debian_amd64_iso_boots_live_from_cd_disk_and_usb_with_bios_and_uefi() {
     let arts = result["artifacts"].as_array().unwrap();
     let formats: Vec<&str> = arts.iter().map(|a| a["format"].as_str().unwrap()).collect();
     assert_eq!(formats, ["squashfs", "iso", "lock"], "{result}");
-    assert!(!out.join("debian-bookworm-amd64.raw").exists());
-    let iso = out.join("debian-bookworm-amd64.iso");
+    assert!(!images::output(&out, DEFAULT_FLAVOR, "amd64", "raw").exists());
+    let iso = images::output(&out, DEFAULT_FLAVOR, "amd64", "iso");
     let label = "DEBIAN_AMD64_1_0_0_ISO";
     check_iso_with_reference_tools(&iso, label);
 
@@ -1353,6 +1420,7 @@ fn debian_amd64_iso_installs_itself_to_a_blank_disk_and_refuses_a_small_one() {
     fs::write(&config, text).unwrap();
     let (out, _) = build_with(
         &env,
+        DEFAULT_FLAVOR,
         "amd64",
         "archive",
         "1.0.0-inst",
@@ -1360,7 +1428,7 @@ fn debian_amd64_iso_installs_itself_to_a_blank_disk_and_refuses_a_small_one() {
         "inst",
         &["--format", "iso"],
     );
-    let iso = out.join("debian-bookworm-amd64.iso");
+    let iso = images::output(&out, DEFAULT_FLAVOR, "amd64", "iso");
     let doc = inspect_iso(&env, &iso);
     let needed = doc["install"]["min_device_size"].as_u64().unwrap();
 
@@ -1411,4 +1479,142 @@ fn debian_amd64_iso_installs_itself_to_a_blank_disk_and_refuses_a_small_one() {
         "os-agent: boot ok slot=a version=1.0.0-inst",
     );
     assert!(c.contains("os-init: created persist"), "{}", tail(&c, 60));
+}
+
+/// A base image of another release than the flavor's is refused after it
+/// is merged and before any package is installed, naming both releases
+/// and the file it read; nothing is left in the output directory.
+#[test]
+fn a_base_of_another_release_than_the_flavors_is_refused() {
+    let _one = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let env = TestEnv::new();
+    let base = debian_minbase_of("bookworm");
+    let out = env.tmp.path().join("dist");
+    let comps = format!("oci-layout:{}", components().display());
+    let base_arg = format!("rootfs-tar:{}", base.display());
+    let o = env.run(&[
+        "--flavor",
+        "debian-13",
+        "--base",
+        &base_arg,
+        "--components",
+        &comps,
+        "--without",
+        "k3s",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    for want in [
+        base_arg.as_str(),
+        "Debian GNU/Linux 12 (bookworm)",
+        "VERSION_CODENAME=bookworm in /etc/os-release",
+        "flavor debian-13 builds debian trixie",
+    ] {
+        assert!(err.contains(want), "{want:?} missing:\n{err}");
+    }
+    let cached_debs = walk_files(&env.cache)
+        .iter()
+        .filter(|p| fs::read(p).is_ok_and(|b| b.starts_with(b"!<arch>")))
+        .count();
+    assert_eq!(cached_debs, 0, "a .deb was downloaded before the check");
+    assert_no_output(&out);
+}
+
+/// Debian 12 from its container base image (the bookworm minbase in a
+/// local registry): every format, the files named after bookworm, the
+/// bookworm suites in the lock; the disk boots under OVMF and then SeaBIOS
+/// with persist kept.
+#[test]
+fn debian_12_amd64_from_a_base_image_builds_and_boots_uefi_and_bios() {
+    let _one = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let reg = Registry::start();
+    let (base, digests) = debian_layout_of("bookworm");
+    reg.push(&base, "bookworm", "library/debian");
+    let env = TestEnv::new();
+    let (out, result) = build(
+        &env,
+        "debian-12",
+        "amd64",
+        &reg.image("library/debian", "bookworm"),
+        "1.0.0-bookworm",
+    );
+    assert_eq!(result["flavor"], "debian");
+    let names: Vec<String> = result["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            Path::new(a["path"].as_str().unwrap())
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "debian-bookworm-amd64.squashfs",
+            "debian-bookworm-amd64.raw",
+            "debian-bookworm-amd64.iso",
+            "build-image.lock"
+        ]
+    );
+    let lock: serde_json::Value =
+        serde_json::from_slice(&fs::read(out.join("build-image.lock")).unwrap()).unwrap();
+    assert_eq!(lock["base"]["manifestDigest"], digests.manifest.as_str());
+    let suites: Vec<&str> = lock["repositories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["suite"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        suites,
+        ["bookworm", "bookworm-updates", "bookworm-security"]
+    );
+    let kernel = lock["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|p| {
+            let n = p["name"].as_str().unwrap();
+            (n.starts_with("linux-image-6.") && n.ends_with("-amd64")).then_some(n)
+        })
+        .unwrap();
+    assert!(kernel.starts_with("linux-image-6.1."), "{kernel}");
+
+    let (vm_disk, vars) = vm_disk(
+        &images::output(&out, images::DEFAULT_FLAVOR, "amd64", "raw"),
+        OVMF_VARS,
+        &env.tmp.path().join("boot"),
+    );
+    let c1 = pc()
+        .ovmf(&vars)
+        .virtio_disk(&vm_disk)
+        .nic()
+        .run_until("os-agent: boot ", Duration::from_secs(600));
+    let line = boot_ok(
+        &c1,
+        "UEFI",
+        "os-agent: boot ok slot=a version=1.0.0-bookworm k3s=v1.31.4+k3s1",
+    );
+    assert!(line.contains("boot_count=1"), "{line}");
+    assert!(c1.contains("os-init: created persist"), "{}", tail(&c1, 80));
+    assert!(c1.contains("Debian GNU/Linux 12"), "{}", tail(&c1, 80));
+    let c2 = pc()
+        .no_sse42()
+        .virtio_disk(&vm_disk)
+        .nic()
+        .run_until("os-agent: boot ", Duration::from_secs(600));
+    let line = boot_ok(&c2, "BIOS", "os-agent: boot ok slot=a");
+    assert!(line.contains("boot_count=2"), "{line}\n{}", tail(&c2, 60));
+}
+
+/// Debian 12 on arm64 from the archive, booted under AAVMF.
+#[test]
+fn debian_12_arm64_builds_from_the_archive_and_boots_under_aavmf() {
+    arm64_builds_from_the_archive_and_boots("debian-12", "1.0.0-bookworm-arm");
 }

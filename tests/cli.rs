@@ -96,6 +96,26 @@ fn no_subcommand_builds_and_names_a_bad_flavor() {
     assert_eq!(o.status.code(), Some(1), "{o:?}");
     assert_mentions(&stderr(&o), "no-such-flavor");
     assert!(!out.exists(), "the output directory was created");
+    // A release that has no flavor: the message lists the ones there are,
+    // the alias with the release it stands for.
+    let o = env.run(&["--flavor", "debian-11", "-o", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let err = stderr(&o);
+    let alias = build_image::flavor::ALIASES
+        .iter()
+        .find(|(a, _)| *a == "debian")
+        .unwrap()
+        .1;
+    for want in [
+        "\"debian-11\"".to_string(),
+        format!("debian ({alias})"),
+        "debian-12".into(),
+        "debian-13".into(),
+        "ubuntu".into(),
+    ] {
+        assert_mentions(&err, &want);
+    }
+    assert!(!out.exists(), "the output directory was created");
 }
 
 /// `--config` is checked with os-agent's own rules before anything is

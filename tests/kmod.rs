@@ -1,7 +1,9 @@
-//! Kernel module metadata and closures on a real Debian kernel, checked
+//! Kernel module metadata and closures on real Debian kernels, checked
 //! against the reference tools: our transitive dependencies of every module
-//! must equal what `depmod` writes to modules.dep, and every closure must
-//! load dependencies first.
+//! must equal what `depmod` writes to modules.dep (Debian 13's `.ko.xz`
+//! modules: tests/kmod_depmod.rs), every closure must load dependencies
+//! first, and the initramfs of Debian 13's kernel carries its compressed
+//! modules uncompressed.
 
 mod common;
 
@@ -11,7 +13,7 @@ use std::process::Command;
 use build_image::kmod::{normalise, ModuleIndex};
 use build_image::tree::ContentStore;
 use common::boot::deb_tree;
-use common::fixtures::debian_kernel_deb;
+use common::fixtures::{debian_kernel_deb, debian_release_kernel_deb};
 use common::require_tool;
 
 fn transitive(idx: &ModuleIndex, name: &str, out: &mut BTreeSet<String>) {
@@ -24,12 +26,15 @@ fn transitive(idx: &ModuleIndex, name: &str, out: &mut BTreeSet<String>) {
 
 #[test]
 fn dependencies_match_depmod_for_every_module() {
+    dependencies_match_depmod(&debian_kernel_deb("amd64"), ".ko");
+}
+
+fn dependencies_match_depmod(deb: &std::path::Path, suffix: &str) {
     require_tool("depmod", "kmod");
     require_tool("dpkg-deb", "dpkg");
-    let deb = debian_kernel_deb("amd64");
     let tmp = tempfile::tempdir().unwrap();
     let mut store = ContentStore::new_in(tmp.path()).unwrap();
-    let tree = deb_tree(&deb, &mut store);
+    let tree = deb_tree(deb, &mut store);
 
     let versions = ModuleIndex::versions(&tree);
     assert_eq!(versions.len(), 1, "{versions:?}");
@@ -41,17 +46,26 @@ fn dependencies_match_depmod_for_every_module() {
         idx.modules.len()
     );
     assert!(idx.builtin.contains("unix") || !idx.builtin.is_empty());
+    assert!(
+        idx.modules.values().all(|m| m.rel_path.ends_with(suffix)),
+        "not every module file ends in {suffix}"
+    );
 
     // The reference: depmod over the same files.
     let root = tmp.path().join("root");
     std::fs::create_dir(&root).unwrap();
     let x = Command::new("dpkg-deb")
         .arg("-x")
-        .arg(&deb)
+        .arg(deb)
         .arg(&root)
         .status()
         .unwrap();
     assert!(x.success());
+    // A package of a merged-/usr release ships only /usr/lib/modules;
+    // kmod 30's depmod looks under /lib.
+    if !root.join("lib").exists() {
+        std::os::unix::fs::symlink("usr/lib", root.join("lib")).unwrap();
+    }
     let d = Command::new("depmod")
         .arg("-b")
         .arg(&root)
@@ -59,9 +73,16 @@ fn dependencies_match_depmod_for_every_module() {
         .output()
         .unwrap();
     assert!(d.status.success(), "{}", String::from_utf8_lossy(&d.stderr));
-    let dep = std::fs::read_to_string(root.join("lib/modules").join(version).join("modules.dep"))
+    let modules = ["lib/modules", "usr/lib/modules"]
+        .iter()
+        .map(|d| root.join(d).join(version))
+        .find(|d| d.is_dir())
         .unwrap();
-    let name_of = |p: &str| normalise(p.rsplit('/').next().unwrap().trim_end_matches(".ko"));
+    let dep = std::fs::read_to_string(modules.join("modules.dep")).unwrap();
+    let name_of = |p: &str| {
+        let file = p.rsplit('/').next().unwrap();
+        normalise(file.split_once(".ko").map_or(file, |(stem, _)| stem))
+    };
     let mut reference: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for line in dep.lines() {
         let (module, deps) = line.split_once(':').unwrap();
@@ -180,4 +201,61 @@ fn initramfs_closure_loads_dependencies_first() {
         .map(|m| m.info.name.as_str())
         .collect();
     assert_eq!(order, again);
+}
+
+/// The initramfs of a kernel whose modules are `.ko.xz` carries them
+/// decompressed, as `.ko`, so os-init's finit_module loads them without
+/// the kernel's decompressor; its load list names those files.
+#[test]
+fn initramfs_carries_compressed_modules_uncompressed() {
+    require_tool("dpkg-deb", "dpkg");
+    require_tool("cpio", "cpio");
+    let deb = debian_release_kernel_deb("trixie", "amd64");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = ContentStore::new_in(tmp.path()).unwrap();
+    let tree = deb_tree(&deb, &mut store);
+    let version = ModuleIndex::versions(&tree).remove(0);
+    let idx = ModuleIndex::scan(&tree, &store, &version).unwrap();
+    assert!(idx.modules["ext4"].rel_path.ends_with(".ko.xz"));
+    let (cpio, loaded) = build_image::initramfs::build(
+        &idx,
+        &tree,
+        &mut store,
+        b"#!/bin/sh\n",
+        build_image::initramfs::BOOT_MODULES,
+    )
+    .unwrap();
+    for m in ["ext4", "jbd2", "squashfs", "overlay", "virtio_blk"] {
+        assert!(loaded.iter().any(|l| l == m), "{m} not loaded: {loaded:?}");
+    }
+    let root = tmp.path().join("initrd");
+    std::fs::create_dir(&root).unwrap();
+    let mut child = Command::new("cpio")
+        .args(["-id", "--quiet"])
+        .current_dir(&root)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(&cpio).unwrap();
+    assert!(child.wait().unwrap().success());
+    let list = std::fs::read_to_string(root.join("lib/modules/os-init.load")).unwrap();
+    assert_eq!(list.lines().count(), loaded.len());
+    for line in list.lines() {
+        assert!(line.ends_with(".ko"), "{line}");
+        let data = std::fs::read(root.join(line.trim_start_matches('/'))).unwrap();
+        assert_eq!(
+            &data[..4],
+            b"\x7fELF",
+            "{line} is not an uncompressed module"
+        );
+    }
+    let ext4 = list.lines().find(|l| l.ends_with("/ext4.ko")).unwrap();
+    assert_eq!(
+        ext4,
+        format!(
+            "/lib/modules/{version}/{}",
+            idx.modules["ext4"].rel_path.trim_end_matches(".xz")
+        )
+    );
 }

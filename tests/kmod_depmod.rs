@@ -1,7 +1,9 @@
 //! The module indexes written from the .ko files, checked against the
 //! reference: host `depmod -b` over the same module files must write the
 //! same bytes, and libkmod's own `modprobe`, given only our .bin files,
-//! must resolve dependencies and aliases as it does with depmod's.
+//! must resolve dependencies and aliases as it does with depmod's. Debian
+//! 12's modules are plain `.ko` files under /lib; Debian 13's are `.ko.xz`
+//! under /usr/lib.
 
 mod common;
 
@@ -14,7 +16,7 @@ use build_image::kmod::depmod::{self, write_indexes, INDEX_FILES};
 use build_image::kmod::ModuleIndex;
 use build_image::tree::{ContentStore, FsTree, InodeKind, Metadata};
 use common::boot::{deb_tree, editor, file_bytes};
-use common::fixtures::{debian_kernel_deb, debian_kernel_deb_for};
+use common::fixtures::{debian_kernel_deb, debian_kernel_deb_for, debian_release_kernel_deb};
 use common::require_tool;
 
 /// Copies the regular files below `dir` of the tree to `dest` (the .ko
@@ -135,7 +137,12 @@ fn check_against_depmod(deb: &Path) -> Checked {
     let versions = ModuleIndex::versions(&tree);
     assert_eq!(versions.len(), 1, "{versions:?}");
     let version = versions[0].clone();
-    let dir = format!("lib/modules/{version}");
+    // Where the package put the modules: /lib or, merged-/usr, /usr/lib.
+    let dir = ["lib/modules", "usr/lib/modules"]
+        .iter()
+        .map(|d| format!("{d}/{version}"))
+        .find(|d| tree.lookup_path(d.as_bytes()).is_some())
+        .unwrap();
 
     let summary = write_indexes(&mut tree, &mut store, &version).unwrap();
     assert_eq!(summary.dir, dir);
@@ -173,7 +180,8 @@ fn check_against_depmod(deb: &Path) -> Checked {
 
     let reference = tmp.path().join("reference");
     reference_depmod(&tree, &store, &dir, &version, &reference);
-    let refdir = reference.join(&dir);
+    // Both roots have the modules where depmod and modprobe look.
+    let refdir = reference.join("lib/modules").join(&version);
     let mut differ = Vec::new();
     for f in INDEX_FILES {
         let ours = file_bytes(&tree, &store, &format!("{dir}/{f}"));
@@ -207,7 +215,7 @@ fn check_against_depmod(deb: &Path) -> Checked {
     // and of our files only those libkmod reads: the .bin indexes and
     // modules.softdep.
     let ours = tmp.path().join("ours");
-    let ourdir = ours.join(&dir);
+    let ourdir = ours.join("lib/modules").join(&version);
     link_modules(&refdir, &ourdir);
     for f in INDEX_FILES
         .iter()
@@ -266,7 +274,8 @@ fn check_modprobe(c: &Checked, aliases: &[(&str, &str)]) {
         .take(4)
         .collect();
     assert!(
-        ext4.iter().any(|l| l.ends_with("/fs/ext4/ext4.ko ")),
+        ext4.iter()
+            .any(|l| l.ends_with("/fs/ext4/ext4.ko ") || l.ends_with("/fs/ext4/ext4.ko.xz ")),
         "jbd2 loads right before ext4 and its other dependencies: {ext4:?}"
     );
 
@@ -304,6 +313,22 @@ fn amd64_indexes_equal_depmod_and_modprobe_reads_them() {
             ("nvme", "nvme"),
             // Built-in aliases come from modules.builtin.alias.bin.
             ("net-pf-1", "unix"),
+        ],
+    );
+}
+
+/// Debian 13: `.ko.xz` modules under /usr/lib/modules.
+#[test]
+fn compressed_modules_indexes_equal_depmod_and_modprobe_reads_them() {
+    let c = check_against_depmod(&debian_release_kernel_deb("trixie", "amd64"));
+    check_modprobe(
+        &c,
+        &[
+            ("virtio:d00000002v00001AF4", "virtio_blk"),
+            ("virtio:d00000001v00001AF4", "virtio_net"),
+            ("fs-ext4", "ext4"),
+            ("fs-squashfs", "squashfs"),
+            ("symbol:jbd2_journal_start", "jbd2"),
         ],
     );
 }

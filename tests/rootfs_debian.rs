@@ -1,5 +1,5 @@
-//! A real distribution: Debian bookworm minbase (made once with mmdebstrap,
-//! cached under target/test-fixtures/), pushed to a local registry as one
+//! A real distribution: the minbase of the default flavor's Debian release
+//! (made once with mmdebstrap, cached under target/test-fixtures/), pushed to a local registry as one
 //! gzip layer, turned into a SquashFS and compared entry by entry with the
 //! original tar.
 
@@ -14,9 +14,10 @@ use common::*;
 fn debian_minbase_from_registry_matches_the_tar() {
     let tar = debian_minbase();
     let (layout, digests) = debian_layout();
+    let release = fixtures::default_release();
     let reg = Registry::start();
-    assert_eq!(reg.push(&layout, "bookworm", "debian"), digests.manifest);
-    let image = reg.image("debian", "bookworm");
+    assert_eq!(reg.push(&layout, &release, "debian"), digests.manifest);
+    let image = reg.image("debian", &release);
 
     let env = TestEnv::new();
     let start = Instant::now();
@@ -86,7 +87,11 @@ fn debian_minbase_from_rootfs_tar_and_oci_layout() {
     env.env("SOURCE_DATE_EPOCH", "1700000000");
     let from_tar = env.rootfs_ok(&format!("rootfs-tar:{}", tar.display()), "tar.sqfs", &[]);
     let from_layout = env.rootfs_ok(
-        &format!("oci-layout:{}:bookworm", layout.dir.display()),
+        &format!(
+            "oci-layout:{}:{}",
+            layout.dir.display(),
+            fixtures::default_release()
+        ),
         "layout.sqfs",
         &[],
     );

@@ -387,7 +387,10 @@ fn identity(ed: &mut Editor<'_>, info: &ImageInfo, r: &mut Report) -> Result<()>
     let mut json = serde_json::to_vec_pretty(&image)?;
     json.push(b'\n');
     ed.write("usr/lib/build-image/image.json", &json, 0o644)?;
-    if ed.exists("usr/sbin/sshd") {
+    // openssh-server from Debian 13 on declares its user itself
+    // (openssh-server.conf); a second declaration only earns a conflict
+    // warning from systemd-sysusers at every boot.
+    if ed.exists("usr/sbin/sshd") && !sysusers_declares(ed, "sshd")? {
         ed.write(
             "usr/lib/sysusers.d/build-image.conf",
             SYSUSERS.as_bytes(),
@@ -399,6 +402,25 @@ fn identity(ed: &mut Editor<'_>, info: &ImageInfo, r: &mut Report) -> Result<()>
         info.flavor, info.version
     ));
     Ok(())
+}
+
+/// Whether a `sysusers.d` file of the image declares the user `name`.
+fn sysusers_declares(ed: &Editor<'_>, name: &str) -> Result<bool> {
+    for dir in ["usr/lib/sysusers.d", "etc/sysusers.d"] {
+        for file in ed.list(dir).into_iter().filter(|f| f.ends_with(".conf")) {
+            let Some(text) = ed.read_string(&format!("{dir}/{file}"))? else {
+                continue;
+            };
+            let declares = text.lines().any(|l| {
+                let mut words = l.split_whitespace();
+                matches!(words.next(), Some("u" | "u!")) && words.next() == Some(name)
+            });
+            if declares {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
 }
 
 /// systemd-networkd with DHCP, systemd-resolved's stub as resolv.conf.
@@ -437,4 +459,55 @@ fn watchdog(ed: &mut Editor<'_>, r: &mut Report) -> Result<()> {
         "systemd pings the hardware watchdog every {RUNTIME_SEC} s ({SYSTEMD_DROPIN})"
     ));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tree::{ContentStore, FsTree};
+
+    fn info() -> ImageInfo {
+        ImageInfo {
+            flavor: "debian".into(),
+            release: "trixie".into(),
+            arch: "amd64".into(),
+            version: "1".into(),
+            k3s_version: None,
+        }
+    }
+
+    /// The sshd user is declared once: by build-image for an openssh that
+    /// makes it in its postinst (Debian 12), not again where the package
+    /// ships a sysusers.d file for it (Debian 13).
+    #[test]
+    fn sshd_user_is_declared_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        for (ships, ours) in [(false, true), (true, false)] {
+            let mut tree = FsTree::new();
+            let mut store = ContentStore::new_in(tmp.path()).unwrap();
+            let mut ed = Editor {
+                tree: &mut tree,
+                store: &mut store,
+                mtime: 0,
+            };
+            ed.write("usr/sbin/sshd", b"", 0o755).unwrap();
+            if ships {
+                ed.write(
+                    "usr/lib/sysusers.d/openssh-server.conf",
+                    b"u sshd -:nogroup \"sshd user\" /run/sshd\n",
+                    0o644,
+                )
+                .unwrap();
+            }
+            let mut r = Report::default();
+            identity(&mut ed, &info(), &mut r).unwrap();
+            assert_eq!(
+                ed.exists("usr/lib/sysusers.d/build-image.conf"),
+                ours,
+                "package ships one: {ships}"
+            );
+            assert!(sysusers_declares(&ed, "sshd").unwrap());
+            assert!(!sysusers_declares(&ed, "ssh").unwrap());
+        }
+    }
 }

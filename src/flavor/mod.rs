@@ -4,8 +4,11 @@
 //! base image, the package repositories per architecture with their signing
 //! keys, the packages to layer in (boot essentials, kernel, bootloader,
 //! firmware) and the init system. The flavors shipped in `flavors/` are
-//! compiled into the binary, so `--flavor debian` needs no files; a path
-//! (`--flavor ./my.yaml`) loads one from disk, with keyrings relative to it.
+//! compiled into the binary, one per release (`--flavor debian-13`), so they
+//! need no files; an alias names the release a distribution's plain name
+//! stands for (`debian` is Debian's current stable release, [`ALIASES`]). A
+//! path (`--flavor ./my.yaml`) loads one from disk, with keyrings relative
+//! to it.
 //!
 //! Entry point: [`Flavor::load`].
 
@@ -20,9 +23,16 @@ pub const ARCHITECTURES: &[&str] = &["amd64", "arm64"];
 
 /// The flavors compiled into the binary: name, YAML text.
 const BUILTIN: &[(&str, &str)] = &[
-    ("debian", include_str!("../../flavors/debian.yaml")),
+    ("debian-12", include_str!("../../flavors/debian-12.yaml")),
+    ("debian-13", include_str!("../../flavors/debian-13.yaml")),
     ("ubuntu", include_str!("../../flavors/ubuntu.yaml")),
 ];
+
+/// Names that stand for a built-in flavor: alias, flavor. `debian` is
+/// Debian's current stable release; when Debian releases the next one, a
+/// flavor file for it is added and the alias moves to it once the test
+/// suite builds and boots it (docs/flavors.md).
+pub const ALIASES: &[(&str, &str)] = &[("debian", "debian-13")];
 
 /// Keyrings the built-in flavors refer to, by their path under `flavors/`.
 const BUILTIN_KEYS: &[(&str, &[u8])] = &[
@@ -37,6 +47,18 @@ const BUILTIN_KEYS: &[(&str, &[u8])] = &[
     (
         "keys/debian-archive-bookworm-security-automatic.gpg",
         include_bytes!("../../flavors/keys/debian-archive-bookworm-security-automatic.gpg"),
+    ),
+    (
+        "keys/debian-archive-trixie-stable.gpg",
+        include_bytes!("../../flavors/keys/debian-archive-trixie-stable.gpg"),
+    ),
+    (
+        "keys/debian-archive-trixie-automatic.gpg",
+        include_bytes!("../../flavors/keys/debian-archive-trixie-automatic.gpg"),
+    ),
+    (
+        "keys/debian-archive-trixie-security-automatic.gpg",
+        include_bytes!("../../flavors/keys/debian-archive-trixie-security-automatic.gpg"),
     ),
     (
         "keys/ubuntu-archive-2018.gpg",
@@ -72,9 +94,14 @@ pub struct Flavor {
     pub base: Base,
     pub repositories: Vec<Repository>,
     pub packages: Packages,
-    /// Where the file came from, for messages (`builtin:debian` or a path).
+    /// Where the file came from, for messages (`builtin:debian-13` or a
+    /// path).
     #[serde(skip)]
     pub origin: String,
+    /// The flavor a build names: a built-in one's name (`debian-13`, also
+    /// when asked for by an alias) or the file's path.
+    #[serde(skip)]
+    pub id: String,
     /// The directory keyrings are relative to; `None` for built-in flavors.
     #[serde(skip)]
     pub dir: Option<PathBuf>,
@@ -144,8 +171,28 @@ impl Flavor {
         BUILTIN.iter().map(|(n, _)| *n)
     }
 
-    /// A built-in flavor by name, or a flavor file if `name_or_path`
-    /// contains a `/` or ends in `.yaml`.
+    /// The built-in flavor `name` stands for: itself, or the flavor an
+    /// alias names; `None` for a name that is neither.
+    pub fn resolve_builtin(name: &str) -> Option<&'static str> {
+        let name = ALIASES
+            .iter()
+            .find(|(alias, _)| *alias == name)
+            .map_or(name, |(_, target)| *target);
+        BUILTIN.iter().map(|(n, _)| *n).find(|n| *n == name)
+    }
+
+    /// Every name `--flavor` takes without a path, for messages:
+    /// `debian (debian-13), debian-12, debian-13, ubuntu`.
+    pub fn known_names() -> String {
+        let aliases = ALIASES.iter().map(|(a, t)| format!("{a} ({t})"));
+        let names = BUILTIN.iter().map(|(n, _)| n.to_string());
+        let mut all: Vec<String> = aliases.chain(names).collect();
+        all.sort();
+        all.join(", ")
+    }
+
+    /// A built-in flavor by name or alias, or a flavor file if
+    /// `name_or_path` contains a `/` or ends in `.yaml`.
     pub fn load(name_or_path: &str) -> Result<Flavor> {
         if name_or_path.contains('/') || name_or_path.ends_with(".yaml") {
             let path = Path::new(name_or_path);
@@ -155,15 +202,24 @@ impl Flavor {
                 .parent()
                 .map(Path::to_path_buf)
                 .unwrap_or_else(|| PathBuf::from("."));
-            return Flavor::parse(&text, &path.display().to_string(), Some(dir));
+            let mut f = Flavor::parse(&text, &path.display().to_string(), Some(dir))?;
+            f.id = path.display().to_string();
+            return Ok(f);
         }
-        match BUILTIN.iter().find(|(n, _)| *n == name_or_path) {
-            Some((n, text)) => Flavor::parse(text, &format!("builtin:{n}"), None),
-            None => bail!(
-                "unknown flavor {name_or_path:?}: built-in flavors are {}; or give a path to a flavor file",
-                Flavor::builtin_names().collect::<Vec<_>>().join(", ")
-            ),
-        }
+        let Some(name) = Flavor::resolve_builtin(name_or_path) else {
+            bail!(
+                "unknown flavor {name_or_path:?}: the built-in flavors are {}; or give the path \
+                 of a flavor file (docs/flavors.md)",
+                Flavor::known_names()
+            );
+        };
+        let (_, text) = BUILTIN
+            .iter()
+            .find(|(n, _)| *n == name)
+            .expect("resolve_builtin returns built-in names");
+        let mut f = Flavor::parse(text, &format!("builtin:{name}"), None)?;
+        f.id = name.to_string();
+        Ok(f)
     }
 
     /// Parses and validates flavor YAML. `origin` names it in messages.
@@ -171,6 +227,7 @@ impl Flavor {
         let mut f: Flavor =
             serde_saphyr::from_str(text).map_err(|e| anyhow::anyhow!("flavor {origin}: {e}"))?;
         f.origin = origin.to_string();
+        f.id = origin.to_string();
         f.dir = dir;
         f.validate()?;
         Ok(f)
@@ -302,32 +359,109 @@ mod tests {
     use super::*;
 
     #[test]
-    fn builtin_debian_is_valid() {
-        let f = Flavor::load("debian").unwrap();
-        assert_eq!(f.release, "bookworm");
-        assert_eq!(f.architectures, ["amd64", "arm64"]);
-        let amd = f.packages_for("amd64");
-        assert!(amd.contains(&"linux-image-amd64".to_string()));
-        assert!(amd.contains(&"systemd".to_string()));
-        assert!(!amd.contains(&"linux-image-arm64".to_string()));
-        for r in &f.repositories {
-            for k in &r.keyrings {
-                assert!(!f.keyring(k).unwrap().is_empty());
-            }
-            for url in r.url.values() {
-                assert!(url.starts_with("https://deb.debian.org/"), "{url}");
+    fn builtin_debian_releases_are_valid() {
+        for (name, release) in [("debian-12", "bookworm"), ("debian-13", "trixie")] {
+            let f = Flavor::load(name).unwrap();
+            assert_eq!((f.name.as_str(), f.release.as_str()), ("debian", release));
+            assert_eq!(f.id, name);
+            assert_eq!(f.origin, format!("builtin:{name}"));
+            assert_eq!(f.architectures, ["amd64", "arm64"]);
+            assert_eq!(f.default_base(), "archive");
+            assert!(f.base.image.ends_with(&format!(":{release}")), "{name}");
+            let amd = f.packages_for("amd64");
+            assert!(amd.contains(&"linux-image-amd64".to_string()));
+            assert!(amd.contains(&"systemd".to_string()));
+            assert!(amd.contains(&"grub-pc-bin".to_string()));
+            assert!(!amd.contains(&"linux-image-arm64".to_string()));
+            let suites: Vec<&str> = f
+                .repositories
+                .iter()
+                .flat_map(|r| r.suites.iter().map(String::as_str))
+                .collect();
+            let want = [
+                release.to_string(),
+                format!("{release}-updates"),
+                format!("{release}-security"),
+            ];
+            assert_eq!(suites, want, "{name}");
+            for r in &f.repositories {
+                for k in &r.keyrings {
+                    assert!(k.contains(release), "{name}: {k}");
+                    assert!(!f.keyring(k).unwrap().is_empty());
+                }
+                for url in r.url.values() {
+                    assert!(url.starts_with("https://deb.debian.org/"), "{url}");
+                }
             }
         }
     }
 
+    /// The built-in keyrings hold exactly the keys Debian publishes for
+    /// each release (ftp-master.debian.org/keys.html, and the
+    /// debian-archive-keyring package they were copied from).
     #[test]
-    fn unknown_flavor_lists_builtins() {
+    fn builtin_keyrings_hold_debians_published_keys() {
+        let published = [
+            (
+                "keys/debian-archive-bookworm-stable.gpg",
+                "4D64FEC119C2029067D6E791F8D2585B8783D481",
+            ),
+            (
+                "keys/debian-archive-bookworm-automatic.gpg",
+                "B8B80B5B623EAB6AD8775C45B7C5D7D6350947F8",
+            ),
+            (
+                "keys/debian-archive-bookworm-security-automatic.gpg",
+                "05AB90340C0C5E797F44A8C8254CF3B5AEC0A8F0",
+            ),
+            (
+                "keys/debian-archive-trixie-stable.gpg",
+                "41587F7DB8C774BCCF131416762F67A0B2C39DE4",
+            ),
+            (
+                "keys/debian-archive-trixie-automatic.gpg",
+                "04B54C3CDCA79751B16BC6B5225629DF75B188BD",
+            ),
+            (
+                "keys/debian-archive-trixie-security-automatic.gpg",
+                "5E04A1E3223A19A20706E20F9904613D4CCE68C6",
+            ),
+        ];
+        let f = Flavor::load("debian-13").unwrap();
+        for (file, fpr) in published {
+            let ring = crate::apt::Keyring::from_bytes(&f.keyring(file).unwrap(), file).unwrap();
+            assert_eq!(ring.fingerprints(), [fpr], "{file}");
+        }
+    }
+
+    #[test]
+    fn debian_names_the_current_stable_release() {
+        let f = Flavor::load("debian").unwrap();
+        assert_eq!(f.id, "debian-13");
+        assert_eq!(f.release, "trixie");
+        assert_eq!(Flavor::resolve_builtin("debian"), Some("debian-13"));
+        assert_eq!(Flavor::resolve_builtin("debian-13"), Some("debian-13"));
+        assert_eq!(Flavor::resolve_builtin("debian-11"), None);
+        // Every alias names a built-in flavor.
+        for (alias, target) in ALIASES {
+            assert_eq!(Flavor::resolve_builtin(alias), Some(*target));
+        }
+    }
+
+    #[test]
+    fn unknown_flavor_lists_the_known_ones() {
+        let e = Flavor::load("debian-11").unwrap_err().to_string();
+        assert!(
+            e.contains("\"debian-11\"")
+                && e.contains("debian (debian-13), debian-12, debian-13, ubuntu"),
+            "{e}"
+        );
         let e = Flavor::load("gentoo").unwrap_err().to_string();
-        assert!(e.contains("debian"), "{e}");
+        assert!(e.contains("gentoo") && e.contains("debian-13"), "{e}");
     }
 
     fn with(replace: &str, by: &str) -> String {
-        let text = BUILTIN[0].1;
+        let text = BUILTIN.iter().find(|(n, _)| *n == "debian-12").unwrap().1;
         assert!(text.contains(replace), "fixture text {replace:?} missing");
         text.replacen(replace, by, 1)
     }

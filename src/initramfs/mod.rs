@@ -67,8 +67,8 @@ pub const BOOT_MODULES: &[&str] = &[
 ];
 
 /// The initramfs: os-init as /init, the closure of `wanted` modules (those
-/// the kernel has) and the load list os-init reads. Returns the newc
-/// archive and the modules it loads, in order.
+/// the kernel has), uncompressed, and the load list os-init reads. Returns
+/// the newc archive and the modules it loads, in order.
 pub fn build(
     kernel: &ModuleIndex,
     tree: &FsTree,
@@ -99,11 +99,16 @@ pub fn build(
         let InodeKind::File { content } = &tree.inode(m.inode).kind else {
             anyhow::bail!("module {}: {} is not a regular file", m.info.name, m.path);
         };
-        let data = ed
-            .store
-            .read_all(content)
+        // Decompressed here, so os-init's finit_module needs no
+        // MODULE_INIT_COMPRESSED_FILE and the kernel no in-kernel
+        // decompressor (Debian 13's modules are `.ko.xz`).
+        let data = crate::kmod::read_module(ed.store, content, &m.path)
             .with_context(|| format!("reading module {}", m.path))?;
-        let path = format!("lib/modules/{}/{}", kernel.version, m.rel_path);
+        let path = format!(
+            "lib/modules/{}/{}",
+            kernel.version,
+            crate::kmod::uncompressed_path(&m.rel_path)
+        );
         ed.write(&path, &data, 0o644)?;
         load.push('/');
         load.push_str(&path);

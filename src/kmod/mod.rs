@@ -102,8 +102,9 @@ pub struct ModuleIndex {
     pub builtin: BTreeSet<String>,
 }
 
-/// Reads a module file, decompressing by its extension.
-fn read_module(
+/// Reads a module file, decompressing by its extension (`.ko.xz`,
+/// `.ko.zst`, `.ko.gz`; a plain `.ko` as it is).
+pub fn read_module(
     store: &ContentStore,
     content: &crate::tree::ContentRef,
     path: &str,
@@ -127,6 +128,14 @@ fn read_module(
         out = raw;
     }
     Ok(out)
+}
+
+/// The path of a module file once decompressed: `x.ko.xz` → `x.ko`.
+pub fn uncompressed_path(path: &str) -> &str {
+    [".xz", ".zst", ".gz"]
+        .iter()
+        .find_map(|ext| path.strip_suffix(ext).filter(|p| p.ends_with(".ko")))
+        .unwrap_or(path)
 }
 
 fn module_stem(file_name: &str) -> Option<&str> {

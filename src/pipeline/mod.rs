@@ -32,6 +32,8 @@ pub use plan::{default_cmdline, version_from_epoch, BuildPlan};
 #[serde(rename_all = "camelCase")]
 pub struct BuildResult {
     pub flavor: String,
+    /// The flavor's release codename (`trixie`).
+    pub release: String,
     pub arch: String,
     pub version: String,
     pub kernel: String,
@@ -44,6 +46,12 @@ pub struct BuildResult {
 
 pub fn run(g: &Global, a: BuildArgs, reporter: &dyn Reporter) -> Result<BuildResult> {
     let plan = plan::plan(&a)?;
+    reporter.event(crate::progress::Event::Stage {
+        message: format!(
+            "building {} for {} (flavor {})",
+            plan.flavor.description, plan.arch, plan.flavor.id
+        ),
+    });
     let puller = g.puller(&plan.insecure_registries, reporter)?;
     let fetcher = apt::Fetcher::new();
     let mut inputs = inputs::resolve(&plan, &puller, &fetcher, reporter)?;
@@ -123,6 +131,7 @@ pub fn run(g: &Global, a: BuildArgs, reporter: &dyn Reporter) -> Result<BuildRes
 
     Ok(BuildResult {
         flavor: plan.flavor.name.clone(),
+        release: plan.flavor.release.clone(),
         arch: plan.arch.clone(),
         version: plan.version.clone(),
         kernel,

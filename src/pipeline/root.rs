@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
 use super::inputs::Inputs;
 use super::lock::{BuildLock, LockedBase, LockedImage, LockedPackage};
@@ -12,6 +12,7 @@ use super::plan::BuildPlan;
 use crate::apt;
 use crate::assemble::assemble_into;
 use crate::finalise::{self, k3s};
+use crate::flavor::Flavor;
 use crate::kmod::ModuleIndex;
 use crate::oci::{ImageSource, Puller};
 use crate::progress::{Event, Reporter};
@@ -78,6 +79,7 @@ pub fn add_base(
             );
             assemble_into(puller, img, &mut root.tree, &mut root.store)
                 .with_context(|| format!("assembling the base image {}", img.source))?;
+            check_base_release(&root.edit(), &plan.flavor, &img.source.to_string())?;
             lock.base = LockedBase::Image(LockedImage::of(img));
         }
     }
@@ -220,6 +222,49 @@ pub fn finalise(
 /// The merged-/usr symlinks a bootstrap starts from (as debootstrap and
 /// mmdebstrap make them), so packages' /bin, /sbin and /lib paths land
 /// under /usr.
+/// Refuses a base image of another release than the flavor's: packages of
+/// one release over the libraries of another make a system nobody tested
+/// (a bookworm base under trixie's systemd, say). The release is the
+/// base's `VERSION_CODENAME` in `/etc/os-release` (or
+/// `/usr/lib/os-release`), as the distribution's `base-files` writes it.
+pub fn check_base_release(ed: &Editor<'_>, flavor: &Flavor, base: &str) -> Result<()> {
+    let want = &flavor.release;
+    let which = format!("flavor {} builds {} {want}", flavor.id, flavor.name);
+    let mut found = None;
+    for path in ["etc/os-release", "usr/lib/os-release"] {
+        if let Some(text) = ed.read_following(path)? {
+            found = Some((path, String::from_utf8_lossy(&text).into_owned()));
+            break;
+        }
+    }
+    let Some((path, text)) = found else {
+        bail!(
+            "the base image {base} has no /etc/os-release or /usr/lib/os-release, so its \
+             release is unknown; {which}: use a base image of {want}"
+        );
+    };
+    let field = |key: &str| {
+        text.lines().find_map(|l| {
+            let v = l.trim().strip_prefix(key)?.strip_prefix('=')?;
+            Some(v.trim().trim_matches(['"', '\'']).to_string())
+        })
+    };
+    let Some(codename) = field("VERSION_CODENAME").filter(|c| !c.is_empty()) else {
+        bail!(
+            "the base image {base} names no release (no VERSION_CODENAME in /{path}); {which}: \
+             use a base image of {want}"
+        );
+    };
+    if codename != *want {
+        let pretty = field("PRETTY_NAME").unwrap_or_else(|| codename.clone());
+        bail!(
+            "the base image {base} is {pretty} (VERSION_CODENAME={codename} in /{path}), but \
+             {which}: use a base image of {want}, or the flavor of {codename}"
+        );
+    }
+    Ok(())
+}
+
 fn merged_usr(ed: &mut Editor<'_>, arch: &str) -> Result<()> {
     let mut dirs = vec!["bin", "sbin", "lib"];
     if arch == "amd64" {
@@ -235,4 +280,75 @@ fn merged_usr(ed: &mut Editor<'_>, arch: &str) -> Result<()> {
         ed.mkdir(d, 0o755)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root_with(os_release: Option<&str>) -> (tempfile::TempDir, Root) {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut root = Root::new(tmp.path(), 0).unwrap();
+        if let Some(text) = os_release {
+            let mut ed = root.edit();
+            ed.write("usr/lib/os-release", text.as_bytes(), 0o644)
+                .unwrap();
+            ed.symlink("etc/os-release", "../usr/lib/os-release")
+                .unwrap();
+        }
+        (tmp, root)
+    }
+
+    const BOOKWORM: &str =
+        "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nNAME=\"Debian GNU/Linux\"\n\
+                            VERSION_ID=\"12\"\nVERSION_CODENAME=bookworm\nID=debian\n";
+
+    #[test]
+    fn a_base_of_another_release_is_refused_naming_both() {
+        let trixie = Flavor::load("debian-13").unwrap();
+        let (_t, mut root) = root_with(Some(BOOKWORM));
+        let e = check_base_release(&root.edit(), &trixie, "127.0.0.1:5000/debian:bookworm")
+            .unwrap_err()
+            .to_string();
+        for want in [
+            "127.0.0.1:5000/debian:bookworm",
+            "Debian GNU/Linux 12 (bookworm)",
+            "VERSION_CODENAME=bookworm in /etc/os-release",
+            "flavor debian-13 builds debian trixie",
+        ] {
+            assert!(e.contains(want), "{want:?} missing: {e}");
+        }
+        let bookworm = Flavor::load("debian-12").unwrap();
+        check_base_release(&root.edit(), &bookworm, "b").unwrap();
+    }
+
+    #[test]
+    fn a_base_that_names_no_release_is_refused() {
+        let trixie = Flavor::load("debian-13").unwrap();
+        let (_t, mut root) = root_with(None);
+        let e = check_base_release(&root.edit(), &trixie, "base")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no /etc/os-release") && e.contains("trixie"),
+            "{e}"
+        );
+        let (_t, mut root) = root_with(Some(
+            "ID=debian\nPRETTY_NAME=\"Debian GNU/Linux forky/sid\"\n",
+        ));
+        let e = check_base_release(&root.edit(), &trixie, "base")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no VERSION_CODENAME in /etc/os-release") && e.contains("trixie"),
+            "{e}"
+        );
+        // /usr/lib/os-release alone is read too, quoted values unquoted.
+        let tmp = tempfile::tempdir().unwrap();
+        let mut root = Root::new(tmp.path(), 0).unwrap();
+        root.edit()
+            .write("usr/lib/os-release", b"VERSION_CODENAME='trixie'\n", 0o644)
+            .unwrap();
+        check_base_release(&root.edit(), &trixie, "base").unwrap();
+    }
 }

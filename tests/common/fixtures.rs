@@ -1,5 +1,6 @@
-//! Large fixtures generated once per target dir: a Debian bookworm minbase
-//! rootfs tar made with mmdebstrap, and an OCI layout of it (one gzip layer).
+//! Large fixtures generated once per target dir: a Debian minbase rootfs
+//! tar of a release made with mmdebstrap, and an OCI layout of it (one gzip
+//! layer); Debian packages of the host's release or of another one.
 //!
 //! Parallel test binaries coordinate through a lock file (created with
 //! `create_new`, holding the owner's pid; a lock whose owner died is taken
@@ -87,11 +88,26 @@ fn is_root() -> bool {
         == Some("0")
 }
 
-/// A Debian bookworm minbase rootfs tar (uncompressed), made once with
-/// `mmdebstrap --variant=minbase` from deb.debian.org and cached in
-/// `target/test-fixtures/debian-bookworm-minbase.tar`.
+/// The release of the default flavor (`--flavor debian`): `trixie`.
+pub fn default_release() -> String {
+    build_image::flavor::Flavor::load("debian").unwrap().release
+}
+
+/// The default release's minbase, [`debian_minbase_of`].
 pub fn debian_minbase() -> PathBuf {
-    let out = fixtures_dir().join("debian-bookworm-minbase.tar");
+    debian_minbase_of(&default_release())
+}
+
+/// The default release's OCI layout, [`debian_layout_of`].
+pub fn debian_layout() -> (OciLayout, ImageDigests) {
+    debian_layout_of(&default_release())
+}
+
+/// A Debian minbase rootfs tar (uncompressed) of `release`, made once
+/// with `mmdebstrap --variant=minbase` from deb.debian.org and cached in
+/// `target/test-fixtures/debian-RELEASE-minbase.tar`.
+pub fn debian_minbase_of(release: &str) -> PathBuf {
+    let out = fixtures_dir().join(format!("debian-{release}-minbase.tar"));
     if out.exists() {
         return out;
     }
@@ -116,7 +132,7 @@ pub fn debian_minbase() -> PathBuf {
                 mode,
                 "--aptopt=Acquire::Retries \"5\"",
                 "--format=tar",
-                "bookworm",
+                release,
             ])
             .arg(&tmp)
             .arg("http://deb.debian.org/debian")
@@ -131,14 +147,15 @@ pub fn debian_minbase() -> PathBuf {
     }
     let lines: Vec<&str> = last.lines().collect();
     let tail = lines[lines.len().saturating_sub(30)..].join("\n");
-    panic!("mmdebstrap failed 3 times; the tail of its last stderr:\n{tail}");
+    panic!("mmdebstrap {release} failed 3 times; the tail of its last stderr:\n{tail}");
 }
 
-/// An OCI layout in `target/test-fixtures/debian-minbase-oci` holding the
-/// minbase tar as one gzip layer, tagged `bookworm`, for the host arch.
-pub fn debian_layout() -> (OciLayout, ImageDigests) {
-    let tar = debian_minbase();
-    let dir = fixtures_dir().join("debian-minbase-oci");
+/// An OCI layout in `target/test-fixtures/debian-RELEASE-minbase-oci`
+/// holding the minbase tar of `release` as one gzip layer, tagged with the
+/// release's name, for the host arch.
+pub fn debian_layout_of(release: &str) -> (OciLayout, ImageDigests) {
+    let tar = debian_minbase_of(release);
+    let dir = fixtures_dir().join(format!("debian-{release}-minbase-oci"));
     let meta = dir.with_extension("json");
     let _lock = lock(&dir, Duration::from_secs(900));
     if dir.join("index.json").exists() && meta.exists() {
@@ -161,7 +178,7 @@ pub fn debian_layout() -> (OciLayout, ImageDigests) {
     let _ = fs::remove_dir_all(&partial);
     let layer = Layer::from_tar(fs::read(&tar).unwrap(), Compression::Gzip);
     let layout = OciLayout::create(&partial);
-    let digests = layout.add_image("bookworm", &Image::new(host_arch(), vec![layer]));
+    let digests = layout.add_image(release, &Image::new(host_arch(), vec![layer]));
     fs::rename(&partial, &dir).unwrap();
     let d = serde_json::json!({
         "manifest": digests.manifest,
@@ -571,4 +588,30 @@ pub fn trixie_tools() -> Result<TrixieTools, String> {
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(tools)
+}
+
+/// The current kernel package of Debian `release` (e.g. "trixie") for
+/// `arch`: whatever `linux-image-ARCH` depends on in the lists of
+/// [`release_apt_options`], downloaded once (see [`debian_release_deb`]).
+pub fn debian_release_kernel_deb(release: &str, arch: &str) -> PathBuf {
+    let mut text = String::new();
+    for refresh in [false, true] {
+        let opts = release_apt_options(release, arch, refresh);
+        let depends = Command::new("apt-cache")
+            .args(&opts)
+            .args(["depends", &format!("linux-image-{arch}:{arch}")])
+            .output()
+            .expect("apt-cache not found");
+        text = String::from_utf8_lossy(&depends.stdout).into_owned();
+        let pkg = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Depends: "))
+            .filter(|p| p.starts_with("linux-image-"))
+            // apt-cache may print the package as NAME:ARCH.
+            .map(|p| p.trim().split(':').next().unwrap().to_string());
+        if let Some(pkg) = pkg {
+            return debian_release_deb(release, &pkg, arch);
+        }
+    }
+    panic!("apt-cache cannot resolve linux-image-{arch} of Debian {release}:\n{text}");
 }

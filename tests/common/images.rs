@@ -1,12 +1,17 @@
 //! Full images built once per target dir and shared by test binaries: the
-//! default amd64 image is what tests/build_image.rs's `build` makes (a
-//! Debian base from a local registry, the archive's packages, the k3s
-//! stand-in, the components of `cargo xtask components`, the test node
-//! config), stored under `target/test-fixtures/images/KEY/`. KEY hashes
-//! everything the build reads that a change in this repository can
-//! change: the build-image binary, the components layout, the k3s
-//! stand-in's source, the config and the arguments. A newer key replaces
-//! older ones (a build is ~1 GiB of sparse files).
+//! amd64 image of a flavor is what tests/build_image.rs's `build` makes (the
+//! flavor release's Debian minbase from a local registry, the archive's
+//! packages, the k3s stand-in, the components of `cargo xtask
+//! components`, the test node config), stored under
+//! `target/test-fixtures/images/FLAVOR-amd64-KEY/` (FLAVOR as resolved:
+//! `debian-13` for `debian`). KEY hashes everything the build reads that a
+//! change in this repository can change: the build-image binary, the
+//! components layout, the k3s stand-in's source, the config, the base and
+//! the arguments, the flavor among them. A newer key replaces older ones of
+//! the same flavor (a build is ~1 GiB of sparse files).
+//!
+//! Output file names follow the flavor's release (`debian-trixie-amd64.raw`):
+//! take them from [`output`], not from a literal.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -15,13 +20,15 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use super::fixtures::{debian_layout, fixtures_dir, lock};
+use super::fixtures::{debian_layout_of, fixtures_dir, lock};
 use super::layer::{Compression, LayerBuilder};
 use super::oci::{Image, OciLayout};
 use super::registry::Registry;
 use super::{TestEnv, BIN};
 
 pub const K3S_TAG: &str = "v1.31.4-k3s1";
+/// What a build without `--flavor` builds: Debian's current stable release.
+pub const DEFAULT_FLAVOR: &str = "debian";
 /// `--image-version` of the default image.
 pub const VERSION: &str = "1.0.0-test";
 
@@ -117,13 +124,39 @@ fn sha256_file(path: &Path) -> Vec<u8> {
     h.finalize().to_vec()
 }
 
-/// The output directory of the default amd64 build (`debian` flavor,
-/// version [`VERSION`]): `debian-bookworm-amd64.raw`, `.squashfs`, `.iso`,
-/// `build-image.lock`. Built on first use; later calls (from any test
-/// binary) reuse it. Treat it as read-only: boot copies of it.
+/// The built-in flavor `flavor` names (`debian` → `debian-13`).
+pub fn flavor(flavor: &str) -> build_image::flavor::Flavor {
+    build_image::flavor::Flavor::load(flavor).unwrap()
+}
+
+/// `{name}-{release}-{arch}`, the stem of a build's output files
+/// (`debian-trixie-amd64`).
+pub fn stem(flavor_name: &str, arch: &str) -> String {
+    let f = flavor(flavor_name);
+    format!("{}-{}-{arch}", f.name, f.release)
+}
+
+/// The output file `{stem}.{ext}` of a build of `flavor` for `arch` in
+/// `dir` (`ext`: `raw`, `squashfs`, `iso`).
+pub fn output(dir: &Path, flavor: &str, arch: &str, ext: &str) -> PathBuf {
+    dir.join(format!("{}.{ext}", stem(flavor, arch)))
+}
+
+/// The output directory of the default amd64 build ([`DEFAULT_FLAVOR`],
+/// version [`VERSION`]): `debian-trixie-amd64.raw`, `.squashfs`, `.iso`,
+/// `build-image.lock` ([`output`] names them). Built on first use; later
+/// calls (from any test binary) reuse it. Treat it as read-only: boot
+/// copies of it.
 pub fn default_amd64() -> PathBuf {
-    cached_build(
-        "debian-amd64",
+    amd64(DEFAULT_FLAVOR)
+}
+
+/// [`default_amd64`] for another built-in flavor (`debian-12`).
+pub fn amd64(flavor_name: &str) -> PathBuf {
+    let f = flavor(flavor_name);
+    cached_build_of(
+        flavor_name,
+        &format!("{}-amd64", f.id),
         "amd64",
         &["--image-version", VERSION],
         &node_config(),
@@ -131,8 +164,8 @@ pub fn default_amd64() -> PathBuf {
     )
 }
 
-/// A build of the test inputs (the Debian base from a local registry for
-/// amd64, from the archive for arm64; the k3s stand-in; the components of
+/// A build of the test inputs for [`DEFAULT_FLAVOR`] (the release's
+/// Debian minbase from a local registry for amd64, from the archive for arm64; the k3s stand-in; the components of
 /// `cargo xtask components`) for `arch` with `args` and the node config
 /// `config`, cached under `target/test-fixtures/images/PREFIX-KEY/`. KEY
 /// hashes everything the build reads that a change in this repository can
@@ -146,6 +179,19 @@ pub fn cached_build(
     config: &str,
     inputs: &[&Path],
 ) -> PathBuf {
+    cached_build_of(DEFAULT_FLAVOR, prefix, arch, args, config, inputs)
+}
+
+/// [`cached_build`] of the built-in flavor `flavor_name`.
+pub fn cached_build_of(
+    flavor_name: &str,
+    prefix: &str,
+    arch: &str,
+    args: &[&str],
+    config: &str,
+    inputs: &[&Path],
+) -> PathBuf {
+    let f = flavor(flavor_name);
     let comps = components();
     let mut h = Sha256::new();
     h.update(sha256_file(Path::new(BIN)));
@@ -157,13 +203,13 @@ pub fn cached_build(
     }
     let registry_base = arch == super::oci::host_arch();
     let base_digest = if registry_base {
-        let (_, digests) = debian_layout();
+        let (_, digests) = debian_layout_of(&f.release);
         digests.manifest
     } else {
         "archive".to_string()
     };
     h.update(&base_digest);
-    let all: Vec<&str> = ["--flavor", "debian", "--arch", arch]
+    let all: Vec<&str> = ["--flavor", f.id.as_str(), "--arch", arch]
         .into_iter()
         .chain(args.iter().copied())
         .collect();
@@ -194,9 +240,9 @@ pub fn cached_build(
     let env = TestEnv::new();
     let reg = Registry::start();
     let base_ref = if registry_base {
-        let (base, _) = debian_layout();
-        reg.push(&base, "bookworm", "library/debian");
-        reg.image("library/debian", "bookworm")
+        let (base, _) = debian_layout_of(&f.release);
+        reg.push(&base, &f.release, "library/debian");
+        reg.image("library/debian", &f.release)
     } else {
         "archive".to_string()
     };

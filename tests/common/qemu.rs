@@ -266,6 +266,19 @@ impl Vm {
         .1
     }
 
+    /// [`Vm::run_until`] for several markers: runs until each of `all`
+    /// appears with its line complete, in any order.
+    pub fn run_until_all(&self, all: &[&str], timeout: Duration) -> String {
+        self.run_while(timeout, |text| {
+            let finished = all
+                .iter()
+                .all(|done| text.find(done).is_some_and(|i| text[i..].contains('\n')));
+            let failed = text.contains("os-init: error") && text.contains("rebooting");
+            !finished && !failed
+        })
+        .1
+    }
+
     fn run_while(
         &self,
         timeout: Duration,

@@ -11,6 +11,7 @@
 //! The partition names are the contract with the device: `os-init` and
 //! `os-agent` find the slots by these names, never by number.
 
+pub mod card;
 mod write;
 
 use std::ops::Range;
@@ -30,6 +31,37 @@ pub use write::{
 /// `root_a`/`root_b` are raw squashfs slots; `persist` is created or grown
 /// on first boot.
 pub use boot_contract::partition::{BIOS_GRUB, ESP, PERSIST, ROOT_A, ROOT_B};
+
+/// A partition table [`write_image`] can write: partitions known by name,
+/// at fixed byte ranges of an image of a fixed size.
+pub trait Table {
+    /// Size of the whole image in bytes.
+    fn size(&self) -> u64;
+    /// The bytes of the image the partition `name` covers.
+    fn extent(&self, name: &str) -> Option<Range<u64>>;
+    /// The partition names, in table order (for messages).
+    fn names(&self) -> Vec<&str>;
+    /// Writes the table's own sectors (every other byte is left alone).
+    fn write_table(&self, out: &std::fs::File) -> Result<()>;
+}
+
+impl Table for Layout {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn extent(&self, name: &str) -> Option<Range<u64>> {
+        self.range(name)
+    }
+
+    fn names(&self) -> Vec<&str> {
+        self.partitions.iter().map(|p| p.name.as_str()).collect()
+    }
+
+    fn write_table(&self, out: &std::fs::File) -> Result<()> {
+        write::write_gpt(self, out)
+    }
+}
 
 /// The sector size of the images build-image writes.
 pub const SECTOR: u64 = 512;

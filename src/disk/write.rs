@@ -6,7 +6,7 @@ use std::os::unix::fs::FileExt;
 
 use anyhow::{bail, Context, Result};
 
-use super::Layout;
+use super::{Layout, Table};
 
 const COPY_CHUNK: usize = 1 << 20;
 
@@ -33,10 +33,14 @@ pub type WriteFn<'a> = Box<dyn FnOnce(&mut PartitionWriter<'_>) -> Result<()> + 
 /// their partition) is checked before `out` is touched; no content is ever
 /// written outside its partition. Blocks of zeros are skipped, so the file
 /// stays sparse where nothing but zeros goes.
-pub fn write_image(layout: &Layout, out: &File, contents: Vec<(&str, Source<'_>)>) -> Result<()> {
+pub fn write_image(
+    layout: &dyn Table,
+    out: &File,
+    contents: Vec<(&str, Source<'_>)>,
+) -> Result<()> {
     for (i, (name, source)) in contents.iter().enumerate() {
-        let Some(part) = layout.partition(name) else {
-            let known: Vec<_> = layout.partitions.iter().map(|p| p.name.as_str()).collect();
+        let Some(part) = layout.extent(name) else {
+            let known = layout.names();
             bail!(
                 "no partition named {name} in the layout (it has {})",
                 known.join(", ")
@@ -50,28 +54,30 @@ pub fn write_image(layout: &Layout, out: &File, contents: Vec<(&str, Source<'_>)
                 .metadata()
                 .with_context(|| format!("reading the size of the content for partition {name}"))?
                 .len();
-            if len > part.size() {
+            if len > part.end - part.start {
                 bail!(
                     "the content for partition {name} is {len} bytes, larger than the partition \
                      ({} bytes)",
-                    part.size()
+                    part.end - part.start
                 );
             }
         }
     }
 
     out.set_len(0).context("truncating the image file")?;
-    out.set_len(layout.size)
+    out.set_len(layout.size())
         .context("setting the size of the image file")?;
-    write_gpt(layout, out).context("writing the partition table")?;
+    layout
+        .write_table(out)
+        .context("writing the partition table")?;
 
     for (name, source) in contents {
-        let part = layout.partition(name).expect("checked above");
+        let part = layout.extent(name).expect("checked above");
         let mut w = PartitionWriter {
             file: out,
-            name: part.name.clone(),
-            start: part.offset(),
-            len: part.size(),
+            name: name.to_string(),
+            start: part.start,
+            len: part.end - part.start,
             pos: 0,
         };
         match source {
@@ -103,7 +109,7 @@ pub fn write_mbr_boot_code(out: &File, code: &[u8]) -> Result<()> {
 
 /// The protective MBR, the primary GPT after it and the backup GPT in the
 /// last 33 sectors.
-fn write_gpt(layout: &Layout, out: &File) -> Result<()> {
+pub(super) fn write_gpt(layout: &Layout, out: &File) -> Result<()> {
     let table = layout.gpt()?;
     out.write_all_at(
         &boot_contract::gpt::protective_mbr(layout.total_sectors()),

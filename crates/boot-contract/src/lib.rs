@@ -7,6 +7,7 @@ pub mod boot_disk;
 pub mod fat;
 pub mod gpt;
 pub mod grubenv;
+pub mod mbr;
 pub mod upgrade;
 
 /// GPT partition names of the A/B disk layout. The agent and init find

@@ -3,3 +3,4 @@
 
 pub mod bios;
 pub mod esp;
+pub mod rpi;

@@ -94,6 +94,11 @@ pub struct Flavor {
     pub base: Base,
     pub repositories: Vec<Repository>,
     pub packages: Packages,
+    /// Raspberry Pi cards (`--format rpi`): where the distribution keeps
+    /// the Pi firmware, U-Boot and device trees. Optional; without it the
+    /// flavor builds no Pi cards.
+    #[serde(default)]
+    pub rpi: Option<RpiFlavor>,
     /// Where the file came from, for messages (`builtin:debian-13` or a
     /// path).
     #[serde(skip)]
@@ -163,6 +168,26 @@ pub struct Packages {
     /// Per architecture; may be empty.
     #[serde(default)]
     pub firmware: BTreeMap<String, Vec<String>>,
+}
+
+/// [`Flavor::rpi`]: the distribution's side of a Raspberry Pi card; the
+/// boards' side is `bootloader/rpi/boards/` ([`crate::bootloader::rpi`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RpiFlavor {
+    /// Added to the arm64 packages of a build with `--format rpi`: the Pi
+    /// firmware, U-Boot, and the Wi-Fi/Bluetooth firmware.
+    pub packages: Vec<String>,
+    /// Where the firmware package puts `bootcode.bin`, `start*.elf`, ….
+    pub firmware_dir: String,
+    /// Where the U-Boot package puts its builds (`rpi_arm64/u-boot.bin`).
+    pub u_boot_dir: String,
+    /// Where the kernel package puts the Broadcom device trees;
+    /// `{kernel}` stands for the kernel version.
+    pub device_tree_dir: String,
+    /// Lines added to `config.txt` under `[all]`, optional.
+    #[serde(default)]
+    pub config: String,
 }
 
 impl Flavor {
@@ -290,6 +315,26 @@ impl Flavor {
             for k in &r.keyrings {
                 self.keyring(k)
                     .with_context(|| format!("flavor {o}: field {at}.keyrings"))?;
+            }
+        }
+        if let Some(r) = &self.rpi {
+            if !self.architectures.iter().any(|a| a == "arm64") {
+                bail!("flavor {o}: field rpi: Raspberry Pi cards are arm64, and the flavor does not list arm64");
+            }
+            if r.packages.is_empty() {
+                bail!("flavor {o}: field rpi.packages: lists none (the Pi firmware and U-Boot packages)");
+            }
+            for (field, v) in [
+                ("rpi.firmware-dir", &r.firmware_dir),
+                ("rpi.u-boot-dir", &r.u_boot_dir),
+                ("rpi.device-tree-dir", &r.device_tree_dir),
+            ] {
+                if v.is_empty()
+                    || v.starts_with('/')
+                    || v.split('/').any(|c| c.is_empty() || c == "..")
+                {
+                    bail!("flavor {o}: field {field}: {v:?} is not a path relative to the root without '..'");
+                }
             }
         }
         for (field, map) in [
@@ -500,5 +545,44 @@ mod tests {
             "../../etc/passwd",
         ));
         assert!(e.contains("inside the flavor"), "{e}");
+
+        let e = parse_err(&with(
+            "firmware-dir: usr/lib/raspi-firmware",
+            "firmware-dir: /usr/lib/raspi-firmware",
+        ));
+        assert!(
+            e.contains("test.yaml") && e.contains("rpi.firmware-dir"),
+            "{e}"
+        );
+        let e = parse_err(&with(
+            "device-tree-dir: usr/lib",
+            "device-tree-dir: usr/../lib",
+        ));
+        assert!(e.contains("rpi.device-tree-dir"), "{e}");
+        let e = parse_err(&with(
+            "packages: [raspi-firmware, u-boot-rpi, firmware-brcm80211]",
+            "packages: []",
+        ));
+        assert!(
+            e.contains("rpi.packages") && e.contains("lists none"),
+            "{e}"
+        );
+        let e = parse_err(&with("u-boot-dir:", "uboot-dir:"));
+        assert!(e.contains("test.yaml") && e.contains("uboot-dir"), "{e}");
+    }
+
+    #[test]
+    fn debian_flavors_name_their_pi_packages() {
+        for name in ["debian-12", "debian-13"] {
+            let f = Flavor::load(name).unwrap();
+            let r = f.rpi.as_ref().expect("an rpi section");
+            assert!(r.packages.contains(&"raspi-firmware".to_string()), "{name}");
+            assert!(r.packages.contains(&"u-boot-rpi".to_string()), "{name}");
+            // raspi-firmware is in non-free-firmware.
+            assert!(f.repositories[0]
+                .components
+                .contains(&"non-free-firmware".to_string()));
+        }
+        assert!(Flavor::load("ubuntu").unwrap().rpi.is_some());
     }
 }

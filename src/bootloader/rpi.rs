@@ -339,10 +339,9 @@ pub fn render_config(sections: &str, extra: &[&str]) -> String {
         add.push_str(e.trim_end_matches('\n'));
         add.push('\n');
     }
-    let text = CONFIG_TEMPLATE
+    CONFIG_TEMPLATE
         .replace("@BOARDS@\n", sections)
-        .replace("@EXTRA@\n", &add);
-    text
+        .replace("@EXTRA@\n", &add)
 }
 
 #[cfg(test)]

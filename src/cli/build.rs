@@ -19,6 +19,9 @@ pub enum Format {
     /// Upgrade artifact: an OCI image layout (`{stem}.upgrade/`) for
     /// `build-image push` and `os-agent upgrade`
     Upgrade,
+    /// Raspberry Pi SD card image (`{stem}-rpi.img`, arm64): MBR, the Pi
+    /// firmware, U-Boot and the same A/B boot as the disk
+    Rpi,
 }
 
 impl Format {
@@ -27,6 +30,7 @@ impl Format {
             Format::Disk => "disk",
             Format::Iso => "iso",
             Format::Upgrade => "upgrade",
+            Format::Rpi => "rpi",
         }
     }
 }
@@ -91,6 +95,10 @@ pub struct BuildArgs {
     /// Size of the EFI system partition
     #[arg(long, value_parser = parse_size, default_value = "256M", value_name = "SIZE")]
     pub esp_size: u64,
+    /// Lines added to the Raspberry Pi card's config.txt (under [all],
+    /// after the flavor's)
+    #[arg(long, value_name = "FILE")]
+    pub rpi_config: Option<PathBuf>,
     /// SquashFS compression of the root: zstd, xz or gzip[:LEVEL]
     #[arg(long, default_value = "zstd", value_name = "ALGO[:LEVEL]")]
     pub compression: squashfs::Compression,

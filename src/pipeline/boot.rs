@@ -6,8 +6,10 @@ use std::io::Write;
 
 use anyhow::{anyhow, Context, Result};
 
+use super::plan::BuildPlan;
 use super::root::Root;
-use crate::bootloader::{bios, esp};
+use crate::bootloader::{bios, esp, rpi};
+use crate::cli::build::Format;
 use crate::initramfs;
 use crate::kmod::ModuleIndex;
 use crate::progress::{Event, Reporter};
@@ -25,6 +27,8 @@ pub struct BootFiles {
     pub mok_manager: Option<Vec<u8>>,
     /// GRUB's i386-pc files (x86_64 images with grub-pc-bin).
     pub grub_pc: Option<bios::GrubPc>,
+    /// The Raspberry Pi boot files (`--format rpi`).
+    pub rpi: Option<rpi::CardFiles>,
 }
 
 impl BootFiles {
@@ -35,12 +39,17 @@ impl BootFiles {
     }
 }
 
+/// The kernel, the initramfs and the boot loaders from the finished root;
+/// the Pi boot files too when the build makes a card. The initramfs of
+/// an arm64 image loads every Pi board's SD drivers, so that a card, and
+/// every upgrade of it, can read its own slots.
 pub fn boot_files(
-    arch: &str,
+    plan: &BuildPlan,
     kver: &str,
     reporter: &dyn Reporter,
     root: &mut Root,
 ) -> Result<BootFiles> {
+    let arch = plan.arch.as_str();
     reporter.event(Event::Stage {
         message: "initramfs: os-init and the boot modules".into(),
     });
@@ -62,13 +71,42 @@ pub fn boot_files(
     let mok_manager = ed.read(efi.mok_manager)?;
 
     let idx = ModuleIndex::scan(&root.tree, &root.store, kver)?;
-    let (cpio, loaded) = initramfs::build(
-        &idx,
-        &root.tree,
-        &mut root.store,
-        &os_init,
-        initramfs::BOOT_MODULES,
-    )?;
+    let boards = if arch == "arm64" {
+        rpi::boards()?
+    } else {
+        Vec::new()
+    };
+    let board_modules = rpi::sd_modules(&boards);
+    let wanted: Vec<&str> = initramfs::BOOT_MODULES
+        .iter()
+        .copied()
+        .chain(board_modules.iter().map(String::as_str))
+        .collect();
+    let rpi = match (&plan.flavor.rpi, plan.wants(Format::Rpi)) {
+        (Some(flavor_rpi), true) => {
+            let extra: Vec<&str> = [Some(flavor_rpi.config.as_str()), plan.rpi_config.as_deref()]
+                .into_iter()
+                .flatten()
+                .filter(|t| !t.trim().is_empty())
+                .collect();
+            let files = rpi::card_files(
+                &root.edit(),
+                flavor_rpi,
+                &plan.flavor.origin,
+                &boards,
+                &idx,
+                &extra,
+            )?;
+            for b in &files.boards {
+                if let Some(p) = &b.problem {
+                    tracing::warn!("Raspberry Pi card: {} ({}): {p}", b.board, b.description);
+                }
+            }
+            Some(files)
+        }
+        _ => None,
+    };
+    let (cpio, loaded) = initramfs::build(&idx, &root.tree, &mut root.store, &os_init, &wanted)?;
     tracing::info!("initramfs: {} modules", loaded.len());
     let initrd = gzip(&cpio).context("compressing the initramfs")?;
 
@@ -97,6 +135,7 @@ pub fn boot_files(
         shim,
         mok_manager,
         grub_pc,
+        rpi,
     })
 }
 

@@ -105,7 +105,16 @@ pub fn resolve(
     let seen = apt::LockRecord::read(&plan.out_dir.join("build-image.lock"))?;
     let repositories = apt::load_repositories(fetcher, &sources, &puller.cache, now(), Some(&seen))
         .with_context(|| format!("reading the {} flavor's repositories", flavor.name))?;
-    let packages = flavor.packages_for(&plan.arch);
+    let mut packages = flavor.packages_for(&plan.arch);
+    if plan.wants(crate::cli::build::Format::Rpi) {
+        if let Some(rpi) = &flavor.rpi {
+            for p in &rpi.packages {
+                if !packages.contains(p) {
+                    packages.push(p.clone());
+                }
+            }
+        }
+    }
     apt::check_available(&repositories, &packages)
         .with_context(|| format!("flavor {} ({})", flavor.name, flavor.origin))?;
     Ok(Inputs {

@@ -14,7 +14,8 @@ use super::plan::BuildPlan;
 use super::root::Root;
 use crate::bootloader::{bios, esp};
 use crate::cli::build::Format;
-use crate::disk::{self, Layout, Source};
+use crate::disk::card::{self, CardLayout};
+use crate::disk::{self, Layout, Source, Table};
 use crate::fat::{self, FatOptions, FatType};
 use crate::progress::{Event, Reporter, Task};
 use crate::squashfs;
@@ -110,13 +111,7 @@ pub fn write_disk(
     let esp_tree = esp::tree(&contents, &mut esp_store, plan.mtime)?;
 
     let root_size = staging.len(rootfs)?;
-    let slot = match plan.slot_size {
-        Some(s) if s < root_size => {
-            bail!("--slot-size {s}: the root filesystem needs {root_size} bytes")
-        }
-        Some(s) => s,
-        None => (root_size * 2).max(1 << 30),
-    };
+    let slot = slot_size(plan, root_size)?;
     let layout = Layout::ab(plan.disk_arch, plan.esp_size, slot, 0, seed)?;
     let bios_images = match &boot.grub_pc {
         Some(g) => {
@@ -169,6 +164,105 @@ pub fn write_disk(
     }
     Ok(DiskImage { file, layout })
 }
+
+/// Each root slot's size: `--slot-size`, or twice the root filesystem and
+/// at least 1 GiB.
+fn slot_size(plan: &BuildPlan, root_size: u64) -> Result<u64> {
+    Ok(match plan.slot_size {
+        Some(s) if s < root_size => {
+            bail!("--slot-size {s}: the root filesystem needs {root_size} bytes")
+        }
+        Some(s) => s,
+        None => (root_size * 2).max(1 << 30),
+    })
+}
+
+/// The Raspberry Pi card (docs/raspberry-pi.md), staged as
+/// `{stem}-rpi.img`: an MBR with the FAT32 boot partition (the Pi
+/// firmware, device trees, config.txt and U-Boot beside the ESP's GRUB,
+/// grub.cfg, env blocks and slot a's kernel and initrd), `root_a` holding
+/// the root filesystem, an empty `root_b` and a small, empty `persist`
+/// that os-init formats and grows on first boot.
+pub fn write_card(
+    plan: &BuildPlan,
+    boot: &BootFiles,
+    rootfs: Staged,
+    seed: &[u8; 32],
+    spool: &Path,
+    reporter: &dyn Reporter,
+    staging: &mut Staging,
+) -> Result<()> {
+    let rpi = boot
+        .rpi
+        .as_ref()
+        .context("the build has no Raspberry Pi boot files")?;
+    stage(reporter, "writing the Raspberry Pi card".into());
+    let grub_cfg = esp::grub_cfg(
+        &format!("{} {}", plan.flavor.description, plan.version),
+        &plan.cmdline,
+    );
+    let contents = esp::EspContents {
+        chain: esp::BootChain {
+            grub: &boot.grub,
+            shim: boot.shim_pair(),
+            files: &boot.efi,
+            grub_cfg: &grub_cfg,
+        },
+        slots: vec![("a", &boot.vmlinuz, &boot.initrd)],
+    };
+    let mut store = ContentStore::new_in(spool)?;
+    let mut tree = esp::tree(&contents, &mut store, plan.mtime)?;
+    rpi.write(&mut crate::tree::edit::Editor {
+        tree: &mut tree,
+        store: &mut store,
+        mtime: plan.mtime,
+    })?;
+    let root_size = staging.len(rootfs)?;
+    let layout = CardLayout::new(
+        plan.esp_size,
+        slot_size(plan, root_size)?,
+        CARD_PERSIST_SIZE,
+        seed,
+    )?;
+    let out = staging.create(&plan.output("-rpi.img"), "rpi")?;
+    let file = staging.reopen(out)?;
+    let opts = FatOptions {
+        size_bytes: layout
+            .extent(card::BOOT)
+            .map(|r| r.end - r.start)
+            .unwrap_or(plan.esp_size),
+        // The Pi boot ROMs read FAT16 and FAT32; the partition type says
+        // FAT32 (0x0c), and U-Boot's EFI wants the same as the disk's ESP.
+        fat_type: Some(FatType::Fat32),
+        volume_label: "RPI-BOOT".into(),
+        volume_id: u32::from_le_bytes([seed[4], seed[5], seed[6], seed[7]]),
+        timestamp: plan.mtime,
+    };
+    let root_file = staging.reopen(rootfs)?;
+    let data = root_size + store.len();
+    with_growth_bar(reporter, "rpi", "write card", &file, data, || {
+        disk::write_image(
+            &layout,
+            &file,
+            vec![
+                (
+                    card::BOOT,
+                    Source::Writer(Box::new(|w| {
+                        fat::write(&tree, &store, &opts, w, 0)?;
+                        Ok(())
+                    })),
+                ),
+                (disk::ROOT_A, Source::File(&root_file)),
+            ],
+        )
+    })
+    .context("writing the Raspberry Pi card")?;
+    Ok(())
+}
+
+/// The `persist` partition of a card as written: small, grown to the end
+/// of the card on first boot.
+pub const CARD_PERSIST_SIZE: u64 = 64 << 20;
 
 /// The hybrid live/installer ISO, staged as `{stem}.iso`.
 pub fn write_iso(

@@ -42,6 +42,9 @@ pub struct BuildResult {
     pub artifacts: Vec<Artifact>,
     /// What `--push` pushed (`null` without it).
     pub push: Option<PushResult>,
+    /// The Raspberry Pi card: what boots each board (`null` without
+    /// `--format rpi`).
+    pub rpi: Option<Vec<crate::bootloader::rpi::BoardSupport>>,
 }
 
 pub fn run(g: &Global, a: BuildArgs, reporter: &dyn Reporter) -> Result<BuildResult> {
@@ -84,32 +87,44 @@ pub fn run(g: &Global, a: BuildArgs, reporter: &dyn Reporter) -> Result<BuildRes
     )?;
     let k3s_version = root::add_components(&plan, &inputs, &puller, &mut root, &mut lock)?;
     let kernel = root::finalise(&plan, k3s_version.clone(), reporter, &mut root, &mut lock)?;
-    let boot = boot::boot_files(&plan.arch, &kernel, reporter, &mut root)?;
+    let boot = boot::boot_files(&plan, &kernel, reporter, &mut root)?;
 
     let mut staging = Staging::new();
     let rootfs = media::write_rootfs(&plan, &root, reporter, &mut staging)?;
     drop(root);
-    let disk = media::write_disk(
-        &plan,
-        &boot,
-        rootfs,
-        &lock.seed(),
-        spool.path(),
-        reporter,
-        &mut staging,
-    )?;
-    if plan.wants(Format::Iso) {
-        media::write_iso(
+    if plan.wants(Format::Disk) || plan.wants(Format::Iso) {
+        let disk = media::write_disk(
             &plan,
             &boot,
             rootfs,
-            &disk,
+            &lock.seed(),
+            spool.path(),
+            reporter,
+            &mut staging,
+        )?;
+        if plan.wants(Format::Iso) {
+            media::write_iso(
+                &plan,
+                &boot,
+                rootfs,
+                &disk,
+                spool.path(),
+                reporter,
+                &mut staging,
+            )?;
+        }
+    }
+    if plan.wants(Format::Rpi) {
+        media::write_card(
+            &plan,
+            &boot,
+            rootfs,
+            &lock.seed(),
             spool.path(),
             reporter,
             &mut staging,
         )?;
     }
-    drop(disk);
     lock.repositories = releases.iter().map(apt::ReleaseStamp::to_json).collect();
     let lock_bytes = lock.to_file_bytes();
     if plan.wants(Format::Upgrade) {
@@ -139,6 +154,7 @@ pub fn run(g: &Global, a: BuildArgs, reporter: &dyn Reporter) -> Result<BuildRes
         formats: plan.formats.iter().map(|f| f.name()).collect(),
         artifacts,
         push,
+        rpi: boot.rpi.as_ref().map(|r| r.boards.clone()),
     })
 }
 

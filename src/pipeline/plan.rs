@@ -47,6 +47,8 @@ pub struct BuildPlan {
     pub cmdline: String,
     pub slot_size: Option<u64>,
     pub esp_size: u64,
+    /// `--rpi-config`: lines for the Pi card's config.txt, read up front.
+    pub rpi_config: Option<String>,
     pub compression: squashfs::Compression,
     pub insecure_registries: Vec<String>,
     /// The output directory (created, canonical).
@@ -97,9 +99,24 @@ pub fn plan(a: &BuildArgs) -> Result<BuildPlan> {
     let mut formats = a.format.clone();
     if formats.is_empty() {
         formats = vec![Format::Disk, Format::Iso, Format::Upgrade];
+        if arch == "arm64" && flavor.rpi.is_some() {
+            formats.push(Format::Rpi);
+        }
     }
     formats.sort();
     formats.dedup();
+    if formats.contains(&Format::Rpi) {
+        check_rpi(&flavor, &arch)?;
+    }
+    let rpi_config = match &a.rpi_config {
+        Some(_) if !formats.contains(&Format::Rpi) => {
+            bail!(
+                "--rpi-config: it adds to the Raspberry Pi card's config.txt; add rpi to --format"
+            )
+        }
+        Some(p) => Some(read_rpi_config(p)?),
+        None => None,
+    };
     let push = match &a.push {
         Some(p) => Some(push_target(p, &formats)?),
         None => None,
@@ -177,6 +194,7 @@ pub fn plan(a: &BuildArgs) -> Result<BuildPlan> {
         cmdline,
         slot_size: a.slot_size,
         esp_size: a.esp_size,
+        rpi_config,
         compression: a.compression.clone(),
         insecure_registries: a.insecure_registries.clone(),
         out_dir,
@@ -186,6 +204,43 @@ pub fn plan(a: &BuildArgs) -> Result<BuildPlan> {
         push,
         sign_key,
     })
+}
+
+/// `--format rpi` needs an arm64 build of a flavor that says where its
+/// distribution keeps the Pi firmware.
+fn check_rpi(flavor: &Flavor, arch: &str) -> Result<()> {
+    if arch != "arm64" {
+        bail!(
+            "--format rpi: Raspberry Pi cards are arm64 images (Pi 3, 4 and 5 boot 64-bit); \
+             this build is for {arch}: add --arch arm64"
+        );
+    }
+    if flavor.rpi.is_none() {
+        bail!(
+            "--format rpi: flavor {} ({}) has no rpi section naming its Raspberry Pi firmware \
+             package (Debian's is raspi-firmware, in the non-free-firmware component) and where \
+             it installs; see docs/raspberry-pi.md",
+            flavor.name,
+            flavor.origin
+        );
+    }
+    Ok(())
+}
+
+/// `--rpi-config FILE`: config.txt lines, text.
+fn read_rpi_config(p: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(p)
+        .with_context(|| format!("--rpi-config: reading {}", p.display()))?;
+    if let Some(c) = text
+        .chars()
+        .find(|c| c.is_control() && !matches!(c, '\n' | '\t' | '\r'))
+    {
+        bail!(
+            "--rpi-config {}: {c:?} is not text: expected config.txt lines",
+            p.display()
+        );
+    }
+    Ok(text)
 }
 
 /// A public key for the image's [`boot_contract::upgrade::KEYS_DIR`].

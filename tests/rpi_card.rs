@@ -1,0 +1,329 @@
+//! The Raspberry Pi card (`--format rpi`, docs/raspberry-pi.md), checked
+//! with the reference tools: a real arm64 build from the Debian archive
+//! (raspi-firmware, u-boot-rpi and the kernel's device trees from the
+//! signed archive), its MBR read by `sfdisk --json`, its boot partition
+//! by `fsck.vfat -n` and mtools, its initramfs by `cpio`. Bad input is
+//! refused before anything is fetched.
+
+mod common;
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::fixtures::fixtures_dir;
+use common::images;
+use common::{require_tool, TestEnv};
+
+/// The card's partitions as `sfdisk --json` reads them.
+fn sfdisk(card: &Path) -> serde_json::Value {
+    require_tool("sfdisk", "fdisk");
+    let o = Command::new("sfdisk")
+        .arg("--json")
+        .arg(card)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// Bytes `start..start+len` of `file` into a new file.
+fn cut(file: &Path, start: u64, len: u64, to: &Path) {
+    let mut f = fs::File::open(file).unwrap();
+    f.seek(SeekFrom::Start(start)).unwrap();
+    let mut out = fs::File::create(to).unwrap();
+    std::io::copy(&mut f.take(len), &mut out).unwrap();
+}
+
+fn mtools(tool: &str, image: &Path, args: &[&str]) -> Vec<u8> {
+    let o = Command::new(tool)
+        .arg("-i")
+        .arg(image)
+        .args(args)
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{tool} {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o.stdout
+}
+
+fn flavor_without_rpi(dir: &Path) -> PathBuf {
+    let text =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("flavors/debian-13.yaml"))
+            .unwrap();
+    let cut = text
+        .find("\n# Raspberry Pi cards")
+        .expect("the rpi section");
+    fs::create_dir_all(dir.join("keys")).unwrap();
+    for e in fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("flavors/keys")).unwrap() {
+        let e = e.unwrap();
+        fs::copy(e.path(), dir.join("keys").join(e.file_name())).unwrap();
+    }
+    let p = dir.join("no-pi.yaml");
+    fs::write(&p, &text[..cut]).unwrap();
+    p
+}
+
+#[test]
+fn rpi_is_refused_for_amd64_and_for_a_flavor_without_pi_firmware() {
+    let env = TestEnv::new();
+    let out = env.tmp.path().join("out-refused");
+    let run = |args: &[&str]| {
+        let mut all = vec!["--format", "rpi", "--output", out.to_str().unwrap()];
+        all.extend(args);
+        let o = env.run_raw(&all);
+        assert!(!o.status.success(), "{args:?} was accepted");
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let e = run(&["--arch", "amd64"]);
+    assert!(
+        e.contains("--format rpi") && e.contains("arm64") && e.contains("amd64"),
+        "{e}"
+    );
+    let flavor = flavor_without_rpi(env.tmp.path());
+    let e = run(&["--arch", "arm64", "--flavor", flavor.to_str().unwrap()]);
+    assert!(
+        e.contains("no-pi.yaml") && e.contains("raspi-firmware") && e.contains("non-free-firmware"),
+        "{e}"
+    );
+    let rpi_config = env.tmp.path().join("extra.txt");
+    fs::write(&rpi_config, "gpu_mem=16\n").unwrap();
+    let o = env.run_raw(&[
+        "--arch",
+        "arm64",
+        "--format",
+        "disk",
+        "--rpi-config",
+        rpi_config.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && e.contains("add rpi to --format"),
+        "{e}"
+    );
+    assert!(!out.exists(), "a refused build left {}", out.display());
+}
+
+/// The default flavor's arm64 card: MBR with four primaries, a FAT32 boot
+/// partition that fsck passes holding the firmware, device trees, U-Boot,
+/// GRUB and slot a, config.txt with every board's section and the
+/// `--rpi-config` lines, root_a holding the root filesystem, and an
+/// initramfs that loads the Pi SD drivers.
+#[test]
+fn debian_arm64_card_has_the_pi_boot_files_and_the_ab_layout() {
+    require_tool("fsck.vfat", "dosfstools");
+    require_tool("mdir", "mtools");
+    require_tool("cpio", "cpio");
+    let env = TestEnv::new();
+    let comps = format!("oci-layout:{}", images::components().display());
+    let out = env.tmp.path().join("dist");
+    let rpi_config = env.tmp.path().join("extra.txt");
+    fs::write(&rpi_config, "# site\ndtparam=audio=on\n").unwrap();
+    let cache = fixtures_dir().join("build-cache");
+    let start = std::time::Instant::now();
+    let o = env.run_raw(&[
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--json",
+        "--arch",
+        "arm64",
+        "--base",
+        "archive",
+        "--without",
+        "k3s",
+        "--components",
+        &comps,
+        "--image-version",
+        "1.0.0-rpi",
+        "--format",
+        "rpi",
+        "--rpi-config",
+        rpi_config.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        o.status.success(),
+        "build failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    eprintln!("arm64 card build: {:.0?}", start.elapsed());
+    let result: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(result["formats"], serde_json::json!(["rpi"]));
+    let stem = images::stem(images::DEFAULT_FLAVOR, "arm64");
+    let card = out.join(format!("{stem}-rpi.img"));
+    assert!(card.is_file(), "{}", card.display());
+    assert!(
+        !out.join(format!("{stem}.raw")).exists(),
+        "--format rpi wrote a disk image"
+    );
+
+    // The partition table.
+    let t = sfdisk(&card);
+    let t = &t["partitiontable"];
+    assert_eq!(t["label"], "dos", "{t}");
+    let parts = t["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 4, "{t}");
+    let types: Vec<&str> = parts.iter().map(|p| p["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["c", "83", "83", "83"], "{t}");
+    assert_eq!(parts[0]["bootable"], true, "{t}");
+    assert!(parts[1..].iter().all(|p| p["bootable"].is_null()), "{t}");
+    let sector = |p: &serde_json::Value, k: &str| p[k].as_u64().unwrap() * 512;
+    assert_eq!(sector(&parts[0], "start"), 1 << 20);
+    let disk_id = t["id"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("0x")
+        .to_string();
+    assert_eq!(disk_id.len(), 8, "{t}");
+    let card_len = fs::metadata(&card).unwrap().len();
+    let last = &parts[3];
+    assert_eq!(sector(last, "start") + sector(last, "size"), card_len);
+    assert_eq!(sector(last, "size"), 64 << 20, "persist is written small");
+
+    // root_a holds the root filesystem; root_b is empty.
+    let squashfs = out.join(format!("{stem}.squashfs"));
+    let sq = fs::read(&squashfs).unwrap();
+    let mut head = vec![0u8; sq.len()];
+    let mut f = fs::File::open(&card).unwrap();
+    f.seek(SeekFrom::Start(sector(&parts[1], "start"))).unwrap();
+    f.read_exact(&mut head).unwrap();
+    assert!(head == sq, "root_a does not hold {}", squashfs.display());
+    assert_eq!(parts[1]["size"], parts[2]["size"]);
+
+    // The boot partition: a clean FAT32.
+    let boot = env.tmp.path().join("boot.vfat");
+    cut(
+        &card,
+        sector(&parts[0], "start"),
+        sector(&parts[0], "size"),
+        &boot,
+    );
+    let fsck = Command::new("fsck.vfat")
+        .arg("-n")
+        .arg(&boot)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "fsck.vfat -n: {}{}",
+        String::from_utf8_lossy(&fsck.stdout),
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+    let minfo = String::from_utf8_lossy(&mtools("minfo", &boot, &["::"])).into_owned();
+    assert!(
+        minfo.contains("FAT32") || minfo.contains("fat32"),
+        "{minfo}"
+    );
+    let listing = String::from_utf8_lossy(&mtools("mdir", &boot, &["-b", "-/", "::"])).into_owned();
+    for want in [
+        // Firmware of the Pi 3 (bootcode.bin, start.elf) and the Pi 4.
+        "::/bootcode.bin",
+        "::/start.elf",
+        "::/fixup.dat",
+        "::/start4.elf",
+        "::/fixup4.dat",
+        // Device trees under their mainline names.
+        "::/bcm2837-rpi-3-b.dtb",
+        "::/bcm2837-rpi-3-b-plus.dtb",
+        "::/bcm2837-rpi-zero-2-w.dtb",
+        "::/bcm2711-rpi-4-b.dtb",
+        "::/bcm2711-rpi-400.dtb",
+        "::/bcm2711-rpi-cm4-io.dtb",
+        "::/bcm2712-rpi-5-b.dtb",
+        "::/u-boot-rpi_arm64.bin",
+        "::/config.txt",
+        // The same boot chain and A/B state as the disk image.
+        "::/EFI/BOOT/BOOTAA64.EFI",
+        "::/EFI/debian/grub.cfg",
+        "::/grubenv",
+        "::/grubenv.bak",
+        "::/a/vmlinuz",
+        "::/a/initrd",
+    ] {
+        assert!(
+            listing.lines().any(|l| l.trim() == want),
+            "{want} missing from the boot partition:\n{listing}"
+        );
+    }
+    let config = String::from_utf8(mtools("mtype", &boot, &["::config.txt"])).unwrap();
+    let pos = |s: &str| {
+        config
+            .find(s)
+            .unwrap_or_else(|| panic!("{s:?} not in config.txt:\n{config}"))
+    };
+    for line in ["arm_64bit=1", "enable_uart=1", "upstream_kernel=1"] {
+        assert!(pos(line) < pos("[pi3]"), "{config}");
+    }
+    for s in ["[pi3]", "[pi4]", "[pi5]", "[pi02]"] {
+        assert!(
+            config[pos(s)..].starts_with(&format!("{s}\nkernel=u-boot-rpi_arm64.bin\n")),
+            "{config}"
+        );
+    }
+    assert!(
+        config
+            .trim_end()
+            .ends_with("[all]\n# site\ndtparam=audio=on"),
+        "{config}"
+    );
+    let uboot = mtools("mtype", &boot, &["::u-boot-rpi_arm64.bin"]);
+    assert!(uboot.len() > 100_000, "U-Boot is {} bytes", uboot.len());
+
+    // The initramfs loads the Pi SD host drivers.
+    let initrd = mtools("mtype", &boot, &["::a/initrd"]);
+    let mut cpio = Vec::new();
+    flate2::read::GzDecoder::new(&initrd[..])
+        .read_to_end(&mut cpio)
+        .unwrap();
+    let mut child = Command::new("cpio")
+        .args(["-it", "--quiet"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(&cpio).unwrap();
+    }
+    let files = String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap();
+    for m in ["/mmc/host/bcm2835.ko", "/mmc/host/sdhci-iproc.ko"] {
+        assert!(files.lines().any(|l| l.ends_with(m)), "{m} not in\n{files}");
+    }
+
+    // What boots which board, in --json.
+    let boards = result["rpi"].as_array().expect("rpi in --json");
+    let board = |n: &str| boards.iter().find(|b| b["board"] == n).unwrap();
+    for n in ["pi3", "pi4", "pi02"] {
+        let b = board(n);
+        assert_eq!(b["boot"], "u-boot", "{b}");
+        assert_eq!(b["sdDriver"], true, "{b}");
+        assert!(b["problem"].is_null(), "{b}");
+    }
+    // Debian 13's kernel has the Pi 5's device tree but not its SD
+    // controller's driver (CONFIG_MMC_SDHCI_BRCMSTB): the build says so.
+    let pi5 = board("pi5");
+    assert_eq!(
+        pi5["deviceTrees"],
+        serde_json::json!(["bcm2712-rpi-5-b.dtb"])
+    );
+    assert_eq!(pi5["sdDriver"], false, "{pi5}");
+    assert!(
+        pi5["problem"]
+            .as_str()
+            .is_some_and(|p| p.contains("sdhci_brcmstb")),
+        "{pi5}"
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("pi5") && stderr.contains("cannot read the card"),
+        "{stderr}"
+    );
+}

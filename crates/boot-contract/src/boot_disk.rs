@@ -10,8 +10,134 @@
 //! On a disk's first boot os-init may give it its own identity (new GUIDs),
 //! after which the command line's UUID is the old one: the record holds
 //! the current one.
+//!
+//! Two partition tables carry the A/B layout ([`Table`]):
+//! - **GPT** (the disk image): `bi.esp=` is the ESP's partition GUID and
+//!   the partitions are found by their GPT names (`ESP`, `root_a`,
+//!   `root_b`, `persist`), whatever their numbers.
+//! - **MBR** (the Raspberry Pi card, [`crate::mbr`]): entries have no
+//!   names. `bi.esp=` is what GRUB's `probe --part-uuid` gives on an MBR
+//!   disk, the disk signature and the boot partition's number
+//!   (`1234abcd-01`); the disk is the one whose signature that is, and the
+//!   partitions are found by their **fixed numbers**: 1 boot (FAT), 2
+//!   `root_a`, 3 `root_b`, 4 `persist`.
+//!
+//! [`EspId::parse`] reads `bi.esp=`, [`Slots::on_gpt`] and [`Slots::on_mbr`]
+//! find the partitions; os-init and os-agent use both, so the rule is
+//! written once.
 
-use crate::gpt::Guid;
+use crate::gpt::{Gpt, Guid};
+use crate::mbr::{self, Mbr, MbrError, PartUuid};
+use crate::partition::{ESP, PERSIST, ROOT_A, ROOT_B};
+
+/// What `bi.esp=` names: the ESP of a GPT disk or the boot partition of
+/// an MBR card.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EspId {
+    Gpt(Guid),
+    Mbr(PartUuid),
+}
+
+impl std::fmt::Display for EspId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EspId::Gpt(g) => g.fmt(f),
+            EspId::Mbr(u) => u.fmt(f),
+        }
+    }
+}
+
+impl EspId {
+    /// A GPT partition GUID (36 characters) or an MBR partition UUID
+    /// (`xxxxxxxx-NN`).
+    pub fn parse(v: &str) -> Result<EspId, String> {
+        if v.len() == 36 {
+            return v
+                .parse::<Guid>()
+                .map(EspId::Gpt)
+                .map_err(|e| format!("{v:?}: {e}"));
+        }
+        let u: PartUuid = v.parse().map_err(|e: String| {
+            format!("{e}; or a GPT partition GUID (XXXXXXXX-XXXX-XXXX-XXXX-XXXXXXXXXXXX)")
+        })?;
+        if u.partition != mbr::BOOT {
+            return Err(format!(
+                "{v:?}: partition {} of an MBR card is not its boot partition ({})",
+                u.partition,
+                mbr::BOOT
+            ));
+        }
+        Ok(EspId::Mbr(u))
+    }
+}
+
+/// Which partition table a disk has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    Gpt,
+    Mbr,
+}
+
+/// The partition numbers (1-based) of the A/B layout on one disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slots {
+    pub table: Table,
+    /// The ESP (GPT) or the FAT boot partition (MBR).
+    pub esp: u32,
+    pub root_a: u32,
+    pub root_b: u32,
+    /// None when the disk has no `persist` (yet).
+    pub persist: Option<u32>,
+}
+
+impl Slots {
+    /// On a GPT disk: by name, when its ESP entry has the partition GUID
+    /// `esp`; `None` for another disk. A disk with that ESP but without
+    /// both slots is an error.
+    pub fn on_gpt(gpt: &Gpt, esp: Guid) -> Option<Result<Slots, String>> {
+        let (i, _) = gpt
+            .partitions()
+            .find(|(_, e)| e.guid == esp && e.name == ESP)?;
+        let num = |name: &str| gpt.find(name).map(|(i, _)| i as u32 + 1);
+        let need = |name: &str| {
+            num(name).ok_or_else(|| format!("it holds the ESP {esp} but no partition named {name}"))
+        };
+        Some((|| {
+            Ok(Slots {
+                table: Table::Gpt,
+                esp: i as u32 + 1,
+                root_a: need(ROOT_A)?,
+                root_b: need(ROOT_B)?,
+                persist: num(PERSIST),
+            })
+        })())
+    }
+
+    /// On an MBR card: by the fixed numbers, when its disk signature is
+    /// `esp`'s; `None` for another disk. A card with that signature whose
+    /// entries are not the contract's is an error.
+    pub fn on_mbr(m: &Mbr, esp: PartUuid) -> Option<Result<Slots, MbrError>> {
+        if m.disk_id != esp.disk_id || esp.partition != mbr::BOOT {
+            return None;
+        }
+        Some(m.check_card().map(|()| Slots {
+            table: Table::Mbr,
+            esp: u32::from(mbr::BOOT),
+            root_a: u32::from(mbr::ROOT_A),
+            root_b: u32::from(mbr::ROOT_B),
+            persist: m.entry(mbr::PERSIST).map(|_| u32::from(mbr::PERSIST)),
+        }))
+    }
+
+    /// The partition number of slot `a` or `b`.
+    pub fn slot(&self, slot: &str) -> Option<u32> {
+        match slot {
+            "a" => Some(self.root_a),
+            "b" => Some(self.root_b),
+            _ => None,
+        }
+    }
+}
 
 /// Where os-init writes the record: `key=value` lines.
 pub const RECORD: &str = "/run/os/boot-disk";
@@ -96,6 +222,111 @@ impl Record {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn esp_ids_of_both_tables() {
+        let g = "2b3c4d5e-0011-4a22-8b33-445566778899";
+        assert_eq!(EspId::parse(g).unwrap(), EspId::Gpt(g.parse().unwrap()));
+        let m = EspId::parse("1234ABCD-01").unwrap();
+        assert_eq!(
+            m,
+            EspId::Mbr(PartUuid {
+                disk_id: 0x1234abcd,
+                partition: 1
+            })
+        );
+        assert_eq!(m.to_string(), "1234abcd-01");
+        let e = EspId::parse("1234abcd-02").unwrap_err();
+        assert!(e.contains("not its boot partition"), "{e}");
+        let e = EspId::parse("nonsense").unwrap_err();
+        assert!(
+            e.contains("MBR partition UUID") && e.contains("GPT partition GUID"),
+            "{e}"
+        );
+        assert!(EspId::parse("2b3c4d5e-0011-4a22-8b33-44556677889z").is_err());
+    }
+
+    /// The A/B layout on a GPT disk, found by name: the numbers follow the
+    /// table (here after a bios_grub partition), not the contract's MBR
+    /// numbers.
+    #[test]
+    fn slots_on_a_gpt_disk_by_name() {
+        use crate::gpt::{types::LINUX_FILESYSTEM, Entry};
+        let esp = Guid::random_v4([7; 16]);
+        let entry = |name: &str, guid: Guid, first: u64| Entry {
+            type_guid: LINUX_FILESYSTEM,
+            guid,
+            first_lba: first,
+            last_lba: first + 2047,
+            attributes: 0,
+            name: name.into(),
+        };
+        let entries = [
+            entry("bios_grub", Guid::random_v4([1; 16]), 2048),
+            entry(ESP, esp, 4096),
+            entry(ROOT_A, Guid::random_v4([3; 16]), 6144),
+            entry(ROOT_B, Guid::random_v4([4; 16]), 8192),
+        ];
+        let gpt = Gpt::new(512, 1 << 16, Guid::random_v4([5; 16]), &entries).unwrap();
+        let s = Slots::on_gpt(&gpt, esp).unwrap().unwrap();
+        assert_eq!(
+            s,
+            Slots {
+                table: Table::Gpt,
+                esp: 2,
+                root_a: 3,
+                root_b: 4,
+                persist: None
+            }
+        );
+        assert_eq!(s.slot("b"), Some(4));
+        assert!(Slots::on_gpt(&gpt, Guid::random_v4([6; 16])).is_none());
+        let without_b = Gpt::new(512, 1 << 16, Guid::random_v4([5; 16]), &entries[..3]).unwrap();
+        let e = Slots::on_gpt(&without_b, esp).unwrap().unwrap_err();
+        assert!(e.contains("no partition named root_b"), "{e}");
+    }
+
+    /// The A/B layout on an MBR card, found by the fixed numbers on the
+    /// disk whose signature `bi.esp=` names.
+    #[test]
+    fn slots_on_an_mbr_card_by_number() {
+        use crate::mbr::{types, Entry};
+        let e = |bootable, kind, first_lba| {
+            Some(Entry {
+                bootable,
+                kind,
+                first_lba,
+                sectors: 2048,
+            })
+        };
+        let mut card = Mbr {
+            disk_id: 0xcafe0001,
+            entries: [
+                e(true, types::FAT32_LBA, 2048),
+                e(false, types::LINUX, 4096),
+                e(false, types::LINUX, 6144),
+                e(false, types::LINUX, 8192),
+            ],
+        };
+        let id: PartUuid = "cafe0001-01".parse().unwrap();
+        let s = Slots::on_mbr(&card, id).unwrap().unwrap();
+        assert_eq!(
+            s,
+            Slots {
+                table: Table::Mbr,
+                esp: 1,
+                root_a: 2,
+                root_b: 3,
+                persist: Some(4)
+            }
+        );
+        assert!(Slots::on_mbr(&card, "cafe0002-01".parse().unwrap()).is_none());
+        card.entries[3] = None;
+        assert_eq!(Slots::on_mbr(&card, id).unwrap().unwrap().persist, None);
+        card.entries[1].as_mut().unwrap().kind = 0x07;
+        let err = Slots::on_mbr(&card, id).unwrap().unwrap_err().to_string();
+        assert!(err.contains("entry 2") && err.contains("root_a"), "{err}");
+    }
 
     #[test]
     fn round_trip_and_refusals() {

@@ -15,11 +15,12 @@ use std::fs::{self, File};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use boot_contract::boot_disk::Record;
+use boot_contract::boot_disk::{EspId, Record, Slots, Table};
 use boot_contract::boot_env::{self, CMDLINE_ESP, DISK_BOOTED};
 use boot_contract::fat::Fat32;
 use boot_contract::gpt::{Gpt, Guid};
 use boot_contract::grubenv::{GrubEnv, BLOCK_SIZE};
+use boot_contract::mbr::Mbr;
 use boot_contract::partition::{ESP, PERSIST, ROOT_A, ROOT_B};
 
 use crate::persist::disk::Disk;
@@ -35,14 +36,16 @@ const UNMARKED_GRACE: Duration = Duration::from_secs(10);
 /// A disk holding the ESP partition of `bi.esp=`.
 struct Candidate {
     disk: Disk,
+    slots: Slots,
     /// GRUB marked it booted (`disk_booted=1` in an environment block).
     marked: bool,
     /// Its ESP has a FAT32 with an environment block GRUB could mark.
     markable: bool,
 }
 
-/// The ESP partition UUID GRUB put on the command line.
-pub fn esp_uuid(cmdline: &str) -> Result<Guid> {
+/// The ESP partition UUID GRUB put on the command line: a GPT partition
+/// GUID, or an MBR card's `<disk-id>-01` ([`EspId`]).
+pub fn esp_uuid(cmdline: &str) -> Result<EspId> {
     let v = param(cmdline, CMDLINE_ESP).ok_or_else(|| {
         format!(
             "no {CMDLINE_ESP}=PARTUUID on the kernel command line: the boot loader did not say \
@@ -56,12 +59,12 @@ pub fn esp_uuid(cmdline: &str) -> Result<Guid> {
              no partition UUID for the ESP it started from"
         ));
     }
-    v.parse()
-        .map_err(|e| format!("{CMDLINE_ESP}={v} on the kernel command line: {e}"))
+    EspId::parse(v).map_err(|e| format!("{CMDLINE_ESP}={v} on the kernel command line: {e}"))
 }
 
-/// Waits (at most `timeout`) for the disk holding the ESP partition `esp`.
-pub fn find(esp: Guid, timeout: Duration) -> Result<Disk> {
+/// Waits (at most `timeout`) for the disk holding the ESP partition `esp`;
+/// returns it with the numbers of its A/B partitions.
+pub fn find(esp: EspId, timeout: Duration) -> Result<(Disk, Slots)> {
     let start = Instant::now();
     let mut lone_since: Option<Instant> = None;
     loop {
@@ -75,7 +78,7 @@ pub fn find(esp: Guid, timeout: Duration) -> Result<Disk> {
                 .join(", ")
         };
         match (&marked[..], &found[..]) {
-            ([one], _) => return Ok(one.disk.clone()),
+            ([one], _) => return Ok((one.disk.clone(), one.slots)),
             ([_, _, ..], _) => {
                 return Err(format!(
                     "disks {} all hold the ESP partition {esp} and all carry GRUB's \
@@ -98,7 +101,7 @@ pub fn find(esp: Guid, timeout: Duration) -> Result<Disk> {
                             one.disk.dev()
                         ));
                     }
-                    return Ok(one.disk.clone());
+                    return Ok((one.disk.clone(), one.slots));
                 }
             }
             ([], [_, _, ..]) if start.elapsed() > timeout => {
@@ -122,9 +125,11 @@ pub fn find(esp: Guid, timeout: Duration) -> Result<Disk> {
     }
 }
 
-/// Every whole disk whose GPT (the primary, or the backup when the
-/// primary is damaged) has an `ESP` entry with partition GUID `esp`.
-fn candidates(esp: Guid) -> Vec<Candidate> {
+/// Every whole disk that holds `esp`: a GPT (the primary, or the backup
+/// when the primary is damaged) with an `ESP` entry of that partition
+/// GUID, or an MBR card with that disk signature. A disk that holds it but
+/// lacks the A/B layout is reported and skipped.
+fn candidates(esp: EspId) -> Vec<Candidate> {
     let mut names: Vec<String> = fs::read_dir("/sys/block")
         .into_iter()
         .flatten()
@@ -144,27 +149,72 @@ fn candidates(esp: Guid) -> Vec<Candidate> {
         let Ok(mut f) = File::open(disk.dev()) else {
             continue;
         };
-        let Some(gpt) = read_gpt(&mut f, &disk) else {
-            continue;
+        let found = match esp {
+            EspId::Gpt(guid) => read_gpt(&mut f, &disk).and_then(|gpt| {
+                let slots = Slots::on_gpt(&gpt, guid)?;
+                Some(slots.map(|s| {
+                    let e = gpt.entry(s.esp as usize - 1).expect("found by on_gpt");
+                    (s, e.first_lba, e.sectors())
+                }))
+            }),
+            EspId::Mbr(id) => read_mbr(&mut f, &disk).and_then(|m| {
+                let slots = Slots::on_mbr(&m, id)?;
+                Some(slots.map_err(|e| e.to_string()).map(|s| {
+                    let e = m.entry(s.esp as u8).expect("checked by on_mbr");
+                    (s, u64::from(e.first_lba), u64::from(e.sectors))
+                }))
+            }),
         };
-        let Some((_, e)) = gpt
-            .partitions()
-            .find(|(_, e)| e.guid == esp && e.name == ESP)
-        else {
-            continue;
+        let (slots, first, sectors) = match found {
+            None => continue,
+            Some(Err(e)) => {
+                say(&format!(
+                    "{} holds {esp} but is not usable: {e}",
+                    disk.dev()
+                ));
+                continue;
+            }
+            Some(Ok(f)) => f,
         };
-        let (marked, markable) = mark(
-            &mut f,
-            e.first_lba * disk.sector_size,
-            e.sectors() * disk.sector_size,
-        );
+        let (marked, markable) = mark(&mut f, first * disk.sector_size, sectors * disk.sector_size);
         out.push(Candidate {
             disk,
+            slots,
             marked,
             markable,
         });
     }
     out
+}
+
+/// The MBR of a card: sector 0, when it is an MBR and not a GPT's
+/// protective one.
+fn read_mbr(f: &mut File, disk: &Disk) -> Option<Mbr> {
+    use std::io::Read;
+    let mut sector = [0u8; 512];
+    f.read_exact(&mut sector).ok()?;
+    let sectors = disk.sectors * disk.sector_size / 512;
+    Mbr::parse(&sector, Some(sectors)).ok()
+}
+
+/// `/dev/NAME` of the root slot `bi.root=` names (`root_a`, `root_b`) on
+/// the boot disk, by the slot numbers [`find`] returned.
+pub fn root_partition(
+    disk: &Disk,
+    slots: &Slots,
+    label: &str,
+    timeout: Duration,
+) -> Result<String> {
+    let n = match label {
+        ROOT_A => slots.root_a,
+        ROOT_B => slots.root_b,
+        other => {
+            return Err(format!(
+                "bi.root={other}: expected {ROOT_A} or {ROOT_B}, the root slots of the boot disk"
+            ))
+        }
+    };
+    disk.wait_partition(n, timeout)
 }
 
 fn read_gpt(f: &mut File, disk: &Disk) -> Option<Gpt> {
@@ -198,8 +248,14 @@ fn mark(f: &mut File, offset: u64, len: u64) -> (bool, bool) {
 /// What is on `disk` now, for os-agent ([`boot_contract::boot_disk`]):
 /// read again after persist was set up, which may have given the disk
 /// new GUIDs and a `persist` partition.
-pub fn record(disk: &Disk) -> Result<Record> {
+pub fn record(disk: &Disk, slots: &Slots) -> Result<Record> {
     let dev = disk.dev();
+    if slots.table == Table::Mbr {
+        return Err(format!(
+            "{dev} is an MBR card: os-agent's record of the boot disk has GPT identities only, \
+             so os-agent cannot yet manage the slots of a Raspberry Pi card"
+        ));
+    }
     let mut f = File::open(&dev).map_err(|e| format!("opening {dev}: {e}"))?;
     let gpt = read_gpt(&mut f, disk).ok_or_else(|| format!("{dev}: no GPT that reads"))?;
     let part = |name: &str| -> Result<Option<(String, Guid)>> {
@@ -241,12 +297,15 @@ mod tests {
         let g = "2b3c4d5e-0011-4a22-8b33-445566778899";
         let u = esp_uuid(&format!("bi.root=root_a bi.esp={g} quiet")).unwrap();
         assert_eq!(u.to_string(), g.to_uppercase());
+        // GRUB's probe --part-uuid of an MBR card's boot partition.
+        let u = esp_uuid("bi.esp=1234abcd-01 bi.root=root_a").unwrap();
+        assert_eq!(u.to_string(), "1234abcd-01");
         for (c, want) in [
             ("bi.root=root_a", "no bi.esp=PARTUUID"),
             ("bi.esp= bi.root=root_a", "bi.esp= is empty"),
             (
                 "bi.esp=xyz",
-                "bi.esp=xyz on the kernel command line: bad GUID",
+                "bi.esp=xyz on the kernel command line: \"xyz\": expected an MBR partition UUID",
             ),
         ] {
             let e = esp_uuid(c).unwrap_err();

@@ -160,14 +160,14 @@ fn boot() -> Result<std::convert::Infallible> {
             let label = param(&cmd, "bi.root")
                 .ok_or("no bi.root=PARTITION-NAME or bi.live=LABEL on the kernel command line")?;
             let esp = bootdisk::esp_uuid(&cmd)?;
-            let disk = bootdisk::find(esp, timeout)?;
+            let (disk, slots) = bootdisk::find(esp, timeout)?;
             say(&format!(
                 "boot disk {}: it holds the ESP partition {esp} GRUB started from",
                 disk.dev()
             ));
-            let dev = disk.partition_named(label, timeout)?;
+            let dev = bootdisk::root_partition(&disk, &slots, label, timeout)?;
             say(&format!("root {label} is {dev}"));
-            (dev, Some(disk))
+            (dev, Some((disk, slots)))
         }
     };
 
@@ -218,13 +218,16 @@ fn boot() -> Result<std::convert::Infallible> {
 /// Sets up persist on the boot disk (none on a live boot: all in RAM) and
 /// records the disk for os-agent. A record that cannot be made is
 /// reported; os-agent then refuses to touch any ESP.
-fn setup_disk(cmd: &str, disk: Option<&persist::disk::Disk>) -> Result<()> {
-    let Some(disk) = disk else {
+fn setup_disk(
+    cmd: &str,
+    disk: Option<&(persist::disk::Disk, boot_contract::boot_disk::Slots)>,
+) -> Result<()> {
+    let Some((disk, slots)) = disk else {
         return persist::setup(cmd, None);
     };
     persist::setup(cmd, Some(disk))?;
     let path = Path::new(boot_contract::boot_disk::RECORD);
-    match bootdisk::record(disk).and_then(|r| bootdisk::write_record(path, &r)) {
+    match bootdisk::record(disk, slots).and_then(|r| bootdisk::write_record(path, &r)) {
         Ok(()) => {}
         Err(e) => say(&format!(
             "warning: no record of the boot disk for os-agent: {e}"

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use boot_contract::fat::{volume_id_text, Fat32};
 use boot_contract::gpt::{self, Entry, Gpt, Guid};
+use boot_contract::mbr::{self, Mbr};
 use boot_contract::partition::{ESP, PERSIST};
 
 use super::blkpg;
@@ -52,21 +53,6 @@ impl Disk {
             sector_size,
             sectors: bytes / sector_size,
         })
-    }
-
-    /// `/dev/NAME` of the partition named `name` in this disk's GPT (the
-    /// primary, or the backup when the primary is damaged), once the kernel
-    /// and devtmpfs show it (at most `timeout`).
-    pub fn partition_named(&self, name: &str, timeout: Duration) -> Result<String> {
-        let dev = self.dev();
-        let mut f = File::open(&dev).map_err(|e| format!("opening {dev}: {e}"))?;
-        let gpt = Gpt::read(&mut f, self.sector_size, self.sectors)
-            .or_else(|_| Gpt::read_backup(&mut f, self.sector_size, self.sectors))
-            .map_err(|e| format!("reading the GPT of {dev}: {e}"))?;
-        let (i, _) = gpt
-            .find(name)
-            .ok_or_else(|| format!("the boot disk {dev} has no partition named {name:?}"))?;
-        self.wait_partition(i as u32 + 1, timeout)
     }
 
     /// `/dev/NAME` of partition number `pno` once the kernel and devtmpfs
@@ -144,6 +130,9 @@ pub fn ensure_persist(disk: &Disk) -> Result<Option<Persist>> {
         .write(true)
         .open(&dev)
         .map_err(|e| format!("opening {dev}: {e}"))?;
+    if let Some(card) = read_card(&mut f, disk)? {
+        return card_persist(&mut f, disk, &card);
+    }
     // A primary that fails its checks while the backup at the disk's end
     // passes them is what a write cut off between the two copies leaves
     // (the backup is written first): restore the primary from the backup.
@@ -276,6 +265,106 @@ pub fn ensure_persist(disk: &Disk) -> Result<Option<Persist>> {
     }))
 }
 
+/// The MBR of a Raspberry Pi card ([`boot_contract::mbr`]), or `None` for
+/// any other disk (a GPT's protective MBR among them).
+fn read_card(f: &mut File, disk: &Disk) -> Result<Option<Mbr>> {
+    let mut sector = [0u8; 512];
+    f.seek(SeekFrom::Start(0))
+        .and_then(|_| f.read_exact(&mut sector))
+        .map_err(|e| format!("reading sector 0 of {}: {e}", disk.dev()))?;
+    let Ok(m) = Mbr::parse(&sector, Some(disk.bytes() / 512)) else {
+        return Ok(None);
+    };
+    Ok(m.check_card().is_ok().then_some(m))
+}
+
+/// What `persist` of a card of `disk_sectors` 512-byte sectors becomes:
+/// entry 4 from the first 1 MiB boundary after `root_b` (kept where it
+/// is when present) to the end of the card, capped at the MBR's 2 TiB.
+/// `None` when there is no room for it.
+pub fn card_persist_entry(m: &Mbr, disk_sectors: u64) -> Option<(Mbr, Change)> {
+    let align = ALIGN / 512;
+    let end = disk_sectors.min(u64::from(u32::MAX));
+    let old = m.entry(mbr::PERSIST).copied();
+    let first = match old {
+        Some(e) => u64::from(e.first_lba),
+        None => m.entry(mbr::ROOT_B)?.end_lba().next_multiple_of(align),
+    };
+    if end <= first || (end - first) * 512 < MIN_SIZE {
+        return old.map(|_| (m.clone(), Change::Unchanged));
+    }
+    let sectors = (end - first) as u32;
+    let change = match old {
+        None => Change::Created,
+        Some(e) if u64::from(e.sectors) + align <= u64::from(sectors) => Change::Grown {
+            old_bytes: u64::from(e.sectors) * 512,
+        },
+        Some(_) => return Some((m.clone(), Change::Unchanged)),
+    };
+    let mut new = m.clone();
+    new.entries[usize::from(mbr::PERSIST) - 1] = Some(mbr::Entry {
+        bootable: false,
+        kind: mbr::types::LINUX,
+        first_lba: first as u32,
+        sectors,
+    });
+    Some((new, change))
+}
+
+/// [`ensure_persist`] on a Raspberry Pi card: partition 4 created or grown
+/// to the end of the card in the MBR (one sector, written and synced),
+/// then in the kernel's view.
+fn card_persist(f: &mut File, disk: &Disk, m: &Mbr) -> Result<Option<Persist>> {
+    let dev = disk.dev();
+    if disk.sector_size != 512 {
+        return Err(format!(
+            "{dev}: an MBR card with {}-byte sectors: expected 512",
+            disk.sector_size
+        ));
+    }
+    let Some((new, change)) = card_persist_entry(m, disk.sectors) else {
+        return Ok(None);
+    };
+    if change != Change::Unchanged {
+        f.seek(SeekFrom::Start(0))
+            .and_then(|_| f.write_all(&new.encode()))
+            .and_then(|_| f.sync_all())
+            .map_err(|e| format!("writing the MBR of {dev}: {e}"))?;
+    }
+    let e = new
+        .entry(mbr::PERSIST)
+        .ok_or("the persist entry vanished")?;
+    let pno = u32::from(mbr::PERSIST);
+    let (start, bytes) = (u64::from(e.first_lba) * 512, u64::from(e.sectors) * 512);
+    match change {
+        Change::Created => blkpg::add_partition(f, pno, start, bytes).map_err(|err| {
+            format!("adding partition {pno} to the kernel's view of {dev} (BLKPG): {err}")
+        })?,
+        Change::Grown { .. } => blkpg::resize_partition(f, pno, start, bytes).map_err(|err| {
+            format!("resizing partition {pno} in the kernel's view of {dev} (BLKPG): {err}")
+        })?,
+        Change::Unchanged => {}
+    }
+    let part = disk.wait_partition(pno, Duration::from_secs(10))?;
+    match change {
+        Change::Created => say(&format!(
+            "created persist {part} ({} MiB) on {dev}",
+            bytes >> 20
+        )),
+        Change::Grown { old_bytes } => say(&format!(
+            "grew persist {part} from {} MiB to {} MiB",
+            old_bytes >> 20,
+            bytes >> 20
+        )),
+        Change::Unchanged => say(&format!("persist is {part} ({} MiB)", bytes >> 20)),
+    }
+    Ok(Some(Persist {
+        dev: part,
+        bytes,
+        change,
+    }))
+}
+
 /// The first boot of a disk written from an image (its disk GUID is one a
 /// build derived, version 8) gives it its own identity, so no two disks
 /// written from one image look alike after it: new random GUIDs for the
@@ -349,4 +438,76 @@ fn write_table(f: &mut File, gpt: &Gpt, disk: &Disk, old_backup: Option<u64>) ->
             .map_err(|e| io("wiping the old backup GPT header", e))?;
     }
     f.sync_all().map_err(|e| io("syncing", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use boot_contract::mbr::{types, Entry as MbrEntry};
+
+    const MIB: u64 = 2048; // sectors
+
+    fn card(persist: Option<u32>) -> Mbr {
+        let e = |bootable, kind, first_lba: u64, sectors: u64| {
+            Some(MbrEntry {
+                bootable,
+                kind,
+                first_lba: first_lba as u32,
+                sectors: sectors as u32,
+            })
+        };
+        Mbr {
+            disk_id: 0xfeed0001,
+            entries: [
+                e(true, types::FAT32_LBA, MIB, 256 * MIB),
+                e(false, types::LINUX, 257 * MIB, 1024 * MIB),
+                e(false, types::LINUX, 1281 * MIB, 1024 * MIB),
+                persist.and_then(|s| e(false, types::LINUX, 2305 * MIB, u64::from(s))),
+            ],
+        }
+    }
+
+    #[test]
+    fn card_persist_grows_to_the_end_of_a_larger_card() {
+        // The card as written: persist 64 MiB at the end of the image.
+        let image = card(Some(64 * MIB as u32));
+        let image_end = 2369 * MIB;
+        let (same, change) = card_persist_entry(&image, image_end).unwrap();
+        assert_eq!((same, change), (image.clone(), Change::Unchanged));
+        // dd'd to an 8 GiB card: grown to its last sector, nothing else moves.
+        let card_sectors = 8 << 21;
+        let (grown, change) = card_persist_entry(&image, card_sectors).unwrap();
+        assert_eq!(
+            change,
+            Change::Grown {
+                old_bytes: 64 << 20
+            }
+        );
+        let p = grown.entry(mbr::PERSIST).unwrap();
+        assert_eq!(u64::from(p.first_lba), 2305 * MIB);
+        assert_eq!(p.end_lba(), card_sectors);
+        assert_eq!(grown.entries[..3], image.entries[..3]);
+        grown.check_card().unwrap();
+        // Less than 1 MiB more is left alone.
+        let (_, change) = card_persist_entry(&image, image_end + MIB - 1).unwrap();
+        assert_eq!(change, Change::Unchanged);
+    }
+
+    #[test]
+    fn card_persist_is_created_after_root_b_when_missing() {
+        let image = card(None);
+        let (new, change) = card_persist_entry(&image, 4 << 21).unwrap();
+        assert_eq!(change, Change::Created);
+        let p = new.entry(mbr::PERSIST).unwrap();
+        assert_eq!(u64::from(p.first_lba), 2305 * MIB);
+        assert_eq!(p.kind, types::LINUX);
+        // No room: nothing to do.
+        assert!(card_persist_entry(&image, 2305 * MIB + 10).is_none());
+        // Capped at what an MBR can address.
+        let (big, _) = card_persist_entry(&image, 1 << 40).unwrap();
+        assert_eq!(
+            big.entry(mbr::PERSIST).unwrap().end_lba(),
+            u64::from(u32::MAX)
+        );
+    }
 }

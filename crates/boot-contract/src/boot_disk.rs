@@ -147,16 +147,35 @@ pub const RECORD: &str = "/run/os/boot-disk";
 pub struct Record {
     /// The whole disk, `/dev/vda`.
     pub disk: String,
-    /// Its GPT's disk GUID (after any identity change this boot).
-    pub disk_guid: Guid,
-    /// The ESP's partition GUID (after any identity change this boot).
-    pub esp_partuuid: Guid,
+    /// The identity of its partition table (after any identity change
+    /// this boot).
+    pub identity: Identity,
     /// Partition device paths.
     pub esp: String,
     pub root_a: String,
     pub root_b: String,
     /// None when the disk has no `persist` partition.
     pub persist: Option<String>,
+}
+
+/// How a boot disk is told from another: its GPT's disk GUID and ESP
+/// partition GUID, or an MBR card's disk signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Identity {
+    Gpt { disk_guid: Guid, esp_partuuid: Guid },
+    Mbr { disk_id: u32 },
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Identity::Gpt {
+                disk_guid,
+                esp_partuuid,
+            } => write!(f, "GPT disk GUID {disk_guid}, ESP {esp_partuuid}"),
+            Identity::Mbr { disk_id } => write!(f, "MBR disk signature {disk_id:08x}"),
+        }
+    }
 }
 
 /// Why a record was refused.
@@ -166,9 +185,16 @@ pub struct RecordError(pub String);
 
 impl Record {
     pub fn render(&self) -> String {
+        let id = match self.identity {
+            Identity::Gpt {
+                disk_guid,
+                esp_partuuid,
+            } => format!("disk_guid={disk_guid}\nesp_partuuid={esp_partuuid}\n"),
+            Identity::Mbr { disk_id } => format!("table=mbr\ndisk_id={disk_id:08x}\n"),
+        };
         let mut s = format!(
-            "disk={}\ndisk_guid={}\nesp_partuuid={}\nesp={}\nroot_a={}\nroot_b={}\n",
-            self.disk, self.disk_guid, self.esp_partuuid, self.esp, self.root_a, self.root_b
+            "disk={}\n{id}esp={}\nroot_a={}\nroot_b={}\n",
+            self.disk, self.esp, self.root_a, self.root_b
         );
         if let Some(p) = &self.persist {
             s.push_str(&format!("persist={p}\n"));
@@ -198,10 +224,24 @@ impl Record {
             Some(_) => Some(need("persist")?),
             None => None,
         };
+        let identity = match field("table") {
+            None | Some("gpt") => Identity::Gpt {
+                disk_guid: guid("disk_guid")?,
+                esp_partuuid: guid("esp_partuuid")?,
+            },
+            Some("mbr") => {
+                let v = field("disk_id").ok_or_else(|| RecordError("no disk_id=".into()))?;
+                let disk_id = (v.len() == 8)
+                    .then(|| u32::from_str_radix(v, 16).ok())
+                    .flatten()
+                    .ok_or_else(|| RecordError(format!("disk_id={v}: expected 8 hex digits")))?;
+                Identity::Mbr { disk_id }
+            }
+            Some(t) => return Err(RecordError(format!("table={t}: expected gpt or mbr"))),
+        };
         Ok(Record {
             disk: need("disk")?,
-            disk_guid: guid("disk_guid")?,
-            esp_partuuid: guid("esp_partuuid")?,
+            identity,
             esp: need("esp")?,
             root_a: need("root_a")?,
             root_b: need("root_b")?,
@@ -330,10 +370,13 @@ mod tests {
 
     #[test]
     fn round_trip_and_refusals() {
+        let esp_partuuid = Guid::random_v4([2; 16]);
         let r = Record {
             disk: "/dev/vdb".into(),
-            disk_guid: Guid::random_v4([1; 16]),
-            esp_partuuid: Guid::random_v4([2; 16]),
+            identity: Identity::Gpt {
+                disk_guid: Guid::random_v4([1; 16]),
+                esp_partuuid,
+            },
             esp: "/dev/vdb2".into(),
             root_a: "/dev/vdb3".into(),
             root_b: "/dev/vdb4".into(),
@@ -354,9 +397,32 @@ mod tests {
                 "expected a /dev/ path",
             ),
             (
-                r.render().replace(&r.esp_partuuid.to_string(), "nonsense"),
+                r.render().replace(&esp_partuuid.to_string(), "nonsense"),
                 "esp_partuuid=: bad GUID",
             ),
+        ] {
+            let e = Record::parse(&bad).unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        }
+        // An MBR card.
+        let card = Record {
+            disk: "/dev/mmcblk0".into(),
+            identity: Identity::Mbr {
+                disk_id: 0x00c0ffee,
+            },
+            esp: "/dev/mmcblk0p1".into(),
+            root_a: "/dev/mmcblk0p2".into(),
+            root_b: "/dev/mmcblk0p3".into(),
+            persist: Some("/dev/mmcblk0p4".into()),
+        };
+        assert!(card.render().contains("table=mbr\ndisk_id=00c0ffee\n"));
+        assert_eq!(Record::parse(&card.render()).unwrap(), card);
+        for (bad, want) in [
+            (
+                card.render().replace("00c0ffee", "c0ffee"),
+                "disk_id=c0ffee: expected 8 hex",
+            ),
+            (card.render().replace("table=mbr", "table=apm"), "table=apm"),
         ] {
             let e = Record::parse(&bad).unwrap_err().to_string();
             assert!(e.contains(want), "{e}");

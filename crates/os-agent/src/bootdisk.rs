@@ -7,8 +7,9 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use boot_contract::boot_disk::{Record, RECORD};
+use boot_contract::boot_disk::{Identity, Record, RECORD};
 use boot_contract::gpt::Gpt;
+use boot_contract::mbr::Mbr;
 use boot_contract::partition::ESP;
 
 use crate::bail;
@@ -46,8 +47,9 @@ impl BootDisk {
         Ok(d)
     }
 
-    /// The disk still carries the GPT identity os-init recorded (a disk
-    /// swapped for another under the same name is refused).
+    /// The disk still carries the identity os-init recorded, its GPT's or
+    /// an MBR card's (a disk swapped for another under the same name is
+    /// refused).
     fn verify(&self, sysfs: &Path) -> Result<()> {
         let r = &self.record;
         let name = r.disk.strip_prefix("/dev/").unwrap_or(&r.disk);
@@ -62,19 +64,42 @@ impl BootDisk {
         let ss = num(q.join("queue/logical_block_size"))?;
         let bytes = num(q.join("size"))? * 512;
         let mut f = File::open(&r.disk).with_context(|| format!("opening {}", r.disk))?;
+        let (disk_guid, esp_partuuid) = match r.identity {
+            Identity::Gpt {
+                disk_guid,
+                esp_partuuid,
+            } => (disk_guid, esp_partuuid),
+            Identity::Mbr { disk_id } => {
+                use std::io::Read;
+                let mut sector = [0u8; 512];
+                f.read_exact(&mut sector)
+                    .with_context(|| format!("reading the MBR of the boot disk {}", r.disk))?;
+                let m = Mbr::parse(&sector, Some(bytes / 512))
+                    .map_err(|e| Error::msg(format!("the boot disk {}: {e}", r.disk)))?;
+                if m.disk_id != disk_id || m.check_card().is_err() {
+                    bail!(
+                        "{} is not the card the node booted from any more (MBR disk signature \
+                         {:08x}; {RECORD} says {disk_id:08x}): refusing to use it",
+                        r.disk,
+                        m.disk_id
+                    );
+                }
+                return Ok(());
+            }
+        };
         let gpt = Gpt::read(&mut f, ss, bytes / ss)
             .or_else(|_| Gpt::read_backup(&mut f, ss, bytes / ss))
             .with_context(|| format!("reading the GPT of the boot disk {}", r.disk))?;
         let esp = gpt.find(ESP).map(|(_, e)| e.guid);
-        if gpt.disk_guid() != r.disk_guid || esp != Some(r.esp_partuuid) {
+        if gpt.disk_guid() != disk_guid || esp != Some(esp_partuuid) {
             bail!(
                 "{} is not the disk the node booted from any more (disk GUID {}, ESP {:?}; \
                  {RECORD} says {} and {}): refusing to use it",
                 r.disk,
                 gpt.disk_guid(),
                 esp,
-                r.disk_guid,
-                r.esp_partuuid
+                disk_guid,
+                esp_partuuid
             );
         }
         Ok(())
@@ -131,8 +156,10 @@ mod tests {
         let dev = format!("/dev/../{}", path.display());
         let rec = Record {
             disk: dev.clone(),
-            disk_guid: gpt.disk_guid(),
-            esp_partuuid: Guid::random_v4([2; 16]),
+            identity: Identity::Gpt {
+                disk_guid: gpt.disk_guid(),
+                esp_partuuid: Guid::random_v4([2; 16]),
+            },
             esp: "/dev/vdz2".into(),
             root_a: "/dev/vdz3".into(),
             root_b: "/dev/vdz4".into(),
@@ -153,7 +180,10 @@ mod tests {
 
         // Another disk under that name: refused.
         let other = Record {
-            esp_partuuid: Guid::random_v4([9; 16]),
+            identity: Identity::Gpt {
+                disk_guid: gpt.disk_guid(),
+                esp_partuuid: Guid::random_v4([9; 16]),
+            },
             ..rec.clone()
         };
         std::fs::write(&rp, other.render()).unwrap();
@@ -164,5 +194,70 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("os-init records the disk"), "{e}");
+    }
+
+    /// A Raspberry Pi card is told by its MBR disk signature.
+    #[test]
+    fn uses_the_recorded_card_only_while_it_is_the_same() {
+        use boot_contract::mbr::{types, Entry as MbrEntry};
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("mmcblk9");
+        let e = |bootable, kind, first_lba| {
+            Some(MbrEntry {
+                bootable,
+                kind,
+                first_lba,
+                sectors: 2048,
+            })
+        };
+        let mut card = Mbr {
+            disk_id: 0x5eed_0001,
+            entries: [
+                e(true, types::FAT32_LBA, 2048),
+                e(false, types::LINUX, 4096),
+                e(false, types::LINUX, 6144),
+                None,
+            ],
+        };
+        let f = File::create(&path).unwrap();
+        f.set_len(8192 * 512).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &card.encode(), 0).unwrap();
+        let dev = format!("/dev/../{}", path.display());
+        let rec = Record {
+            disk: dev.clone(),
+            identity: Identity::Mbr {
+                disk_id: card.disk_id,
+            },
+            esp: "/dev/mmcblk9p1".into(),
+            root_a: "/dev/mmcblk9p2".into(),
+            root_b: "/dev/mmcblk9p3".into(),
+            persist: None,
+        };
+        let rp = tmp.path().join("boot-disk");
+        std::fs::write(&rp, rec.render()).unwrap();
+        let sysfs = tmp.path().join("sys");
+        let q = sysfs
+            .join("class/block")
+            .join(dev.trim_start_matches("/dev/"));
+        std::fs::create_dir_all(q.join("queue")).unwrap();
+        std::fs::write(q.join("queue/logical_block_size"), "512\n").unwrap();
+        std::fs::write(q.join("size"), "8192\n").unwrap();
+        let d = BootDisk::from_record(&rp, &sysfs).unwrap();
+        assert_eq!(d.slot("a"), Some(Path::new("/dev/mmcblk9p2")));
+        assert_eq!(d.esp(), Path::new("/dev/mmcblk9p1"));
+
+        // Another card (another signature) under that name: refused.
+        card.disk_id = 0x5eed_0002;
+        std::os::unix::fs::FileExt::write_all_at(&f, &card.encode(), 0).unwrap();
+        let e = BootDisk::from_record(&rp, &sysfs).unwrap_err().to_string();
+        assert!(
+            e.contains("is not the card the node booted from") && e.contains("5eed0001"),
+            "{e}"
+        );
+        // A GPT disk now: refused too.
+        std::os::unix::fs::FileExt::write_all_at(&f, &boot_contract::gpt::protective_mbr(8192), 0)
+            .unwrap();
+        let e = BootDisk::from_record(&rp, &sysfs).unwrap_err().to_string();
+        assert!(e.contains("protective MBR"), "{e}");
     }
 }

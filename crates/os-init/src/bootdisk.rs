@@ -15,12 +15,12 @@ use std::fs::{self, File};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use boot_contract::boot_disk::{EspId, Record, Slots, Table};
+use boot_contract::boot_disk::{EspId, Identity, Record, Slots, Table};
 use boot_contract::boot_env::{self, CMDLINE_ESP, DISK_BOOTED};
 use boot_contract::fat::Fat32;
 use boot_contract::gpt::{Gpt, Guid};
 use boot_contract::grubenv::{GrubEnv, BLOCK_SIZE};
-use boot_contract::mbr::Mbr;
+use boot_contract::mbr::{self, Mbr};
 use boot_contract::partition::{ESP, PERSIST, ROOT_A, ROOT_B};
 
 use crate::persist::disk::Disk;
@@ -250,13 +250,25 @@ fn mark(f: &mut File, offset: u64, len: u64) -> (bool, bool) {
 /// new GUIDs and a `persist` partition.
 pub fn record(disk: &Disk, slots: &Slots) -> Result<Record> {
     let dev = disk.dev();
-    if slots.table == Table::Mbr {
-        return Err(format!(
-            "{dev} is an MBR card: os-agent's record of the boot disk has GPT identities only, \
-             so os-agent cannot yet manage the slots of a Raspberry Pi card"
-        ));
-    }
     let mut f = File::open(&dev).map_err(|e| format!("opening {dev}: {e}"))?;
+    if slots.table == Table::Mbr {
+        // A card: the partitions by the contract's numbers, read again
+        // (persist may have been created this boot).
+        let m = read_mbr(&mut f, disk).ok_or_else(|| format!("{dev}: no MBR that reads"))?;
+        m.check_card().map_err(|e| format!("{dev}: {e}"))?;
+        let node = |n: u8| disk.wait_partition(u32::from(n), Duration::from_secs(5));
+        return Ok(Record {
+            disk: dev.clone(),
+            identity: Identity::Mbr { disk_id: m.disk_id },
+            esp: node(mbr::BOOT)?,
+            root_a: node(mbr::ROOT_A)?,
+            root_b: node(mbr::ROOT_B)?,
+            persist: match m.entry(mbr::PERSIST) {
+                Some(_) => Some(node(mbr::PERSIST)?),
+                None => None,
+            },
+        });
+    }
     let gpt = read_gpt(&mut f, disk).ok_or_else(|| format!("{dev}: no GPT that reads"))?;
     let part = |name: &str| -> Result<Option<(String, Guid)>> {
         let Some((i, e)) = gpt.find(name) else {
@@ -271,8 +283,10 @@ pub fn record(disk: &Disk, slots: &Slots) -> Result<Record> {
     let (esp, esp_partuuid) = need(ESP)?;
     Ok(Record {
         disk: dev.clone(),
-        disk_guid: gpt.disk_guid(),
-        esp_partuuid,
+        identity: Identity::Gpt {
+            disk_guid: gpt.disk_guid(),
+            esp_partuuid,
+        },
         esp,
         root_a: need(ROOT_A)?.0,
         root_b: need(ROOT_B)?.0,

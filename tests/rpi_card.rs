@@ -14,7 +14,8 @@ use std::process::Command;
 
 use common::fixtures::fixtures_dir;
 use common::images;
-use common::{require_tool, TestEnv};
+use common::qemu::{tail, Vm};
+use common::{require_tool, sparse_copy, TestEnv};
 
 /// The card's partitions as `sfdisk --json` reads them.
 fn sfdisk(card: &Path) -> serde_json::Value {
@@ -115,7 +116,11 @@ fn rpi_is_refused_for_amd64_and_for_a_flavor_without_pi_firmware() {
 /// partition that fsck passes holding the firmware, device trees, U-Boot,
 /// GRUB and slot a, config.txt with every board's section and the
 /// `--rpi-config` lines, root_a holding the root filesystem, and an
-/// initramfs that loads the Pi SD drivers.
+/// initramfs that loads the Pi SD drivers. Then the card, copied to a
+/// larger (4 GiB) one, boots under QEMU's Pi 3 B: U-Boot and the device
+/// tree from its boot partition (what the firmware would start), U-Boot's
+/// EFI → shim → GRUB → slot a, os-init finding the card by its MBR
+/// signature, growing persist to the card's end, and os-agent's boot check.
 #[test]
 fn debian_arm64_card_has_the_pi_boot_files_and_the_ab_layout() {
     require_tool("fsck.vfat", "dosfstools");
@@ -146,6 +151,12 @@ fn debian_arm64_card_has_the_pi_boot_files_and_the_ab_layout() {
         "rpi",
         "--rpi-config",
         rpi_config.to_str().unwrap(),
+        // QEMU's Pi power management resets the machine the moment a
+        // watchdog is started (it does not emulate the timer), so systemd's
+        // RuntimeWatchdogSec= would reset the emulated Pi as soon as
+        // systemd runs; real Pis count down.
+        "--cmdline",
+        "systemd.watchdog_sec=off",
         "--output",
         out.to_str().unwrap(),
     ]);
@@ -164,6 +175,33 @@ fn debian_arm64_card_has_the_pi_boot_files_and_the_ab_layout() {
         !out.join(format!("{stem}.raw")).exists(),
         "--format rpi wrote a disk image"
     );
+
+    // The block map: bmaptool copies the card to a blank file that equals
+    // it (the holes read as zeros on both sides).
+    require_tool("bmaptool", "bmap-tools");
+    let bmap = out.join(format!("{stem}-rpi.img.bmap"));
+    assert!(bmap.is_file(), "no {}", bmap.display());
+    let copy = env.tmp.path().join("bmap-copy.img");
+    let b = Command::new("bmaptool")
+        .arg("copy")
+        .arg("--bmap")
+        .arg(&bmap)
+        .arg(&card)
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(
+        b.status.success(),
+        "bmaptool copy: {}",
+        String::from_utf8_lossy(&b.stderr)
+    );
+    let cmp = Command::new("cmp").arg(&card).arg(&copy).output().unwrap();
+    assert!(
+        cmp.status.success(),
+        "the bmaptool copy differs: {}",
+        String::from_utf8_lossy(&cmp.stdout)
+    );
+    fs::remove_file(&copy).unwrap();
 
     // The partition table.
     let t = sfdisk(&card);
@@ -197,6 +235,11 @@ fn debian_arm64_card_has_the_pi_boot_files_and_the_ab_layout() {
     f.read_exact(&mut head).unwrap();
     assert!(head == sq, "root_a does not hold {}", squashfs.display());
     assert_eq!(parts[1]["size"], parts[2]["size"]);
+    // persist: unformatted, marked for os-init.
+    let mut marker = [0u8; 32];
+    f.seek(SeekFrom::Start(sector(&parts[3], "start"))).unwrap();
+    f.read_exact(&mut marker).unwrap();
+    assert_eq!(&marker, boot_contract::persist::FRESH_MARKER);
 
     // The boot partition: a clean FAT32.
     let boot = env.tmp.path().join("boot.vfat");
@@ -298,8 +341,23 @@ fn debian_arm64_card_has_the_pi_boot_files_and_the_ab_layout() {
         assert!(files.lines().any(|l| l.ends_with(m)), "{m} not in\n{files}");
     }
 
-    // What boots which board, in --json.
-    let boards = result["rpi"].as_array().expect("rpi in --json");
+    // The card's partitions and what boots which board, in --json.
+    let rpi = &result["rpi"];
+    assert_eq!(rpi["diskId"], disk_id.as_str(), "{rpi}");
+    let names: Vec<&str> = rpi["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["boot", "root_a", "root_b", "persist"], "{rpi}");
+    for (p, s) in rpi["partitions"].as_array().unwrap().iter().zip(parts) {
+        assert_eq!(p["start"].as_u64(), Some(sector(s, "start")), "{rpi}");
+        assert_eq!(p["size"].as_u64(), Some(sector(s, "size")), "{rpi}");
+    }
+    assert_eq!(rpi["partitions"][0]["type"], "0x0c");
+    assert_eq!(rpi["partitions"][0]["bootable"], true);
+    let boards = rpi["boards"].as_array().expect("rpi.boards in --json");
     let board = |n: &str| boards.iter().find(|b| b["board"] == n).unwrap();
     for n in ["pi3", "pi4", "pi02"] {
         let b = board(n);
@@ -326,4 +384,49 @@ fn debian_arm64_card_has_the_pi_boot_files_and_the_ab_layout() {
         stderr.contains("pi5") && stderr.contains("cannot read the card"),
         "{stderr}"
     );
+
+    // Boot it: U-Boot and the Pi 3 B's device tree as the firmware would
+    // load them from the boot partition; the card copied to a 4 GiB one.
+    let work = env.tmp.path().join("boot");
+    fs::create_dir_all(&work).unwrap();
+    let (uboot_file, dtb) = (work.join("u-boot.bin"), work.join("rpi3b.dtb"));
+    fs::write(&uboot_file, &uboot).unwrap();
+    fs::write(&dtb, mtools("mtype", &boot, &["::bcm2837-rpi-3-b.dtb"])).unwrap();
+    let sd = work.join("sd.img");
+    sparse_copy(&card, &sd);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&sd)
+        .unwrap()
+        .set_len(4 << 30)
+        .unwrap();
+    let uart1 = work.join("uart1.log");
+    let start = std::time::Instant::now();
+    let c = Vm::raspi3b(&uboot_file, &dtb, &uart1)
+        .sd_card(&sd)
+        .run_until("os-agent: boot ", std::time::Duration::from_secs(1800));
+    eprintln!("raspi3b boot: {:.0?}", start.elapsed());
+    let uboot_log = fs::read_to_string(&uart1).unwrap_or_default();
+    let context = || {
+        format!(
+            "{}\n[U-Boot, second UART]\n{}",
+            tail(&c, 80),
+            tail(&uboot_log, 30)
+        )
+    };
+    let id = format!("{disk_id}-01");
+    for want in [
+        &format!("bi.esp={id}") as &str,
+        &format!("os-init: boot disk /dev/mmcblk0: it holds the ESP partition {id}"),
+        "os-init: root root_a is /dev/mmcblk0p2",
+        "os-init: grew persist /dev/mmcblk0p4 from 64 MiB to",
+        "os-init: /dev/mmcblk0p4 is the image's unformatted persist: wiping and formatting it",
+        "os-agent: boot ok slot=a version=1.0.0-rpi",
+    ] {
+        assert!(
+            c.contains(want),
+            "{want:?} not on the console:\n{}",
+            context()
+        );
+    }
 }

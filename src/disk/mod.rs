@@ -11,6 +11,7 @@
 //! The partition names are the contract with the device: `os-init` and
 //! `os-agent` find the slots by these names, never by number.
 
+pub mod bmap;
 pub mod card;
 mod write;
 

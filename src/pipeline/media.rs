@@ -181,8 +181,9 @@ fn slot_size(plan: &BuildPlan, root_size: u64) -> Result<u64> {
 /// `{stem}-rpi.img`: an MBR with the FAT32 boot partition (the Pi
 /// firmware, device trees, config.txt and U-Boot beside the ESP's GRUB,
 /// grub.cfg, env blocks and slot a's kernel and initrd), `root_a` holding
-/// the root filesystem, an empty `root_b` and a small, empty `persist`
-/// that os-init formats and grows on first boot.
+/// the root filesystem, an empty `root_b` and a small `persist` holding
+/// only [`boot_contract::persist::FRESH_MARKER`], which os-init grows,
+/// wipes and formats on first boot.
 pub fn write_card(
     plan: &BuildPlan,
     boot: &BootFiles,
@@ -191,7 +192,7 @@ pub fn write_card(
     spool: &Path,
     reporter: &dyn Reporter,
     staging: &mut Staging,
-) -> Result<()> {
+) -> Result<CardSummary> {
     let rpi = boot
         .rpi
         .as_ref()
@@ -253,10 +254,70 @@ pub fn write_card(
                     })),
                 ),
                 (disk::ROOT_A, Source::File(&root_file)),
+                // Not formatted here (mkfs is the device's, DESIGN.md):
+                // marked, so os-init formats it as new and wipes what an
+                // earlier use of the card left where it grows.
+                (
+                    disk::PERSIST,
+                    Source::Reader(&mut &boot_contract::persist::FRESH_MARKER[..]),
+                ),
             ],
         )
     })
     .context("writing the Raspberry Pi card")?;
+    write_bmap(&file, &plan.output("-rpi.img.bmap"), staging)?;
+    let partitions = layout
+        .partitions
+        .iter()
+        .enumerate()
+        .map(|(i, (name, e))| CardPartition {
+            number: i as u8 + 1,
+            name,
+            kind: format!("{:#04x}", e.kind),
+            bootable: e.bootable,
+            start: u64::from(e.first_lba) * disk::SECTOR,
+            size: u64::from(e.sectors) * disk::SECTOR,
+        })
+        .collect();
+    Ok(CardSummary {
+        disk_id: format!("{:08x}", layout.disk_id),
+        partitions,
+        boards: rpi.boards.clone(),
+    })
+}
+
+/// What `--json` says about a Raspberry Pi card.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CardSummary {
+    /// The MBR disk signature (`bi.esp=` is `<diskId>-01`).
+    pub disk_id: String,
+    pub partitions: Vec<CardPartition>,
+    /// What boots each board.
+    pub boards: Vec<crate::bootloader::rpi::BoardSupport>,
+}
+
+/// One partition of a card, bytes from the card's start.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CardPartition {
+    pub number: u8,
+    pub name: &'static str,
+    /// The MBR type byte (`0x0c`, `0x83`).
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub bootable: bool,
+    pub start: u64,
+    pub size: u64,
+}
+
+/// `IMAGE.bmap` beside a raw image (`bmaptool copy IMAGE DEVICE` finds it
+/// and writes only the blocks that hold data).
+fn write_bmap(image: &File, path: &Path, staging: &mut Staging) -> Result<()> {
+    let text = disk::bmap::bmap(image)
+        .with_context(|| format!("writing the block map {}", path.display()))?;
+    let out = staging.create(path, "bmap")?;
+    std::io::Write::write_all(staging.file(out), text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 

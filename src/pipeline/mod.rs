@@ -42,9 +42,9 @@ pub struct BuildResult {
     pub artifacts: Vec<Artifact>,
     /// What `--push` pushed (`null` without it).
     pub push: Option<PushResult>,
-    /// The Raspberry Pi card: what boots each board (`null` without
-    /// `--format rpi`).
-    pub rpi: Option<Vec<crate::bootloader::rpi::BoardSupport>>,
+    /// The Raspberry Pi card: its partitions and what boots each board
+    /// (`null` without `--format rpi`).
+    pub rpi: Option<media::CardSummary>,
 }
 
 pub fn run(g: &Global, a: BuildArgs, reporter: &dyn Reporter) -> Result<BuildResult> {
@@ -114,8 +114,9 @@ pub fn run(g: &Global, a: BuildArgs, reporter: &dyn Reporter) -> Result<BuildRes
             )?;
         }
     }
+    let mut rpi = None;
     if plan.wants(Format::Rpi) {
-        media::write_card(
+        rpi = Some(media::write_card(
             &plan,
             &boot,
             rootfs,
@@ -123,7 +124,7 @@ pub fn run(g: &Global, a: BuildArgs, reporter: &dyn Reporter) -> Result<BuildRes
             spool.path(),
             reporter,
             &mut staging,
-        )?;
+        )?);
     }
     lock.repositories = releases.iter().map(apt::ReleaseStamp::to_json).collect();
     let lock_bytes = lock.to_file_bytes();
@@ -154,7 +155,7 @@ pub fn run(g: &Global, a: BuildArgs, reporter: &dyn Reporter) -> Result<BuildRes
         formats: plan.formats.iter().map(|f| f.name()).collect(),
         artifacts,
         push,
-        rpi: boot.rpi.as_ref().map(|r| r.boards.clone()),
+        rpi,
     })
 }
 

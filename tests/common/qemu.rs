@@ -49,6 +49,46 @@ impl Vm {
         Vm::new("qemu-system-aarch64", mem).args(["-M", "virt", "-cpu", "max"])
     }
 
+    /// QEMU's Raspberry Pi 3 B (`-M raspi3b`, exactly 1 GiB, one TCG
+    /// thread: multi-threaded TCG is several times slower there) starting
+    /// `kernel` (U-Boot, or a Linux Image) with the device tree `dtb`, as
+    /// the Pi's firmware would (QEMU cannot run the GPU firmware). The
+    /// first serial port (the PL011, the kernel's ttyAMA0) is the console;
+    /// U-Boot prints on the second, kept in `uart1`.
+    pub fn raspi3b(kernel: &Path, dtb: &Path, uart1: &Path) -> Vm {
+        Vm {
+            qemu: "qemu-system-aarch64",
+            args: vec![
+                "-M".into(),
+                "raspi3b".into(),
+                "-m".into(),
+                "1024".into(),
+                "-accel".into(),
+                "tcg,thread=single".into(),
+                "-nographic".into(),
+                "-no-reboot".into(),
+                "-nodefaults".into(),
+                "-serial".into(),
+                "stdio".into(),
+                "-serial".into(),
+                format!("file:{}", uart1.display()),
+                "-kernel".into(),
+                kernel.display().to_string(),
+                "-dtb".into(),
+                dtb.display().to_string(),
+            ],
+            keys: None,
+        }
+    }
+
+    /// An SD card (its size must be a power of two for QEMU's Pi models).
+    pub fn sd_card(self, path: &Path) -> Vm {
+        self.args([
+            "-drive".to_string(),
+            format!("file={},format=raw,if=sd", path.display()),
+        ])
+    }
+
     fn new(qemu: &'static str, mem: u32) -> Vm {
         Vm {
             qemu,

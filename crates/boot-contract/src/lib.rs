@@ -36,6 +36,12 @@ pub mod persist {
     /// The smallest `persist` os-init creates: a disk needs this much
     /// free space after the root slots.
     pub const MIN_SIZE: u64 = 32 << 20;
+    /// The first bytes of a `persist` partition that an image carries
+    /// unformatted (a Raspberry Pi card's, created small by build-image):
+    /// os-init formats a partition that starts with them and has no
+    /// filesystem as a new one, wiping first what an earlier use of the
+    /// card left in the space it grew into. mkfs overwrites them.
+    pub const FRESH_MARKER: &[u8; 32] = b"build-image: persist unformatted";
 
     /// What os-init did with `persist` this boot, for `os-agent status`
     /// and `health`: `key=value` lines, `state=` one of the `STATE_*`

@@ -85,7 +85,15 @@ fn from_disk(disk: &Disk) -> Result<bool> {
     let Some(part) = disk::ensure_persist(disk)? else {
         return Ok(false);
     };
-    if part.change == Change::Created {
+    let fresh = part.change == Change::Created
+        || (fs::superblock(&part.dev)?.is_none() && unformatted(&part.dev)?);
+    if fresh {
+        if part.change != Change::Created {
+            say(&format!(
+                "{} is the image's unformatted persist: wiping and formatting it",
+                part.dev
+            ));
+        }
         // Blank, so that a power cut before mkfs finishes leaves a
         // partition the next boot formats again.
         let mut f = OpenOptions::new()
@@ -168,6 +176,19 @@ fn from_disk(disk: &Disk) -> Result<bool> {
         return Err(e);
     }
     Ok(true)
+}
+
+/// Whether `dev` starts with [`persist::FRESH_MARKER`]: the unformatted
+/// `persist` an image carries.
+fn unformatted(dev: &str) -> Result<bool> {
+    use std::io::Read;
+    let mut head = [0u8; 32];
+    let mut f = stdfs::File::open(dev).map_err(|e| format!("opening {dev}: {e}"))?;
+    match f.read_exact(&mut head) {
+        Ok(()) => Ok(&head == persist::FRESH_MARKER),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(format!("reading {dev}: {e}")),
+    }
 }
 
 /// Persist in RAM for this boot, said loudly, after `why` kept the
@@ -314,6 +335,24 @@ fn bind_paths() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_images_unformatted_persist_is_told_by_its_marker() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("p4");
+        let path = p.to_str().unwrap();
+        let mut data = vec![0u8; 4096];
+        stdfs::write(&p, &data).unwrap();
+        assert!(!unformatted(path).unwrap(), "zeros are not the marker");
+        data[..32].copy_from_slice(persist::FRESH_MARKER);
+        stdfs::write(&p, &data).unwrap();
+        assert!(unformatted(path).unwrap());
+        data[5] ^= 1;
+        stdfs::write(&p, &data).unwrap();
+        assert!(!unformatted(path).unwrap());
+        stdfs::write(&p, b"short").unwrap();
+        assert!(!unformatted(path).unwrap());
+    }
 
     #[test]
     fn persist_is_off_for_live_systems_and_on_request() {

@@ -210,7 +210,9 @@ pub fn root_partition(
         ROOT_B => slots.root_b,
         other => {
             return Err(format!(
-                "bi.root={other}: expected {ROOT_A} or {ROOT_B}, the root slots of the boot disk"
+                "the boot disk {} has no partition named {other:?} (bi.root=): its root slots \
+                 are {ROOT_A} and {ROOT_B}",
+                disk.dev()
             ))
         }
     };

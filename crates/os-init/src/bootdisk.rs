@@ -24,6 +24,7 @@ use boot_contract::partition::{ESP, PERSIST, ROOT_A, ROOT_B};
 
 use crate::persist::disk::Disk;
 use crate::{param, say, Result};
+use crate::{Context, Error};
 
 /// Block devices that are never the boot disk.
 const SKIP: &[&str] = &["loop", "ram", "zram", "sr", "fd", "dm-", "md", "nbd"];
@@ -43,7 +44,7 @@ struct Candidate {
 
 /// The ESP partition UUID GRUB put on the command line.
 pub fn esp_uuid(cmdline: &str) -> Result<Guid> {
-    let v = param(cmdline, CMDLINE_ESP).ok_or_else(|| {
+    let v = param(cmdline, CMDLINE_ESP).with_context(|| {
         format!(
             "no {CMDLINE_ESP}=PARTUUID on the kernel command line: the boot loader did not say \
              which disk it started from, and os-init uses no disk it cannot tie to it \
@@ -51,13 +52,13 @@ pub fn esp_uuid(cmdline: &str) -> Result<Guid> {
         )
     })?;
     if v.is_empty() {
-        return Err(format!(
+        return Err(Error::msg(format!(
             "{CMDLINE_ESP}= is empty on the kernel command line: GRUB's probe --part-uuid found \
              no partition UUID for the ESP it started from"
-        ));
+        )));
     }
     v.parse()
-        .map_err(|e| format!("{CMDLINE_ESP}={v} on the kernel command line: {e}"))
+        .with_context(|| format!("{CMDLINE_ESP}={v} on the kernel command line"))
 }
 
 /// Waits (at most `timeout`) for the disk holding the ESP partition `esp`.
@@ -77,13 +78,13 @@ pub fn find(esp: Guid, timeout: Duration) -> Result<Disk> {
         match (&marked[..], &found[..]) {
             ([one], _) => return Ok(one.disk.clone()),
             ([_, _, ..], _) => {
-                return Err(format!(
+                return Err(Error::msg(format!(
                     "disks {} all hold the ESP partition {esp} and all carry GRUB's \
                      {DISK_BOOTED} mark: they were written from one image and booted before, so \
                      os-init cannot tell which one GRUB started from; remove the disk that is not \
                      meant to boot",
                     names()
-                ))
+                )))
             }
             ([], [one]) => {
                 // GRUB marks the disk it boots from; a lone disk it could
@@ -102,21 +103,21 @@ pub fn find(esp: Guid, timeout: Duration) -> Result<Disk> {
                 }
             }
             ([], [_, _, ..]) if start.elapsed() > timeout => {
-                return Err(format!(
+                return Err(Error::msg(format!(
                     "disks {} all hold the ESP partition {esp} (written from one image) and none \
                      carries GRUB's {DISK_BOOTED} mark: os-init cannot tell which one GRUB \
                      started from; remove the disk that is not meant to boot",
                     names()
-                ))
+                )))
             }
             _ => lone_since = None,
         }
         if start.elapsed() > timeout {
-            return Err(format!(
+            return Err(Error::msg(format!(
                 "no disk holding the ESP partition {esp} (the one GRUB started from, \
                  {CMDLINE_ESP}=) appeared within {} s",
                 timeout.as_secs()
-            ));
+            )));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -200,8 +201,8 @@ fn mark(f: &mut File, offset: u64, len: u64) -> (bool, bool) {
 /// new GUIDs and a `persist` partition.
 pub fn record(disk: &Disk) -> Result<Record> {
     let dev = disk.dev();
-    let mut f = File::open(&dev).map_err(|e| format!("opening {dev}: {e}"))?;
-    let gpt = read_gpt(&mut f, disk).ok_or_else(|| format!("{dev}: no GPT that reads"))?;
+    let mut f = File::open(&dev).with_context(|| format!("opening {dev}"))?;
+    let gpt = read_gpt(&mut f, disk).with_context(|| format!("{dev}: no GPT that reads"))?;
     let part = |name: &str| -> Result<Option<(String, Guid)>> {
         let Some((i, e)) = gpt.find(name) else {
             return Ok(None);
@@ -210,7 +211,7 @@ pub fn record(disk: &Disk) -> Result<Record> {
         Ok(Some((node, e.guid)))
     };
     let need = |name: &str| -> Result<(String, Guid)> {
-        part(name)?.ok_or_else(|| format!("{dev} has no partition named {name}"))
+        part(name)?.with_context(|| format!("{dev} has no partition named {name}"))
     };
     let (esp, esp_partuuid) = need(ESP)?;
     Ok(Record {
@@ -227,9 +228,9 @@ pub fn record(disk: &Disk) -> Result<Record> {
 /// Writes the record to `path` (on `/run`).
 pub fn write_record(path: &Path, r: &Record) -> Result<()> {
     if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    fs::write(path, r.render()).map_err(|e| format!("writing {}: {e}", path.display()))
+    fs::write(path, r.render()).with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]
@@ -250,7 +251,7 @@ mod tests {
             ),
         ] {
             let e = esp_uuid(c).unwrap_err();
-            assert!(e.contains(want), "{c}: {e}");
+            assert!(e.to_string().contains(want), "{c}: {e}");
         }
     }
 }

@@ -579,10 +579,12 @@ fn the_unattended_install_happens_once_and_keeps_the_data() {
 
     // Boot 3: the firmware starts the ISO again and its install entry is
     // chosen again: refused, the installed disk and the 4Kn disk named
-    // (vdb's line is the message's last).
-    let c = pc()
-        .keys_on("(live)", &["\x1b[B", "\r"])
-        .run_until("4096-byte logical blocks", Duration::from_secs(1200));
+    // (vdb's line is the message's last; the kernel's own line for vdb
+    // says "4096-byte logical blocks" too, so wait for the reason's end).
+    let c = pc().keys_on("(live)", &["\x1b[B", "\r"]).run_until(
+        "use a disk with 512-byte or 512e sectors)",
+        Duration::from_secs(1200),
+    );
     let at = c
         .find("os-agent: install failed: --device auto: no suitable disk")
         .unwrap_or_else(|| panic!("no refusal:\n{}", tail(&c, 80)));

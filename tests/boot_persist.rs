@@ -17,21 +17,12 @@ use std::process::Command;
 use build_image::disk::{self, Arch, Layout, Source};
 use build_image::tree::ContentStore;
 use common::abdisk::esp_param;
-use common::boot::{boot_direct, debian_packages_root, expect_console, kernel_and_initrd, tail};
+use common::boot::{
+    boot_direct, debian_packages_root, expect_console, kernel_and_initrd, tail, E2FSPROGS,
+};
 use common::{require_tool, sha256_file, tool_stdout};
 
 const MIB: u64 = 1 << 20;
-
-/// e2fsprogs and the libraries it links, from Debian bookworm.
-const PACKAGES: &[&str] = &[
-    "libc6",
-    "libblkid1",
-    "libuuid1",
-    "libcom-err2",
-    "libss2",
-    "libext2fs2",
-    "e2fsprogs",
-];
 
 const SCRIPT: &str = r#"b=/bin/busybox
 echo "root-init: machine-id $($b cat /etc/machine-id)"
@@ -173,7 +164,7 @@ fn os_init_creates_keeps_and_grows_the_persistent_partition() {
     let sqfs = tmp.path().join("root.squashfs");
     debian_packages_root(
         &mut store,
-        PACKAGES,
+        E2FSPROGS,
         &[
             ("/etc/machine-id", b"", 0o444),
             ("/etc/ssh/sshd_config", b"PermitRootLogin no", 0o644),

@@ -31,7 +31,7 @@ use build_image::tree::ContentStore;
 use common::abdisk::{self, grub_cfg, read_env, read_fat_file, AbDisk};
 use common::boot::{
     busybox_root, deb_tree, debian_packages_root, file_bytes, kernel_and_shipped_initrd,
-    KernelAndInitrd,
+    KernelAndInitrd, E2FSPROGS,
 };
 use common::fixtures::debian_package_deb;
 use common::qemu::{boot_line, fresh_vars, tail, Vm, OVMF_VARS};
@@ -261,17 +261,6 @@ fn failed_trials_come_back_on_the_default_slot_by_themselves() {
     let last = &c[c.rfind("os-init: root root_a").unwrap()..];
     assert!(!last.contains("watchdog /dev/watchdog0 armed"), "{last}");
 }
-
-/// e2fsprogs and the libraries it links, from Debian bookworm.
-const E2FSPROGS: &[&str] = &[
-    "libc6",
-    "libblkid1",
-    "libuuid1",
-    "libcom-err2",
-    "libss2",
-    "libext2fs2",
-    "e2fsprogs",
-];
 
 const PERSIST_SCRIPT: &str = r#"b=/bin/busybox
 echo "root-init: persist $($b cat /run/os/persist.status | $b tr '\n' ' ')"

@@ -371,6 +371,36 @@ fn start_node(name: &str, vm: Vm, key: Key, reg: &Registry, ssh_port: u16) -> No
     }
 }
 
+/// A node booted (under OVMF, 2 CPUs, SSH forwarded) from a copy of the
+/// amd64 disk of the build `v1` whose ESP trusts `pem` and carries a
+/// config with a fresh key `key_name`.
+fn amd64_node(
+    name: &str,
+    key_name: &str,
+    v1: &Path,
+    work: &Path,
+    pem: &str,
+    reg: &Registry,
+) -> Node {
+    let key = Key::generate(work, key_name);
+    let disk = node_disk(
+        &images::output(v1, images::DEFAULT_FLAVOR, "amd64", "raw"),
+        work,
+        &key,
+        pem,
+    );
+    let vars = work.join("VARS.fd");
+    fresh_vars(OVMF_VARS, &vars);
+    let port = free_port();
+    let vm = Vm::x86_64(1536)
+        .args(["-smp", "2"])
+        .ovmf(&vars)
+        .virtio_disk(&disk)
+        .nic_ssh(port)
+        .allow_reboot();
+    start_node(name, vm, key, reg, port)
+}
+
 fn guest_auth(node: &Node, hosts: &[String]) {
     let auths: Vec<String> = hosts
         .iter()
@@ -469,23 +499,7 @@ fn happy_path_refusals_and_power_cuts() {
     let rootfs_v2 = up::spec_of(&v2).rootfs;
     let d_root = format!("sha256:{}", common::sha256_file(&rootfs_v2));
 
-    let key = Key::generate(&work, "node-a");
-    let disk = node_disk(
-        &images::output(&v1, images::DEFAULT_FLAVOR, "amd64", "raw"),
-        &work,
-        &key,
-        &pem1,
-    );
-    let vars = work.join("VARS.fd");
-    fresh_vars(OVMF_VARS, &vars);
-    let port = free_port();
-    let vm = Vm::x86_64(1536)
-        .args(["-smp", "2"])
-        .ovmf(&vars)
-        .virtio_disk(&disk)
-        .nic_ssh(port)
-        .allow_reboot();
-    let mut node = start_node("amd64", vm, key, &fleet.reg, port);
+    let mut node = amd64_node("amd64", "node-a", &v1, &work, &pem1, &fleet.reg);
     let started = Instant::now();
 
     // Boot 1: v1 in slot a, nothing else.
@@ -680,23 +694,7 @@ fn failed_trials_come_back_and_reset_empties_persist() {
     );
     let pem1 = fs::read_to_string(&fleet.keys[0].1).unwrap();
 
-    let key = Key::generate(&work, "node-b");
-    let disk = node_disk(
-        &images::output(&v1, images::DEFAULT_FLAVOR, "amd64", "raw"),
-        &work,
-        &key,
-        &pem1,
-    );
-    let vars = work.join("VARS.fd");
-    fresh_vars(OVMF_VARS, &vars);
-    let port = free_port();
-    let vm = Vm::x86_64(1536)
-        .args(["-smp", "2"])
-        .ovmf(&vars)
-        .virtio_disk(&disk)
-        .nic_ssh(port)
-        .allow_reboot();
-    let mut node = start_node("failures", vm, key, &fleet.reg, port);
+    let mut node = amd64_node("failures", "node-b", &v1, &work, &pem1, &fleet.reg);
 
     node.boot_ok("v1", &format!("os-agent: boot ok slot=a version={V1}"));
     guest_auth(&node, &[node.registry.clone()]);

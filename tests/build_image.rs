@@ -22,15 +22,11 @@ use std::time::Duration;
 use boot_contract::grubenv::GrubEnv;
 use common::abdisk::read_fat_file;
 use common::fixtures::{debian_layout_of, debian_minbase_of, fixtures_dir};
-use common::images::{self, DEFAULT_FLAVOR};
-use common::layer::{Compression, LayerBuilder};
-use common::oci::{Image, OciLayout};
+use common::images::{self, components, k3s_standin_layout, DEFAULT_FLAVOR, K3S_TAG, NO_SUCH_KEY};
 use common::qemu::{boot_line, fresh_vars, tail, Vm, AAVMF_VARS, OVMF_VARS, OVMF_VARS_MS};
 use common::registry::Registry;
 use common::ssh::{free_port, text as ssh_text, Key, Ssh};
 use common::{require_tool, sparse_copy, TestEnv};
-
-const K3S_TAG: &str = "v1.31.4-k3s1";
 
 /// One build at a time in this file: they share the blob cache.
 static BUILD: Mutex<()> = Mutex::new(());
@@ -43,90 +39,11 @@ fn shared_cache() -> PathBuf {
     fixtures_dir().join("build-cache")
 }
 
-/// `cargo xtask components` into the fixtures directory.
-fn components() -> PathBuf {
-    let out = fixtures_dir().join("components");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let o = Command::new(cargo)
-        .args(["xtask", "components", "--output"])
-        .arg(&out)
-        .current_dir(root())
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "cargo xtask components failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    out
-}
-
-/// A k3s image whose /bin/k3s is tests/fixtures/k3s-standin.rs built for
-/// `arch`.
-fn k3s_standin_layout(arch: &str, dir: &Path) -> OciLayout {
-    let triple = match arch {
-        "amd64" => "x86_64-unknown-linux-musl",
-        _ => "aarch64-unknown-linux-musl",
-    };
-    let bin = dir.join(format!("k3s-{arch}"));
-    let mut cmd = Command::new("rustc");
-    cmd.args([
-        "--edition",
-        "2021",
-        "-O",
-        "--target",
-        triple,
-        "-C",
-        "linker=rust-lld",
-    ])
-    .arg(root().join("tests/fixtures/k3s-standin.rs"))
-    .arg("-o")
-    .arg(&bin);
-    let o = cmd.output().unwrap();
-    assert!(
-        o.status.success(),
-        "building the k3s stand-in (needs `rustup target add {triple}`):\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let layer = LayerBuilder::new()
-        .dir("bin")
-        .file("bin/k3s", fs::read(&bin).unwrap())
-        .mode(0o755)
-        .symlink("bin/kubectl", "k3s")
-        .build(Compression::Gzip);
-    let layout = OciLayout::create(dir.join(format!("k3s-layout-{arch}")));
-    layout.add_image(K3S_TAG, &Image::new(arch, vec![layer]));
-    layout
-}
-
 fn config_file(dir: &Path) -> PathBuf {
     let p = dir.join("node.yaml");
-    fs::write(
-        &p,
-        r#"hostname: node-test
-users:
-  - name: admin
-    ssh_authorized_keys:
-      - "ADMIN_KEY"
-    groups: [sudo]
-write_files:
-  - path: /etc/motd
-    content: "build-image test node\n"
-    permissions: "0644"
-k3s:
-  enabled: true
-  role: server
-  token: test-token
-"#
-        .replace("ADMIN_KEY", NO_SUCH_KEY),
-    )
-    .unwrap();
+    fs::write(&p, images::node_config()).unwrap();
     p
 }
-
-/// A well-formed public key whose private half does not exist.
-const NO_SUCH_KEY: &str =
-    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBuildImageTestKeyOnlyForTestsAAAAAAAAAAA test@build-image";
 
 /// [`config_file`] with `key` as admin's key and as root's, and admin
 /// allowed to use sudo without a password.

@@ -332,3 +332,14 @@ pub fn debian_packages_root(
     }
     write_busybox_root(root, store, &busybox, files, script, out);
 }
+
+/// e2fsprogs and the libraries it links, from Debian bookworm.
+pub const E2FSPROGS: &[&str] = &[
+    "libc6",
+    "libblkid1",
+    "libuuid1",
+    "libcom-err2",
+    "libss2",
+    "libext2fs2",
+    "e2fsprogs",
+];

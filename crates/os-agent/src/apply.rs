@@ -120,7 +120,7 @@ pub fn apply(root: &Root, cfg: &Config, report: &mut Report) -> Result<()> {
         let data = match f.encoding {
             Encoding::Plain => f.content.clone().into_bytes(),
             Encoding::B64 => node_config::b64::decode(&f.content)
-                .map_err(|e| Error::msg(format!("{field}.content: not valid base64: {e}")))?,
+                .with_context(|| format!("{field}.content: not valid base64"))?,
         };
         let mode = match &f.permissions {
             Some(p) => config::parse_mode(p)

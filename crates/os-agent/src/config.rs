@@ -38,11 +38,14 @@ pub fn load(root: &Root, esp: Option<&Path>) -> Result<(Config, Vec<PathBuf>)> {
     let mut read = Vec::new();
     for path in files(root, esp) {
         if let Some(text) = read_optional(&path)? {
-            merged = merge(merged, parse(&text, &path)?);
+            merged = merge(
+                merged,
+                parse(&text, &path).map_err(crate::error::Error::msg)?,
+            );
             read.push(path);
         }
     }
-    validate_merged(&merged)?;
+    validate_merged(&merged).map_err(crate::error::Error::msg)?;
     Ok((merged, read))
 }
 

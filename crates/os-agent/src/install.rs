@@ -567,14 +567,14 @@ pub fn install(opts: &Options) -> Result<Installed> {
         m.head.stored_len(),
         "head.file (sum of head.chunks)",
     )
-    .with_context(|| format!("{}", mpath.display()))?;
+    .with_context(|| mpath.display().to_string())?;
     let rootfs = open_input(&opts.source, &m.rootfs.file, m.rootfs.size, "rootfs.size")
-        .with_context(|| format!("{}", mpath.display()))?;
+        .with_context(|| mpath.display().to_string())?;
     let config = match &opts.config {
         Some(p) => {
             let text = fs::read_to_string(p)
                 .with_context(|| format!("reading --config {}", p.display()))?;
-            crate::config::parse(&text, p)?;
+            crate::config::parse(&text, p).map_err(Error::msg)?;
             Some(text)
         }
         None => None,

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use crate::config::{K3s, Role};
-use crate::error::Result;
+use crate::error::{Context, Result};
 use crate::fsutil::{create_dirs, remove_optional, touch, write_atomic, Owner, Root};
 
 pub const CONFIG_FILE: &str = "/etc/rancher/k3s/config.yaml";
@@ -52,7 +52,7 @@ pub fn apply(root: &Root, k3s: Option<&K3s>) -> Result<Option<Role>> {
         return Ok(None);
     };
     let yaml = serde_saphyr::to_string(&config_map(k))
-        .map_err(|e| crate::error::Error::msg(format!("encoding {CONFIG_FILE} as YAML: {e}")))?;
+        .with_context(|| format!("encoding {CONFIG_FILE} as YAML"))?;
     let text = format!("# Written by os-agent from its configuration at every boot.\n{yaml}");
     let path = root.join(CONFIG_FILE);
     create_dirs(path.parent().expect("constant path has a parent"))?;

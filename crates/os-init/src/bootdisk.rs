@@ -25,6 +25,7 @@ use boot_contract::partition::{ESP, PERSIST, ROOT_A, ROOT_B};
 
 use crate::persist::disk::Disk;
 use crate::{param, say, Result};
+use crate::{Context, Error};
 
 /// Block devices that are never the boot disk.
 const SKIP: &[&str] = &["loop", "ram", "zram", "sr", "fd", "dm-", "md", "nbd"];
@@ -46,7 +47,7 @@ struct Candidate {
 /// The ESP partition UUID GRUB put on the command line: a GPT partition
 /// GUID, or an MBR card's `<disk-id>-01` ([`EspId`]).
 pub fn esp_uuid(cmdline: &str) -> Result<EspId> {
-    let v = param(cmdline, CMDLINE_ESP).ok_or_else(|| {
+    let v = param(cmdline, CMDLINE_ESP).with_context(|| {
         format!(
             "no {CMDLINE_ESP}=PARTUUID on the kernel command line: the boot loader did not say \
              which disk it started from, and os-init uses no disk it cannot tie to it \
@@ -54,12 +55,12 @@ pub fn esp_uuid(cmdline: &str) -> Result<EspId> {
         )
     })?;
     if v.is_empty() {
-        return Err(format!(
+        return Err(Error::msg(format!(
             "{CMDLINE_ESP}= is empty on the kernel command line: GRUB's probe --part-uuid found \
              no partition UUID for the ESP it started from"
-        ));
+        )));
     }
-    EspId::parse(v).map_err(|e| format!("{CMDLINE_ESP}={v} on the kernel command line: {e}"))
+    EspId::parse(v).with_context(|| format!("{CMDLINE_ESP}={v} on the kernel command line"))
 }
 
 /// Waits (at most `timeout`) for the disk holding the ESP partition `esp`;
@@ -80,13 +81,13 @@ pub fn find(esp: EspId, timeout: Duration) -> Result<(Disk, Slots)> {
         match (&marked[..], &found[..]) {
             ([one], _) => return Ok((one.disk.clone(), one.slots)),
             ([_, _, ..], _) => {
-                return Err(format!(
+                return Err(Error::msg(format!(
                     "disks {} all hold the ESP partition {esp} and all carry GRUB's \
                      {DISK_BOOTED} mark: they were written from one image and booted before, so \
                      os-init cannot tell which one GRUB started from; remove the disk that is not \
                      meant to boot",
                     names()
-                ))
+                )))
             }
             ([], [one]) => {
                 // GRUB marks the disk it boots from; a lone disk it could
@@ -105,21 +106,21 @@ pub fn find(esp: EspId, timeout: Duration) -> Result<(Disk, Slots)> {
                 }
             }
             ([], [_, _, ..]) if start.elapsed() > timeout => {
-                return Err(format!(
+                return Err(Error::msg(format!(
                     "disks {} all hold the ESP partition {esp} (written from one image) and none \
                      carries GRUB's {DISK_BOOTED} mark: os-init cannot tell which one GRUB \
                      started from; remove the disk that is not meant to boot",
                     names()
-                ))
+                )))
             }
             _ => lone_since = None,
         }
         if start.elapsed() > timeout {
-            return Err(format!(
+            return Err(Error::msg(format!(
                 "no disk holding the ESP partition {esp} (the one GRUB started from, \
                  {CMDLINE_ESP}=) appeared within {} s",
                 timeout.as_secs()
-            ));
+            )));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -209,11 +210,11 @@ pub fn root_partition(
         ROOT_A => slots.root_a,
         ROOT_B => slots.root_b,
         other => {
-            return Err(format!(
+            return Err(Error::msg(format!(
                 "the boot disk {} has no partition named {other:?} (bi.root=): its root slots \
                  are {ROOT_A} and {ROOT_B}",
                 disk.dev()
-            ))
+            )))
         }
     };
     disk.wait_partition(n, timeout)
@@ -252,12 +253,12 @@ fn mark(f: &mut File, offset: u64, len: u64) -> (bool, bool) {
 /// new GUIDs and a `persist` partition.
 pub fn record(disk: &Disk, slots: &Slots) -> Result<Record> {
     let dev = disk.dev();
-    let mut f = File::open(&dev).map_err(|e| format!("opening {dev}: {e}"))?;
+    let mut f = File::open(&dev).with_context(|| format!("opening {dev}"))?;
     if slots.table == Table::Mbr {
         // A card: the partitions by the contract's numbers, read again
         // (persist may have been created this boot).
-        let m = read_mbr(&mut f, disk).ok_or_else(|| format!("{dev}: no MBR that reads"))?;
-        m.check_card().map_err(|e| format!("{dev}: {e}"))?;
+        let m = read_mbr(&mut f, disk).with_context(|| format!("{dev}: no MBR that reads"))?;
+        m.check_card().with_context(|| dev.to_string())?;
         let node = |n: u8| disk.wait_partition(u32::from(n), Duration::from_secs(5));
         return Ok(Record {
             disk: dev.clone(),
@@ -271,7 +272,7 @@ pub fn record(disk: &Disk, slots: &Slots) -> Result<Record> {
             },
         });
     }
-    let gpt = read_gpt(&mut f, disk).ok_or_else(|| format!("{dev}: no GPT that reads"))?;
+    let gpt = read_gpt(&mut f, disk).with_context(|| format!("{dev}: no GPT that reads"))?;
     let part = |name: &str| -> Result<Option<(String, Guid)>> {
         let Some((i, e)) = gpt.find(name) else {
             return Ok(None);
@@ -280,7 +281,7 @@ pub fn record(disk: &Disk, slots: &Slots) -> Result<Record> {
         Ok(Some((node, e.guid)))
     };
     let need = |name: &str| -> Result<(String, Guid)> {
-        part(name)?.ok_or_else(|| format!("{dev} has no partition named {name}"))
+        part(name)?.with_context(|| format!("{dev} has no partition named {name}"))
     };
     let (esp, esp_partuuid) = need(ESP)?;
     Ok(Record {
@@ -299,9 +300,9 @@ pub fn record(disk: &Disk, slots: &Slots) -> Result<Record> {
 /// Writes the record to `path` (on `/run`).
 pub fn write_record(path: &Path, r: &Record) -> Result<()> {
     if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    fs::write(path, r.render()).map_err(|e| format!("writing {}: {e}", path.display()))
+    fs::write(path, r.render()).with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]
@@ -325,7 +326,7 @@ mod tests {
             ),
         ] {
             let e = esp_uuid(c).unwrap_err();
-            assert!(e.contains(want), "{c}: {e}");
+            assert!(e.to_string().contains(want), "{c}: {e}");
         }
     }
 }

@@ -14,6 +14,7 @@ use boot_contract::live;
 use rustix::ioctl::{opcode, IntegerSetter, Ioctl, IoctlOutput, Opcode};
 
 use crate::Result;
+use crate::{Context, Error};
 
 /// `LOOP_CTL_GET_FREE` of `<linux/loop.h>`.
 const LOOP_CTL_GET_FREE: Opcode = opcode::none(0x4c, 0x82);
@@ -67,11 +68,11 @@ pub fn attach(label: &str, timeout: Duration) -> Result<String> {
             break d;
         }
         if start.elapsed() > timeout {
-            return Err(format!(
+            return Err(Error::msg(format!(
                 "no ISO 9660 volume labelled {label:?} appeared within {} s (is the boot medium \
                  still attached?)",
                 timeout.as_secs()
-            ));
+            )));
         }
         std::thread::sleep(Duration::from_millis(200));
     };
@@ -84,8 +85,14 @@ pub fn attach(label: &str, timeout: Duration) -> Result<String> {
         "",
     )?;
     let image = Path::new(live::MOUNT).join(live::ROOTFS);
-    let file = File::open(&image).map_err(|e| format!("opening {}: {e}", image.display()))?;
-    loop_attach(&file).map_err(|e| format!("attaching {} to a loop device: {e}", image.display()))
+    let file =
+        File::open(&image).map_err(|e| Error::msg(format!("opening {}: {e}", image.display())))?;
+    loop_attach(&file).map_err(|e| {
+        Error::msg(format!(
+            "attaching {} to a loop device: {e}",
+            image.display()
+        ))
+    })
 }
 
 /// `LOOP_CTL_GET_FREE`: no argument, the free loop device's number as
@@ -113,11 +120,10 @@ unsafe impl Ioctl for GetFree {
 }
 
 #[allow(unsafe_code)]
-fn loop_attach(file: &File) -> std::result::Result<String, String> {
-    let ctl = File::open("/dev/loop-control").map_err(|e| format!("/dev/loop-control: {e}"))?;
+fn loop_attach(file: &File) -> Result<String> {
+    let ctl = File::open("/dev/loop-control").context("/dev/loop-control")?;
     // SAFETY: see `GetFree`.
-    let n = unsafe { rustix::ioctl::ioctl(ctl.as_fd(), GetFree) }
-        .map_err(|e| format!("LOOP_CTL_GET_FREE: {e}"))?;
+    let n = unsafe { rustix::ioctl::ioctl(ctl.as_fd(), GetFree) }.context("LOOP_CTL_GET_FREE")?;
     let path = format!("/dev/loop{n}");
     let start = Instant::now();
     let dev = loop {
@@ -126,16 +132,16 @@ fn loop_attach(file: &File) -> std::result::Result<String, String> {
             Err(_) if start.elapsed() < Duration::from_secs(5) => {
                 std::thread::sleep(Duration::from_millis(50))
             }
-            Err(e) => return Err(format!("{path}: {e}")),
+            Err(e) => return Err(Error::msg(format!("{path}: {e}"))),
         }
     };
     let fd = std::os::fd::AsRawFd::as_raw_fd(file);
-    let fd = usize::try_from(fd).map_err(|_| format!("bad descriptor {fd}"))?;
+    let fd = usize::try_from(fd).map_err(|_| Error::msg(format!("bad descriptor {fd}")))?;
     // SAFETY: LOOP_SET_FD takes the backing file's descriptor as its
     // integer argument; `file` stays open for the call, and the kernel
     // takes its own reference. Opened read-only, the loop device is too.
     unsafe { rustix::ioctl::ioctl(dev.as_fd(), IntegerSetter::<LOOP_SET_FD>::new_usize(fd)) }
-        .map_err(|e| format!("LOOP_SET_FD on {path}: {e}"))?;
+        .with_context(|| format!("LOOP_SET_FD on {path}"))?;
     Ok(path)
 }
 

@@ -49,7 +49,7 @@ mod live;
 mod persist;
 mod watchdog;
 
-type Result<T> = std::result::Result<T, String>;
+use device_error::{Context, Error, Result};
 
 const LOAD_LIST: &str = "/lib/modules/os-init.load";
 const DEFAULT_DEVICE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -59,14 +59,15 @@ fn say(msg: &str) {
 }
 
 fn mount_fs(src: &str, target: &str, fstype: &str, flags: MountFlags, data: &str) -> Result<()> {
-    fs::create_dir_all(target).map_err(|e| format!("creating {target}: {e}"))?;
-    let data = CString::new(data).map_err(|_| format!("mount options for {target} contain NUL"))?;
+    fs::create_dir_all(target).with_context(|| format!("creating {target}"))?;
+    let data = CString::new(data)
+        .map_err(|_| Error::msg(format!("mount options for {target} contain NUL")))?;
     mount(src, target, fstype, flags, Some(data.as_c_str()))
-        .map_err(|e| format!("mounting {fstype} {src} on {target}: {e}"))
+        .with_context(|| format!("mounting {fstype} {src} on {target}"))
 }
 
 fn cmdline() -> Result<String> {
-    fs::read_to_string("/proc/cmdline").map_err(|e| format!("reading /proc/cmdline: {e}"))
+    fs::read_to_string("/proc/cmdline").context("reading /proc/cmdline")
 }
 
 /// The value of `key=` on the kernel command line.
@@ -80,11 +81,11 @@ fn load_modules() -> Result<()> {
     let list = match fs::read_to_string(LOAD_LIST) {
         Ok(l) => l,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(format!("reading {LOAD_LIST}: {e}")),
+        Err(e) => return Err(Error::msg(format!("reading {LOAD_LIST}: {e}"))),
     };
     let empty = CString::default();
     for path in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        let file = fs::File::open(path).map_err(|e| format!("opening module {path}: {e}"))?;
+        let file = fs::File::open(path).with_context(|| format!("opening module {path}"))?;
         match rustix::system::finit_module(&file, &empty, 0) {
             Ok(()) => {}
             Err(e) => match module_refusal(e) {
@@ -92,7 +93,7 @@ fn load_modules() -> Result<()> {
                 Refusal::NotForThisMachine => {
                     eprintln!("os-init: {path}: not for this machine ({e}), skipped")
                 }
-                Refusal::Fatal => return Err(format!("loading module {path}: {e}")),
+                Refusal::Fatal => return Err(Error::msg(format!("loading module {path}: {e}"))),
             },
         }
     }
@@ -150,7 +151,7 @@ fn boot() -> Result<std::convert::Infallible> {
     let timeout = match param(&cmd, "bi.timeout") {
         Some(t) => Duration::from_secs(
             t.parse()
-                .map_err(|_| format!("bi.timeout={t}: expected whole seconds"))?,
+                .map_err(|_| Error::msg(format!("bi.timeout={t}: expected whole seconds")))?,
         ),
         None => DEFAULT_DEVICE_TIMEOUT,
     };
@@ -158,7 +159,7 @@ fn boot() -> Result<std::convert::Infallible> {
         Some(label) => (live::attach(label, timeout)?, None),
         None => {
             let label = param(&cmd, "bi.root")
-                .ok_or("no bi.root=PARTITION-NAME or bi.live=LABEL on the kernel command line")?;
+                .context("no bi.root=PARTITION-NAME or bi.live=LABEL on the kernel command line")?;
             let esp = bootdisk::esp_uuid(&cmd)?;
             let (disk, slots) = bootdisk::find(esp, timeout)?;
             say(&format!(
@@ -174,7 +175,7 @@ fn boot() -> Result<std::convert::Infallible> {
     mount_fs(&dev, "/run/os/lower", "squashfs", MountFlags::RDONLY, "")?;
     mount_fs("tmpfs", "/run/os/upper", "tmpfs", none, "mode=0755")?;
     for d in ["/run/os/upper/data", "/run/os/upper/work"] {
-        fs::create_dir_all(d).map_err(|e| format!("creating {d}: {e}"))?;
+        fs::create_dir_all(d).with_context(|| format!("creating {d}"))?;
     }
     mount_fs(
         "overlay",
@@ -185,14 +186,14 @@ fn boot() -> Result<std::convert::Infallible> {
     )?;
     for d in ["/dev", "/proc", "/sys", "/run"] {
         let target = format!("/sysroot{d}");
-        fs::create_dir_all(&target).map_err(|e| format!("creating {target}: {e}"))?;
-        mount_move(d, &target).map_err(|e| format!("moving {d} to {target}: {e}"))?;
+        fs::create_dir_all(&target).with_context(|| format!("creating {target}"))?;
+        mount_move(d, &target).with_context(|| format!("moving {d} to {target}"))?;
     }
     free_initramfs();
-    rustix::process::chdir("/sysroot").map_err(|e| format!("entering /sysroot: {e}"))?;
-    mount_move(".", "/").map_err(|e| format!("moving the new root to /: {e}"))?;
-    rustix::process::chroot(".").map_err(|e| format!("chroot into the new root: {e}"))?;
-    rustix::process::chdir("/").map_err(|e| format!("entering /: {e}"))?;
+    rustix::process::chdir("/sysroot").context("entering /sysroot")?;
+    mount_move(".", "/").context("moving the new root to /")?;
+    rustix::process::chroot(".").context("chroot into the new root")?;
+    rustix::process::chdir("/").context("entering /")?;
 
     // Checking and setting up persist has no time bound: no watchdog then.
     if let Some(w) = watchdog.take() {
@@ -212,7 +213,7 @@ fn boot() -> Result<std::convert::Infallible> {
     // Closed without the magic character when the init is executed.
     let _running = watchdog;
     let err = std::process::Command::new(init).arg0(init).exec();
-    Err(format!("executing {init}: {err}"))
+    Err(Error::msg(format!("executing {init}: {err}")))
 }
 
 /// Sets up persist on the boot disk (none on a live boot: all in RAM) and

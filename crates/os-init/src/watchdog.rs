@@ -17,6 +17,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::fd::AsFd;
 
+use crate::{Context, Error};
 use rustix::ioctl::{opcode, Opcode, Updater};
 
 /// `WDIOC_SETTIMEOUT`, `_IOWR('W', 6, int)` in `<linux/watchdog.h>`.
@@ -32,19 +33,20 @@ pub struct Armed {
 /// Starts the watchdog at `dev` with `timeout` seconds (the driver may
 /// round it; the value it took is returned). `Ok(None)`: the machine has
 /// no watchdog.
-pub fn arm(dev: &str, timeout: u32) -> Result<Option<Armed>, String> {
+pub fn arm(dev: &str, timeout: u32) -> crate::Result<Option<Armed>> {
     let file = match OpenOptions::new().write(true).open(dev) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("opening {dev}: {e}")),
+        Err(e) => return Err(Error::msg(format!("opening {dev}: {e}"))),
     };
-    let mut t = c_int::try_from(timeout).map_err(|_| format!("timeout {timeout} s too large"))?;
-    set_timeout(&file, &mut t).map_err(|e| format!("setting the timeout of {dev}: {e}"))?;
+    let mut t = c_int::try_from(timeout)
+        .map_err(|_| Error::msg(format!("timeout {timeout} s too large")))?;
+    set_timeout(&file, &mut t).with_context(|| format!("setting the timeout of {dev}"))?;
     let mut armed = Armed {
         file,
         timeout: u32::try_from(t).unwrap_or(timeout),
     };
-    armed.ping().map_err(|e| format!("pinging {dev}: {e}"))?;
+    armed.ping().with_context(|| format!("pinging {dev}"))?;
     Ok(Some(armed))
 }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use boot_contract::live::MANIFEST_FORMAT;
 use serde::Deserialize;
 
-use crate::error::{Error, Result};
+use crate::error::{Context, Error, Result};
 use crate::fsutil::check_abs_path;
 
 /// Sector size the manifest's layout is made for.
@@ -96,9 +96,8 @@ pub fn load(source: &Path) -> Result<(Manifest, PathBuf)> {
 
 /// Parses and checks a manifest's text; `path` names it in errors.
 pub fn parse(text: &str, path: &Path) -> Result<Manifest> {
-    let m: Manifest =
-        serde_json::from_str(text).map_err(|e| Error::msg(format!("{}: {e}", path.display())))?;
-    validate(&m).map_err(|e| Error::msg(format!("{}: {e}", path.display())))?;
+    let m: Manifest = serde_json::from_str(text).with_context(|| path.display().to_string())?;
+    validate(&m).with_context(|| path.display().to_string())?;
     Ok(m)
 }
 

@@ -15,7 +15,7 @@ use boot_contract::upgrade::{
 };
 
 use crate::bail;
-use crate::error::{Error, Result};
+use crate::error::{Context, Error, Result};
 
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -85,7 +85,7 @@ pub struct Fetched {
 impl Fetched {
     pub fn parse(&self, what: &str) -> Result<Document> {
         let doc: Document = serde_json::from_slice(&self.bytes)
-            .map_err(|e| Error::msg(format!("{what} {}: not an OCI manifest: {e}", self.digest)))?;
+            .with_context(|| format!("{what} {}: not an OCI manifest", self.digest))?;
         if doc.schema_version != Some(2) {
             bail!(
                 "{what} {}: schemaVersion {:?}, expected 2",
@@ -262,8 +262,8 @@ pub fn parse_config(bytes: &[u8], digest: &str) -> Result<contract::Config> {
         format: Option<u32>,
         min_agent_version: Option<String>,
     }
-    let probe: Probe = serde_json::from_slice(bytes)
-        .map_err(|e| Error::msg(format!("config {digest}: not JSON: {e}")))?;
+    let probe: Probe =
+        serde_json::from_slice(bytes).with_context(|| format!("config {digest}: not JSON"))?;
     if probe.format != Some(contract::CONFIG_FORMAT) {
         bail!(
             "config {digest}: format {:?}; this os-agent ({}) reads format {}{}",
@@ -276,7 +276,7 @@ pub fn parse_config(bytes: &[u8], digest: &str) -> Result<contract::Config> {
                 .unwrap_or_default()
         );
     }
-    serde_json::from_slice(bytes).map_err(|e| Error::msg(format!("config {digest}: {e}")))
+    serde_json::from_slice(bytes).with_context(|| format!("config {digest}"))
 }
 
 #[cfg(test)]

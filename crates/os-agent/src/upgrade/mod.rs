@@ -34,7 +34,7 @@ use serde_json::json;
 
 use boot_contract::boot_env::{SLOTS, TRIAL_SLOT};
 
-use crate::error::{Error, Result};
+use crate::error::{Context, Error, Result};
 use crate::fsutil::{create_dirs, Root};
 use crate::{bail, bootenv, config, fault, install, state, system};
 use progress::Reporter;
@@ -81,7 +81,7 @@ pub fn try_lock(root: &Root) -> Result<Option<Lock>> {
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|e| Error::msg(format!("opening {}: {e}", path.display())))?;
+        .with_context(|| format!("opening {}", path.display()))?;
     match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => Ok(Some(Lock(f))),
         Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),

@@ -175,7 +175,7 @@ pub fn creds_for(text: &str, host: &str, file: &str) -> Result<Option<Creds>> {
     }
     if let Some(a) = &e.auth {
         let raw = node_config::b64::decode(a)
-            .map_err(|why| Error::msg(format!("{file}: auths.{key:?}.auth: not base64: {why}")))?;
+            .with_context(|| format!("{file}: auths.{key:?}.auth: not base64"))?;
         let s = String::from_utf8(raw)
             .map_err(|_| Error::msg(format!("{file}: auths.{key:?}.auth: not UTF-8")))?;
         let Some((user, pass)) = s.split_once(':') else {

@@ -12,6 +12,7 @@ use boot_contract::partition::{ESP, PERSIST};
 
 use super::blkpg;
 use crate::{say, Result};
+use crate::{Context, Error};
 
 /// Partitions start on 1 MiB boundaries, as build-image places them.
 const ALIGN: u64 = 1 << 20;
@@ -44,9 +45,9 @@ impl Disk {
         let bytes = read_number(&disk_sys.join("size"))? * 512;
         let sector_size = read_number(&disk_sys.join("queue/logical_block_size"))?;
         if sector_size == 0 || bytes % sector_size != 0 {
-            return Err(format!(
+            return Err(Error::msg(format!(
                 "{name}: {bytes} bytes is not a whole number of {sector_size}-byte sectors"
-            ));
+            )));
         }
         Ok(Disk {
             name: name.to_string(),
@@ -67,11 +68,11 @@ impl Disk {
                 }
             }
             if start.elapsed() > timeout {
-                return Err(format!(
+                return Err(Error::msg(format!(
                     "partition {pno} of {} did not appear within {} s",
                     self.dev(),
                     timeout.as_secs()
-                ));
+                )));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -87,10 +88,14 @@ impl Disk {
 }
 
 fn read_number(path: &Path) -> Result<u64> {
-    let s = fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    s.trim()
-        .parse()
-        .map_err(|_| format!("{}: {:?} is not a number", path.display(), s.trim()))
+    let s = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    s.trim().parse().map_err(|_| {
+        Error::msg(format!(
+            "{}: {:?} is not a number",
+            path.display(),
+            s.trim()
+        ))
+    })
 }
 
 /// What happened to the `persist` entry.
@@ -129,7 +134,7 @@ pub fn ensure_persist(disk: &Disk) -> Result<Option<Persist>> {
         .read(true)
         .write(true)
         .open(&dev)
-        .map_err(|e| format!("opening {dev}: {e}"))?;
+        .with_context(|| format!("opening {dev}"))?;
     if let Some(card) = read_card(&mut f, disk)? {
         return card_persist(&mut f, disk, &card);
     }
@@ -146,9 +151,9 @@ pub fn ensure_persist(disk: &Disk) -> Result<Option<Persist>> {
                 (gpt, true)
             }
             Err(backup) => {
-                return Err(format!(
+                return Err(Error::msg(format!(
                     "reading the GPT of {dev}: {primary}; the backup at its end: {backup}"
-                ))
+                )))
             }
         },
     };
@@ -171,7 +176,7 @@ pub fn ensure_persist(disk: &Disk) -> Result<Option<Persist>> {
     };
     if relocate {
         gpt.relocate_backup(disk.sectors)
-            .map_err(|e| format!("{dev}: {e}"))?;
+            .with_context(|| dev.to_string())?;
     }
     let (index, change) = match gpt.find(PERSIST) {
         None => {
@@ -197,7 +202,7 @@ pub fn ensure_persist(disk: &Disk) -> Result<Option<Persist>> {
                 attributes: 0,
                 name: PERSIST.into(),
             };
-            let index = gpt.add(&entry).map_err(|e| format!("{dev}: {e}"))?;
+            let index = gpt.add(&entry).with_context(|| dev.to_string())?;
             (index, Change::Created)
         }
         Some((index, e)) => {
@@ -207,7 +212,7 @@ pub fn ensure_persist(disk: &Disk) -> Result<Option<Persist>> {
             // just under 1 MiB after a persist it places itself).
             if e.last_lba + ALIGN / ss <= last && !after {
                 gpt.set_last_lba(index, last)
-                    .map_err(|err| format!("{dev}: {err}"))?;
+                    .with_context(|| dev.to_string())?;
                 (
                     index,
                     Change::Grown {
@@ -231,16 +236,18 @@ pub fn ensure_persist(disk: &Disk) -> Result<Option<Persist>> {
     if let Some(what) = identity {
         say(&format!("gave {dev} its own identity: {what}"));
     }
-    let e = gpt.entry(index).ok_or("the persist entry vanished")?;
+    let e = gpt.entry(index).context("the persist entry vanished")?;
     let pno = index as u32 + 1;
     let (start, bytes) = (e.first_lba * ss, e.sectors() * ss);
     match change {
-        Change::Created => blkpg::add_partition(&f, pno, start, bytes).map_err(|err| {
-            format!("adding partition {pno} to the kernel's view of {dev} (BLKPG): {err}")
+        Change::Created => blkpg::add_partition(&f, pno, start, bytes).with_context(|| {
+            format!("adding partition {pno} to the kernel's view of {dev} (BLKPG)")
         })?,
-        Change::Grown { .. } => blkpg::resize_partition(&f, pno, start, bytes).map_err(|err| {
-            format!("resizing partition {pno} in the kernel's view of {dev} (BLKPG): {err}")
-        })?,
+        Change::Grown { .. } => {
+            blkpg::resize_partition(&f, pno, start, bytes).with_context(|| {
+                format!("resizing partition {pno} in the kernel's view of {dev} (BLKPG)")
+            })?
+        }
         Change::Unchanged => {}
     }
     let part = disk.wait_partition(pno, Duration::from_secs(10))?;
@@ -271,7 +278,7 @@ fn read_card(f: &mut File, disk: &Disk) -> Result<Option<Mbr>> {
     let mut sector = [0u8; 512];
     f.seek(SeekFrom::Start(0))
         .and_then(|_| f.read_exact(&mut sector))
-        .map_err(|e| format!("reading sector 0 of {}: {e}", disk.dev()))?;
+        .map_err(|e| Error::msg(format!("reading sector 0 of {}: {e}", disk.dev())))?;
     let Ok(m) = Mbr::parse(&sector, Some(disk.bytes() / 512)) else {
         return Ok(None);
     };
@@ -317,10 +324,10 @@ pub fn card_persist_entry(m: &Mbr, disk_sectors: u64) -> Option<(Mbr, Change)> {
 fn card_persist(f: &mut File, disk: &Disk, m: &Mbr) -> Result<Option<Persist>> {
     let dev = disk.dev();
     if disk.sector_size != 512 {
-        return Err(format!(
+        return Err(Error::msg(format!(
             "{dev}: an MBR card with {}-byte sectors: expected 512",
             disk.sector_size
-        ));
+        )));
     }
     let Some((new, change)) = card_persist_entry(m, disk.sectors) else {
         return Ok(None);
@@ -329,20 +336,22 @@ fn card_persist(f: &mut File, disk: &Disk, m: &Mbr) -> Result<Option<Persist>> {
         f.seek(SeekFrom::Start(0))
             .and_then(|_| f.write_all(&new.encode()))
             .and_then(|_| f.sync_all())
-            .map_err(|e| format!("writing the MBR of {dev}: {e}"))?;
+            .with_context(|| format!("writing the MBR of {dev}"))?;
     }
     let e = new
         .entry(mbr::PERSIST)
-        .ok_or("the persist entry vanished")?;
+        .context("the persist entry vanished")?;
     let pno = u32::from(mbr::PERSIST);
     let (start, bytes) = (u64::from(e.first_lba) * 512, u64::from(e.sectors) * 512);
     match change {
-        Change::Created => blkpg::add_partition(f, pno, start, bytes).map_err(|err| {
-            format!("adding partition {pno} to the kernel's view of {dev} (BLKPG): {err}")
+        Change::Created => blkpg::add_partition(f, pno, start, bytes).with_context(|| {
+            format!("adding partition {pno} to the kernel's view of {dev} (BLKPG)")
         })?,
-        Change::Grown { .. } => blkpg::resize_partition(f, pno, start, bytes).map_err(|err| {
-            format!("resizing partition {pno} in the kernel's view of {dev} (BLKPG): {err}")
-        })?,
+        Change::Grown { .. } => {
+            blkpg::resize_partition(f, pno, start, bytes).with_context(|| {
+                format!("resizing partition {pno} in the kernel's view of {dev} (BLKPG)")
+            })?
+        }
         Change::Unchanged => {}
     }
     let part = disk.wait_partition(pno, Duration::from_secs(10))?;
@@ -387,9 +396,9 @@ fn personalize(f: &mut File, gpt: &mut Gpt, disk: &Disk) -> Result<String> {
                 for (at, bytes) in fat.volume_id_writes(id) {
                     f.seek(SeekFrom::Start(at))
                         .and_then(|_| f.write_all(&bytes))
-                        .map_err(|e| format!("writing the ESP's serial on {dev}: {e}"))?;
+                        .with_context(|| format!("writing the ESP's serial on {dev}"))?;
                 }
-                f.sync_all().map_err(|e| format!("syncing {dev}: {e}"))?;
+                f.sync_all().with_context(|| format!("syncing {dev}"))?;
                 format!(
                     "ESP serial {} (was {})",
                     volume_id_text(id),
@@ -407,7 +416,7 @@ fn personalize(f: &mut File, gpt: &mut Gpt, disk: &Disk) -> Result<String> {
     let disk_guid = guids[0];
     let mut next = guids.into_iter();
     gpt.personalize(|| next.next().unwrap_or(Guid::NIL))
-        .map_err(|e| format!("{dev}: {e}"))?;
+        .with_context(|| dev.to_string())?;
     Ok(format!(
         "disk GUID {disk_guid}, new partition GUIDs, {serial}"
     ))
@@ -419,9 +428,9 @@ fn personalize(f: &mut File, gpt: &mut Gpt, disk: &Disk) -> Result<String> {
 fn write_table(f: &mut File, gpt: &Gpt, disk: &Disk, old_backup: Option<u64>) -> Result<()> {
     let dev = disk.dev();
     gpt.write(f, |f| f.sync_all())
-        .map_err(|e| format!("{dev}: {e}"))?;
+        .with_context(|| dev.to_string())?;
     let ss = disk.sector_size;
-    let io = |what: &str, e: std::io::Error| format!("{what} of {dev}: {e}");
+    let io = |what: &str, e: std::io::Error| Error::with_cause(format!("{what} of {dev}"), e);
     let mut mbr = [0u8; 512];
     f.seek(SeekFrom::Start(0))
         .and_then(|_| f.read_exact(&mut mbr))

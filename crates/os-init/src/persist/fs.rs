@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use crate::{say, Result};
+use crate::{Context, Error};
 
 /// What the ext4 superblock says.
 pub struct Ext4 {
@@ -19,19 +20,19 @@ pub struct Ext4 {
 /// or never finished partition: nothing on it to lose).
 pub fn superblock(dev: &str) -> Result<Option<Ext4>> {
     let mut sb = [0u8; 1024];
-    let mut f = File::open(dev).map_err(|e| format!("opening {dev}: {e}"))?;
+    let mut f = File::open(dev).with_context(|| format!("opening {dev}"))?;
     f.seek(SeekFrom::Start(1024))
         .and_then(|_| f.read_exact(&mut sb))
-        .map_err(|e| format!("reading the superblock of {dev}: {e}"))?;
+        .with_context(|| format!("reading the superblock of {dev}"))?;
     let le32 = |at: usize| u32::from_le_bytes(sb[at..at + 4].try_into().expect("4 bytes"));
     if sb[0x38..0x3A] != [0x53, 0xEF] {
         return Ok(None);
     }
     let log = le32(0x18);
     if log > 6 {
-        return Err(format!(
+        return Err(Error::msg(format!(
             "{dev}: ext4 block size 1024 << {log} is out of range"
-        ));
+        )));
     }
     let incompat_64bit = le32(0x60) & 0x80 != 0;
     let mut blocks = u64::from(le32(0x04));
@@ -50,7 +51,9 @@ fn tool(name: &str) -> Result<String> {
         .iter()
         .map(|d| format!("{d}/{name}"))
         .find(|p| Path::new(p).is_file())
-        .ok_or_else(|| format!("the root has no {name} in /sbin or /usr/sbin (install e2fsprogs)"))
+        .with_context(|| {
+            format!("the root has no {name} in /sbin or /usr/sbin (install e2fsprogs)")
+        })
 }
 
 /// Runs a tool of the root (os-init has switched into it): its exit code
@@ -62,7 +65,7 @@ fn run_code(argv: &[&str]) -> Result<(i32, String)> {
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| format!("running {}: {e}", argv[0]))?;
+        .with_context(|| format!("running {}", argv[0]))?;
     let text =
         String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -74,10 +77,10 @@ fn run_code(argv: &[&str]) -> Result<(i32, String)> {
 fn run(argv: &[&str]) -> Result<()> {
     match run_code(argv)? {
         (0, _) => Ok(()),
-        (code, tail) => Err(format!(
+        (code, tail) => Err(Error::msg(format!(
             "{} failed (exit status {code}):\n  {tail}",
             argv.join(" ")
-        )),
+        ))),
     }
 }
 
@@ -100,9 +103,9 @@ pub fn check(dev: &str) -> Result<()> {
             say(&format!("e2fsck repaired {dev}:\n  {tail}"));
             Ok(())
         }
-        _ => Err(format!(
+        _ => Err(Error::msg(format!(
             "{e2fsck} -p {dev} cannot repair it (exit status {code}):\n  {tail}"
-        )),
+        ))),
     }
 }
 
@@ -121,18 +124,19 @@ pub fn grow(dev: &str) -> Result<()> {
 /// Copies the tree at `src` to `dst` (which must not exist), keeping modes,
 /// owners and symlinks. Sockets, fifos and devices are left out.
 pub fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
-    let m = fs::symlink_metadata(src).map_err(|e| format!("reading {}: {e}", src.display()))?;
-    let err = |what: &str, e: std::io::Error| format!("{what} {}: {e}", dst.display());
+    let m = fs::symlink_metadata(src).with_context(|| format!("reading {}", src.display()))?;
+    let err =
+        |what: &str, e: std::io::Error| Error::with_cause(format!("{what} {}", dst.display()), e);
     let ft = m.file_type();
     if ft.is_dir() {
         fs::create_dir(dst).map_err(|e| err("creating", e))?;
-        let entries = fs::read_dir(src).map_err(|e| format!("listing {}: {e}", src.display()))?;
+        let entries = fs::read_dir(src).with_context(|| format!("listing {}", src.display()))?;
         for entry in entries {
-            let entry = entry.map_err(|e| format!("listing {}: {e}", src.display()))?;
+            let entry = entry.with_context(|| format!("listing {}", src.display()))?;
             copy_tree(&entry.path(), &dst.join(entry.file_name()))?;
         }
     } else if ft.is_symlink() {
-        let target = fs::read_link(src).map_err(|e| format!("reading {}: {e}", src.display()))?;
+        let target = fs::read_link(src).with_context(|| format!("reading {}", src.display()))?;
         std::os::unix::fs::symlink(target, dst).map_err(|e| err("creating", e))?;
     } else if ft.is_file() {
         fs::copy(src, dst).map_err(|e| err("copying to", e))?;
@@ -151,12 +155,12 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
 /// Creates the empty directory `dst` with the mode and owner of the root's
 /// `like` if that exists (0755 root otherwise).
 pub fn make_dir_like(dst: &Path, like: &Path) -> Result<()> {
-    fs::create_dir(dst).map_err(|e| format!("creating {}: {e}", dst.display()))?;
+    fs::create_dir(dst).with_context(|| format!("creating {}", dst.display()))?;
     if let Some(m) = fs::metadata(like).ok().filter(|m| m.is_dir()) {
         lchown(dst, Some(m.uid()), Some(m.gid()))
-            .map_err(|e| format!("changing the owner of {}: {e}", dst.display()))?;
+            .with_context(|| format!("changing the owner of {}", dst.display()))?;
         fs::set_permissions(dst, fs::Permissions::from_mode(m.mode() & 0o7777))
-            .map_err(|e| format!("setting the mode of {}: {e}", dst.display()))?;
+            .with_context(|| format!("setting the mode of {}", dst.display()))?;
     }
     Ok(())
 }

@@ -25,6 +25,7 @@ use boot_contract::persist;
 use rustix::mount::{mount, mount_bind, MountFlags};
 
 use crate::{param, say, Result};
+use crate::{Context, Error};
 use disk::{Change, Disk};
 
 /// Why persist is off for this boot, if it is.
@@ -43,7 +44,7 @@ pub fn random(buf: &mut [u8]) -> Result<()> {
     let mut done = 0;
     while done < buf.len() {
         done += rustix::rand::getrandom(&mut buf[done..], rustix::rand::GetRandomFlags::empty())
-            .map_err(|e| format!("getrandom: {e}"))?;
+            .context("getrandom")?;
     }
     Ok(())
 }
@@ -74,7 +75,7 @@ pub fn setup(cmdline: &str, disk: Option<&Disk>) -> Result<()> {
             say(&format!("{why}: all changes stay in memory"));
             record(persist::STATE_OFF, &why)
         }
-        Err(e) => degraded(&e),
+        Err(e) => degraded(&e.to_string()),
     }
 }
 
@@ -99,16 +100,16 @@ fn from_disk(disk: &Disk) -> Result<bool> {
         let mut f = OpenOptions::new()
             .write(true)
             .open(&part.dev)
-            .map_err(|e| format!("opening {}: {e}", part.dev))?;
+            .map_err(|e| Error::msg(format!("opening {}: {e}", part.dev)))?;
         probe::wipe(&mut f, part.bytes)
             .and_then(|_| f.sync_all())
-            .map_err(|e| format!("wiping the new partition {}: {e}", part.dev))?;
+            .map_err(|e| Error::msg(format!("wiping the new partition {}: {e}", part.dev)))?;
         fs::mkfs(&part.dev, persist::LABEL)?;
     } else if fs::superblock(&part.dev)?.is_none() {
-        let mut f =
-            stdfs::File::open(&part.dev).map_err(|e| format!("opening {}: {e}", part.dev))?;
+        let mut f = stdfs::File::open(&part.dev)
+            .map_err(|e| Error::msg(format!("opening {}: {e}", part.dev)))?;
         match probe::not_blank(&mut f, part.bytes)
-            .map_err(|e| format!("reading {}: {e}", part.dev))?
+            .map_err(|e| Error::msg(format!("reading {}: {e}", part.dev)))?
         {
             None => {
                 say(&format!(
@@ -118,19 +119,19 @@ fn from_disk(disk: &Disk) -> Result<bool> {
                 fs::mkfs(&part.dev, persist::LABEL)?;
             }
             Some(why) => {
-                return Err(format!(
+                return Err(Error::msg(format!(
                     "{} has no ext4 superblock, but holds data ({why}): it is not \
                      formatted; repair it (e2fsck -b BLOCK -B SIZE {}) or, to start \
                      anew with an empty persist, zero it (blkdiscard -z {}) and reboot",
                     part.dev, part.dev, part.dev
-                ))
+                )))
             }
         }
     } else {
         fs::check(&part.dev)?;
     }
     stdfs::create_dir_all(persist::MOUNT)
-        .map_err(|e| format!("creating {}: {e}", persist::MOUNT))?;
+        .map_err(|e| Error::msg(format!("creating {}: {e}", persist::MOUNT)))?;
     mount(
         part.dev.as_str(),
         persist::MOUNT,
@@ -138,7 +139,13 @@ fn from_disk(disk: &Disk) -> Result<bool> {
         MountFlags::empty(),
         None,
     )
-    .map_err(|e| format!("mounting ext4 {} on {}: {e}", part.dev, persist::MOUNT))?;
+    .map_err(|e| {
+        Error::msg(format!(
+            "mounting ext4 {} on {}: {e}",
+            part.dev,
+            persist::MOUNT
+        ))
+    })?;
     say(&format!("mounted {} on {}", part.dev, persist::MOUNT));
 
     // Grow when the entry grew now, or when a grow was interrupted before
@@ -167,7 +174,9 @@ fn from_disk(disk: &Disk) -> Result<bool> {
         Ok(None) => {}
         Err(e) => {
             release();
-            return Err(format!("the requested reset of persist failed: {e}"));
+            return Err(Error::msg(format!(
+                "the requested reset of persist failed: {e}"
+            )));
         }
     }
     let rest = machine_id().and_then(|_| bind_paths());
@@ -183,11 +192,11 @@ fn from_disk(disk: &Disk) -> Result<bool> {
 fn unformatted(dev: &str) -> Result<bool> {
     use std::io::Read;
     let mut head = [0u8; 32];
-    let mut f = stdfs::File::open(dev).map_err(|e| format!("opening {dev}: {e}"))?;
+    let mut f = stdfs::File::open(dev).with_context(|| format!("opening {dev}"))?;
     match f.read_exact(&mut head) {
         Ok(()) => Ok(&head == persist::FRESH_MARKER),
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
-        Err(e) => Err(format!("reading {dev}: {e}")),
+        Err(e) => Err(Error::msg(format!("reading {dev}: {e}"))),
     }
 }
 
@@ -206,7 +215,7 @@ fn degraded(why: &str) -> Result<()> {
     let reason = why.lines().map(str::trim).collect::<Vec<_>>().join(" ");
     record(persist::STATE_DEGRADED, &reason)?;
     stdfs::create_dir_all(persist::MOUNT)
-        .map_err(|e| format!("creating {}: {e}", persist::MOUNT))?;
+        .map_err(|e| Error::msg(format!("creating {}: {e}", persist::MOUNT)))?;
     mount(
         "tmpfs",
         persist::MOUNT,
@@ -214,7 +223,7 @@ fn degraded(why: &str) -> Result<()> {
         MountFlags::NOSUID | MountFlags::NODEV,
         Some(c"mode=0755"),
     )
-    .map_err(|e| format!("mounting a tmpfs on {}: {e}", persist::MOUNT))?;
+    .map_err(|e| Error::msg(format!("mounting a tmpfs on {}: {e}", persist::MOUNT)))?;
     machine_id()?;
     bind_paths()
 }
@@ -232,13 +241,13 @@ fn release() {
 fn record(state: &str, reason: &str) -> Result<()> {
     let path = Path::new(persist::STATUS_FILE);
     if let Some(dir) = path.parent() {
-        stdfs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        stdfs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let mut text = format!("state={state}\n");
     if !reason.is_empty() {
         text.push_str(&format!("reason={}\n", reason.replace('\n', " ")));
     }
-    stdfs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))
+    stdfs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
 /// The machine-id kept on persist (made on first boot), written to
@@ -263,8 +272,7 @@ fn machine_id() -> Result<()> {
             (id, "new")
         }
     };
-    stdfs::write("/etc/machine-id", format!("{id}\n"))
-        .map_err(|e| format!("writing /etc/machine-id: {e}"))?;
+    stdfs::write("/etc/machine-id", format!("{id}\n")).context("writing /etc/machine-id")?;
     say(&format!("machine-id {id} ({origin})"));
     Ok(())
 }
@@ -277,16 +285,16 @@ fn write_durably(path: &Path, data: &[u8]) -> Result<()> {
         .create(true)
         .truncate(true)
         .open(&tmp)
-        .map_err(|e| format!("creating {}: {e}", tmp.display()))?;
+        .with_context(|| format!("creating {}", tmp.display()))?;
     f.write_all(data)
         .and_then(|_| f.sync_all())
-        .map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+        .with_context(|| format!("writing {}", tmp.display()))?;
     stdfs::rename(&tmp, path)
-        .map_err(|e| format!("renaming {} to {}: {e}", tmp.display(), path.display()))?;
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     if let Some(dir) = path.parent() {
         stdfs::File::open(dir)
             .and_then(|d| d.sync_all())
-            .map_err(|e| format!("syncing {}: {e}", dir.display()))?;
+            .with_context(|| format!("syncing {}", dir.display()))?;
     }
     Ok(())
 }
@@ -302,19 +310,18 @@ fn bind_paths() -> Result<()> {
         let keep = format!("{state}{}", p.path);
         let keep = Path::new(&keep);
         if !keep.exists() {
-            let parent = keep.parent().ok_or("state path without a parent")?;
+            let parent = keep.parent().context("state path without a parent")?;
             stdfs::create_dir_all(parent)
-                .map_err(|e| format!("creating {}: {e}", parent.display()))?;
+                .map_err(|e| Error::msg(format!("creating {}: {e}", parent.display())))?;
             if p.seed && image.is_dir() {
                 let tmp = keep.with_extension("seeding");
                 if tmp.exists() {
                     stdfs::remove_dir_all(&tmp)
-                        .map_err(|e| format!("removing {}: {e}", tmp.display()))?;
+                        .with_context(|| format!("removing {}", tmp.display()))?;
                 }
                 fs::copy_tree(image, &tmp)?;
-                stdfs::rename(&tmp, keep).map_err(|e| {
-                    format!("renaming {} to {}: {e}", tmp.display(), keep.display())
-                })?;
+                stdfs::rename(&tmp, keep)
+                    .with_context(|| format!("renaming {} to {}", tmp.display(), keep.display()))?;
                 say(&format!("seeded {} from the image", keep.display()));
             } else {
                 fs::make_dir_like(keep, image)?;
@@ -322,10 +329,10 @@ fn bind_paths() -> Result<()> {
         }
         if !image.is_dir() {
             stdfs::create_dir_all(image)
-                .map_err(|e| format!("creating {}: {e}", image.display()))?;
+                .map_err(|e| Error::msg(format!("creating {}: {e}", image.display())))?;
         }
         mount_bind(keep, image)
-            .map_err(|e| format!("binding {} over {}: {e}", keep.display(), p.path))?;
+            .map_err(|e| Error::msg(format!("binding {} over {}: {e}", keep.display(), p.path)))?;
     }
     let list: Vec<&str> = persist::PATHS.iter().map(|p| p.path).collect();
     say(&format!("persistent: {} (from {state})", list.join(" ")));

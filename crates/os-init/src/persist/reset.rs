@@ -21,6 +21,7 @@ use boot_contract::persist;
 
 use super::fs::{copy_tree, make_dir_like};
 use crate::Result;
+use crate::{Context, Error};
 
 fn sync() {
     rustix::fs::sync();
@@ -30,14 +31,14 @@ fn remove(p: &Path) -> Result<()> {
     let m = match fs::symlink_metadata(p) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(format!("reading {}: {e}", p.display())),
+        Err(e) => return Err(Error::msg(format!("reading {}: {e}", p.display()))),
     };
     if m.is_dir() {
         fs::remove_dir_all(p)
     } else {
         fs::remove_file(p)
     }
-    .map_err(|e| format!("removing {}: {e}", p.display()))
+    .with_context(|| format!("removing {}", p.display()))
 }
 
 /// Creates the missing parents of `mount/rel` like the root's directories
@@ -64,42 +65,47 @@ pub fn apply(mount: &Path) -> Result<Option<&'static str>> {
     let what = match fs::read_to_string(&marker) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("reading {}: {e}", marker.display())),
+        Err(e) => return Err(Error::msg(format!("reading {}: {e}", marker.display()))),
     };
     let keep = match what.trim() {
         persist::RESET_KEEP_CONFIG => true,
         persist::RESET_ALL => false,
         other => {
-            return Err(format!(
+            return Err(Error::msg(format!(
                 "{}: unknown reset request {other:?} (expected {} or {}); remove the file to boot without a reset",
                 marker.display(),
                 persist::RESET_ALL,
                 persist::RESET_KEEP_CONFIG
-            ))
+            )))
         }
     };
     let keep_dir = mount.join(persist::RESET_KEEP_DIR);
     if keep && !keep_dir.exists() {
         let tmp = mount.join(format!("{}.tmp", persist::RESET_KEEP_DIR));
         remove(&tmp)?;
-        fs::create_dir(&tmp).map_err(|e| format!("creating {}: {e}", tmp.display()))?;
+        fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         for rel in persist::KEEP_ON_RESET {
             let from = mount.join(rel);
             if fs::symlink_metadata(&from).is_ok() {
                 let to = tmp.join(rel);
                 fs::create_dir_all(to.parent().expect("a relative path with a parent"))
-                    .map_err(|e| format!("creating the parent of {}: {e}", to.display()))?;
+                    .with_context(|| format!("creating the parent of {}", to.display()))?;
                 copy_tree(&from, &to)?;
             }
         }
         sync();
-        fs::rename(&tmp, &keep_dir)
-            .map_err(|e| format!("renaming {} to {}: {e}", tmp.display(), keep_dir.display()))?;
+        fs::rename(&tmp, &keep_dir).map_err(|e| {
+            Error::msg(format!(
+                "renaming {} to {}: {e}",
+                tmp.display(),
+                keep_dir.display()
+            ))
+        })?;
         sync();
     }
-    let entries = fs::read_dir(mount).map_err(|e| format!("listing {}: {e}", mount.display()))?;
+    let entries = fs::read_dir(mount).with_context(|| format!("listing {}", mount.display()))?;
     for entry in entries {
-        let entry = entry.map_err(|e| format!("listing {}: {e}", mount.display()))?;
+        let entry = entry.with_context(|| format!("listing {}", mount.display()))?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
         if name == persist::RESET_MARKER
@@ -123,7 +129,8 @@ pub fn apply(mount: &Path) -> Result<Option<&'static str>> {
     }
     remove(&keep_dir)?;
     sync();
-    fs::remove_file(&marker).map_err(|e| format!("removing {}: {e}", marker.display()))?;
+    fs::remove_file(&marker)
+        .map_err(|e| Error::msg(format!("removing {}: {e}", marker.display())))?;
     sync();
     Ok(Some(if keep {
         persist::RESET_KEEP_CONFIG
@@ -246,6 +253,7 @@ mod tests {
         put(&d.path().join(persist::RESET_MARKER), "everything\n");
         assert!(apply(d.path())
             .unwrap_err()
+            .to_string()
             .contains("unknown reset request"));
         assert_eq!(listing(d.path()).len(), 3);
     }

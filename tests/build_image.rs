@@ -1440,9 +1440,9 @@ fn a_base_of_another_release_than_the_flavors_is_refused() {
 }
 
 /// Debian 12 from its container base image (the bookworm minbase in a
-/// local registry): every format, the files named after bookworm, the
-/// bookworm suites in the lock; the disk boots under OVMF and then SeaBIOS
-/// with persist kept.
+/// local registry): every default format (the upgrade artifact too), the
+/// files named after bookworm, the bookworm suites in the lock; the disk
+/// boots under OVMF and then SeaBIOS with persist kept.
 #[test]
 fn debian_12_amd64_from_a_base_image_builds_and_boots_uefi_and_bios() {
     let _one = BUILD.lock().unwrap_or_else(|e| e.into_inner());
@@ -1476,6 +1476,7 @@ fn debian_12_amd64_from_a_base_image_builds_and_boots_uefi_and_bios() {
             "debian-bookworm-amd64.squashfs",
             "debian-bookworm-amd64.raw",
             "debian-bookworm-amd64.iso",
+            "debian-bookworm-amd64.upgrade",
             "build-image.lock"
         ]
     );

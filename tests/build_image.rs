@@ -1094,6 +1094,19 @@ fn check_iso_with_reference_tools(iso: &Path, label: &str) {
     ] {
         assert!(info.contains(&want), "no {want:?} in:\n{info}");
     }
+    // Started from the CD, GRUB reads its config from the ISO 9660 side.
+    for cfg in ["/EFI/debian/grub.cfg", "/EFI/BOOT/grub.cfg"] {
+        let o = Command::new("isoinfo")
+            .args(["-R", "-x", cfg, "-i"])
+            .arg(iso)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success() && text.contains(&format!("--label --set=root {label}")),
+            "{cfg} on the ISO:\n{text}"
+        );
+    }
     assert_gpt_clean(iso);
 }
 

@@ -32,7 +32,7 @@ const BUILTIN: &[(&str, &str)] = &[
 /// Debian's current stable release; when Debian releases the next one, a
 /// flavor file for it is added and the alias moves to it once the test
 /// suite builds and boots it (docs/flavors.md).
-pub const ALIASES: &[(&str, &str)] = &[("debian", "debian-12")];
+pub const ALIASES: &[(&str, &str)] = &[("debian", "debian-13")];
 
 /// Keyrings the built-in flavors refer to, by their path under `flavors/`.
 const BUILTIN_KEYS: &[(&str, &[u8])] = &[
@@ -437,9 +437,9 @@ mod tests {
     #[test]
     fn debian_names_the_current_stable_release() {
         let f = Flavor::load("debian").unwrap();
-        assert_eq!(f.id, "debian-12");
-        assert_eq!(f.release, "bookworm");
-        assert_eq!(Flavor::resolve_builtin("debian"), Some("debian-12"));
+        assert_eq!(f.id, "debian-13");
+        assert_eq!(f.release, "trixie");
+        assert_eq!(Flavor::resolve_builtin("debian"), Some("debian-13"));
         assert_eq!(Flavor::resolve_builtin("debian-13"), Some("debian-13"));
         assert_eq!(Flavor::resolve_builtin("debian-11"), None);
         // Every alias names a built-in flavor.
@@ -453,7 +453,7 @@ mod tests {
         let e = Flavor::load("debian-11").unwrap_err().to_string();
         assert!(
             e.contains("\"debian-11\"")
-                && e.contains("debian (debian-12), debian-12, debian-13, ubuntu"),
+                && e.contains("debian (debian-13), debian-12, debian-13, ubuntu"),
             "{e}"
         );
         let e = Flavor::load("gentoo").unwrap_err().to_string();

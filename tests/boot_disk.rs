@@ -21,7 +21,7 @@
 mod common;
 
 use std::fs::{self, File};
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -445,21 +445,7 @@ fn zeros(path: &Path, len: u64) -> bool {
 fn persist_file(work: &Path, disk: &Path, part: &Entry, path: &str) -> String {
     require_tool("debugfs", "e2fsprogs");
     let copy = work.join("persist.img");
-    let out = File::create(&copy).unwrap();
-    let len = part.sectors() * 512;
-    out.set_len(len).unwrap();
-    let mut f = File::open(disk).unwrap();
-    f.seek(SeekFrom::Start(part.first_lba * 512)).unwrap();
-    let mut buf = vec![0u8; MIB as usize];
-    let mut at = 0;
-    while at < len {
-        let n = buf.len().min((len - at) as usize);
-        f.read_exact(&mut buf[..n]).unwrap();
-        if buf[..n].iter().any(|&b| b != 0) {
-            std::os::unix::fs::FileExt::write_all_at(&out, &buf[..n], at).unwrap();
-        }
-        at += n as u64;
-    }
+    common::sparse_copy_range(disk, part.first_lba * 512, part.sectors() * 512, &copy);
     let fsck = Command::new("e2fsck")
         .arg("-fy")
         .arg(&copy)

@@ -362,21 +362,7 @@ fn sha256_range(path: &Path, off: u64, len: u64) -> String {
 fn recover_and_cat(tmp: &Path, disk: &Path, (off, len): (u64, u64), bs: u64, path: &str) -> String {
     require_tool("debugfs", "e2fsprogs");
     let part = tmp.join("persist-copy.img");
-    let out = File::create(&part).unwrap();
-    out.set_len(len).unwrap();
-    let mut f = File::open(disk).unwrap();
-    f.seek(SeekFrom::Start(off)).unwrap();
-    let mut buf = vec![0u8; MIB as usize];
-    let mut at = 0;
-    while at < len {
-        let n = buf.len().min((len - at) as usize);
-        f.read_exact(&mut buf[..n]).unwrap();
-        if buf[..n].iter().any(|&b| b != 0) {
-            std::os::unix::fs::FileExt::write_all_at(&out, &buf[..n], at).unwrap();
-        }
-        at += n as u64;
-    }
-    drop(out);
+    common::sparse_copy_range(disk, off, len, &part);
     let backup = if bs == 1024 { 8193 } else { 8 * bs };
     let fsck = Command::new("e2fsck")
         .args(["-fy", "-b", &backup.to_string(), "-B", &bs.to_string()])

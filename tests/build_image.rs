@@ -1094,6 +1094,19 @@ fn check_iso_with_reference_tools(iso: &Path, label: &str) {
     ] {
         assert!(info.contains(&want), "no {want:?} in:\n{info}");
     }
+    // Started from the CD, GRUB reads its config from the ISO 9660 side.
+    for cfg in ["/EFI/debian/grub.cfg", "/EFI/BOOT/grub.cfg"] {
+        let o = Command::new("isoinfo")
+            .args(["-R", "-x", cfg, "-i"])
+            .arg(iso)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success() && text.contains(&format!("--label --set=root {label}")),
+            "{cfg} on the ISO:\n{text}"
+        );
+    }
     assert_gpt_clean(iso);
 }
 
@@ -1440,9 +1453,9 @@ fn a_base_of_another_release_than_the_flavors_is_refused() {
 }
 
 /// Debian 12 from its container base image (the bookworm minbase in a
-/// local registry): every format, the files named after bookworm, the
-/// bookworm suites in the lock; the disk boots under OVMF and then SeaBIOS
-/// with persist kept.
+/// local registry): every default format (the upgrade artifact too), the
+/// files named after bookworm, the bookworm suites in the lock; the disk
+/// boots under OVMF and then SeaBIOS with persist kept.
 #[test]
 fn debian_12_amd64_from_a_base_image_builds_and_boots_uefi_and_bios() {
     let _one = BUILD.lock().unwrap_or_else(|e| e.into_inner());
@@ -1476,6 +1489,7 @@ fn debian_12_amd64_from_a_base_image_builds_and_boots_uefi_and_bios() {
             "debian-bookworm-amd64.squashfs",
             "debian-bookworm-amd64.raw",
             "debian-bookworm-amd64.iso",
+            "debian-bookworm-amd64.upgrade",
             "build-image.lock"
         ]
     );

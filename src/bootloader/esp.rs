@@ -11,6 +11,15 @@ use crate::tree::{ContentStore, FsTree};
 /// The try-once boot menu, with `@NAME@` and `@CMDLINE@` to fill in.
 pub const GRUB_CFG_TEMPLATE: &str = include_str!("../../bootloader/grub.cfg");
 
+/// Where the signed GRUBs look for their config: Debian's and Ubuntu's read
+/// `$prefix/grub.cfg` with the prefix baked in as `/EFI/<vendor>`, on the
+/// device they were loaded from; `/EFI/BOOT` covers the others.
+pub const GRUB_CFG_PATHS: [&str; 3] = [
+    "EFI/debian/grub.cfg",
+    "EFI/ubuntu/grub.cfg",
+    "EFI/BOOT/grub.cfg",
+];
+
 /// Where the signed boot files are in an image, per architecture.
 pub struct EfiFiles {
     /// `BOOTX64.EFI` / `BOOTAA64.EFI`.
@@ -96,10 +105,8 @@ fn write_chain(ed: &mut Editor<'_>, c: &BootChain<'_>) -> Result<()> {
             0o644,
         )?,
     }
-    // Debian's and Ubuntu's signed GRUB read $prefix/grub.cfg with the
-    // prefix baked in as /EFI/<vendor>; /EFI/BOOT covers the others.
-    for dir in ["EFI/debian", "EFI/ubuntu", "EFI/BOOT"] {
-        ed.write(&format!("{dir}/grub.cfg"), c.grub_cfg.as_bytes(), 0o644)?;
+    for path in GRUB_CFG_PATHS {
+        ed.write(path, c.grub_cfg.as_bytes(), 0o644)?;
     }
     Ok(())
 }

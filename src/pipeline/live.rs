@@ -98,7 +98,7 @@ pub fn write(i: &LiveInputs<'_>, out: &File) -> Result<u64> {
             i.version
         ),
         mtime: i.mtime,
-        files: vec![
+        files: [
             (
                 "boot/grub/grub.cfg".into(),
                 Content::bytes(live_grub_cfg(i.title, &label, i.cmdline)),
@@ -111,7 +111,18 @@ pub fn write(i: &LiveInputs<'_>, out: &File) -> Result<u64> {
                 live::MANIFEST.into(),
                 Content::bytes(serde_json::to_vec_pretty(&manifest)?),
             ),
-        ],
+        ]
+        .into_iter()
+        // Started from El Torito, GRUB 2.12 takes the whole CD as its
+        // device ($root is (cd0), not the EFI image), so Debian 13's GRUB,
+        // which has no embedded config, reads (cd0)/EFI/debian/grub.cfg:
+        // the ISO 9660 side carries the EFI image's configs too.
+        .chain(
+            esp::GRUB_CFG_PATHS
+                .iter()
+                .map(|p| (p.to_string(), Content::bytes(esp_cfg.clone()))),
+        )
+        .collect(),
         bios: i.bios,
         esp,
     };

@@ -64,28 +64,29 @@ pub fn sha256_file(path: &Path) -> String {
 /// `cp --sparse=always` does. Disk images are mostly empty: a plain copy
 /// allocates every byte of their nominal size.
 pub fn sparse_copy(src: &Path, dst: &Path) {
+    let len = std::fs::metadata(src).unwrap().len();
+    sparse_copy_range(src, 0, len, dst);
+}
+
+/// Copies `len` bytes of `src` from byte `off` (a partition of a disk
+/// image) into a new file `dst`, leaving all-zero MiBs as holes.
+pub fn sparse_copy_range(src: &Path, off: u64, len: u64, dst: &Path) {
+    use std::io::{Seek, SeekFrom};
     use std::os::unix::fs::FileExt;
     let mut from = std::fs::File::open(src).unwrap();
+    from.seek(SeekFrom::Start(off)).unwrap();
     let to = std::fs::File::create(dst).unwrap();
+    to.set_len(len).unwrap();
     let mut buf = vec![0u8; 1 << 20];
     let mut at = 0u64;
-    loop {
-        let mut n = 0;
-        while n < buf.len() {
-            match from.read(&mut buf[n..]).unwrap() {
-                0 => break,
-                k => n += k,
-            }
-        }
-        if n == 0 {
-            break;
-        }
+    while at < len {
+        let n = buf.len().min((len - at) as usize);
+        from.read_exact(&mut buf[..n]).unwrap();
         if buf[..n].iter().any(|&b| b != 0) {
             to.write_all_at(&buf[..n], at).unwrap();
         }
         at += n as u64;
     }
-    to.set_len(at).unwrap();
 }
 
 /// Panics with an install hint when `tool` is not on PATH: a missing tool

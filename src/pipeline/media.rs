@@ -94,21 +94,7 @@ pub fn write_disk(
 ) -> Result<DiskImage> {
     stage(reporter, "writing the A/B disk image".into());
     let volume_id = u32::from_le_bytes([seed[0], seed[1], seed[2], seed[3]]);
-    let grub_cfg = esp::grub_cfg(
-        &format!("{} {}", plan.flavor.description, plan.version),
-        &plan.cmdline,
-    );
-    let contents = esp::EspContents {
-        chain: esp::BootChain {
-            grub: &boot.grub,
-            shim: boot.shim_pair(),
-            files: &boot.efi,
-            grub_cfg: &grub_cfg,
-        },
-        slots: vec![("a", &boot.vmlinuz, &boot.initrd)],
-    };
-    let mut esp_store = ContentStore::new_in(spool)?;
-    let esp_tree = esp::tree(&contents, &mut esp_store, plan.mtime)?;
+    let (esp_tree, esp_store) = boot_tree(plan, boot, spool)?;
 
     let root_size = staging.len(rootfs)?;
     let slot = slot_size(plan, root_size)?;
@@ -128,41 +114,109 @@ pub fn write_disk(
     } else {
         tempfile::tempfile_in(spool).context("creating a spool file for the disk image")?
     };
-    let opts = FatOptions {
-        size_bytes: layout
-            .partition(disk::ESP)
-            .map(|p| p.size())
-            .unwrap_or(plan.esp_size),
-        // UEFI requires FAT32 for the system partition of a fixed disk.
-        fat_type: Some(FatType::Fat32),
-        volume_label: "ESP".into(),
+    // UEFI requires FAT32 for the system partition of a fixed disk.
+    let boot_part = BootPartition {
+        name: disk::ESP,
+        label: "ESP",
         volume_id,
-        timestamp: plan.mtime,
+        tree: &esp_tree,
+        store: &esp_store,
     };
     let root_file = staging.reopen(rootfs)?;
-    let data = root_size + esp_store.len();
-    with_growth_bar(reporter, "disk", "write disk", &file, data, || {
-        disk::write_image(
-            &layout,
-            &file,
-            vec![
-                (
-                    disk::ESP,
-                    Source::Writer(Box::new(|w| {
-                        fat::write(&esp_tree, &esp_store, &opts, w, 0)?;
-                        Ok(())
-                    })),
-                ),
-                (disk::ROOT_A, Source::File(&root_file)),
-            ],
-        )
-    })
+    write_partitions(
+        plan,
+        reporter,
+        ("disk", "write disk"),
+        &file,
+        &layout,
+        &boot_part,
+        (&root_file, root_size),
+        Vec::new(),
+    )
     .context("writing the disk image")?;
     if let Some(b) = &bios_images {
         bios::install(&file, &layout, &b.boot_img, &b.core_img)
             .context("installing GRUB for BIOS boot")?;
     }
     Ok(DiskImage { file, layout })
+}
+
+/// The boot partition's files, for the disk's ESP and the card's boot
+/// partition alike: the boot chain and grub.cfg, the environment blocks and
+/// slot a's kernel and initrd.
+fn boot_tree(
+    plan: &BuildPlan,
+    boot: &BootFiles,
+    spool: &Path,
+) -> Result<(crate::tree::FsTree, ContentStore)> {
+    let grub_cfg = esp::grub_cfg(
+        &format!("{} {}", plan.flavor.description, plan.version),
+        &plan.cmdline,
+    );
+    let contents = esp::EspContents {
+        chain: esp::BootChain {
+            grub: &boot.grub,
+            shim: boot.shim_pair(),
+            files: &boot.efi,
+            grub_cfg: &grub_cfg,
+        },
+        slots: vec![("a", &boot.vmlinuz, &boot.initrd)],
+    };
+    let mut store = ContentStore::new_in(spool)?;
+    let tree = esp::tree(&contents, &mut store, plan.mtime)?;
+    Ok((tree, store))
+}
+
+/// The FAT32 boot partition of an image: its partition, volume label and
+/// serial, and its files.
+struct BootPartition<'a> {
+    name: &'a str,
+    label: &'a str,
+    volume_id: u32,
+    tree: &'a crate::tree::FsTree,
+    store: &'a ContentStore,
+}
+
+/// Writes an image's partitions with a bar over the data: the boot
+/// partition as FAT32 (filling its partition), `root_a` from the root
+/// filesystem and then `more`.
+#[allow(clippy::too_many_arguments)]
+fn write_partitions<'a>(
+    plan: &BuildPlan,
+    reporter: &dyn Reporter,
+    (bar_id, bar_label): (&str, &str),
+    file: &File,
+    layout: &dyn Table,
+    boot: &BootPartition<'a>,
+    (root_file, root_size): (&'a File, u64),
+    more: Vec<(&'a str, Source<'a>)>,
+) -> Result<()> {
+    let opts = FatOptions {
+        size_bytes: layout
+            .extent(boot.name)
+            .map(|r| r.end - r.start)
+            .unwrap_or(plan.esp_size),
+        fat_type: Some(FatType::Fat32),
+        volume_label: boot.label.into(),
+        volume_id: boot.volume_id,
+        timestamp: plan.mtime,
+    };
+    let data = root_size + boot.store.len();
+    let (tree, store) = (boot.tree, boot.store);
+    with_growth_bar(reporter, bar_id, bar_label, file, data, || {
+        let mut parts = vec![
+            (
+                boot.name,
+                Source::Writer(Box::new(move |w| {
+                    fat::write(tree, store, &opts, w, 0)?;
+                    Ok(())
+                })),
+            ),
+            (disk::ROOT_A, Source::File(root_file)),
+        ];
+        parts.extend(more);
+        disk::write_image(layout, file, parts)
+    })
 }
 
 /// Each root slot's size: `--slot-size`, or twice the root filesystem and
@@ -198,21 +252,7 @@ pub fn write_card(
         .as_ref()
         .context("the build has no Raspberry Pi boot files")?;
     stage(reporter, "writing the Raspberry Pi card".into());
-    let grub_cfg = esp::grub_cfg(
-        &format!("{} {}", plan.flavor.description, plan.version),
-        &plan.cmdline,
-    );
-    let contents = esp::EspContents {
-        chain: esp::BootChain {
-            grub: &boot.grub,
-            shim: boot.shim_pair(),
-            files: &boot.efi,
-            grub_cfg: &grub_cfg,
-        },
-        slots: vec![("a", &boot.vmlinuz, &boot.initrd)],
-    };
-    let mut store = ContentStore::new_in(spool)?;
-    let mut tree = esp::tree(&contents, &mut store, plan.mtime)?;
+    let (mut tree, mut store) = boot_tree(plan, boot, spool)?;
     rpi.write(&mut crate::tree::edit::Editor {
         tree: &mut tree,
         store: &mut store,
@@ -227,43 +267,32 @@ pub fn write_card(
     )?;
     let out = staging.create(&plan.output("-rpi.img"), "rpi")?;
     let file = staging.reopen(out)?;
-    let opts = FatOptions {
-        size_bytes: layout
-            .extent(card::BOOT)
-            .map(|r| r.end - r.start)
-            .unwrap_or(plan.esp_size),
-        // The Pi boot ROMs read FAT16 and FAT32; the partition type says
-        // FAT32 (0x0c), and U-Boot's EFI wants the same as the disk's ESP.
-        fat_type: Some(FatType::Fat32),
-        volume_label: "RPI-BOOT".into(),
+    // The Pi boot ROMs read FAT16 and FAT32; the partition type says
+    // FAT32 (0x0c), and U-Boot's EFI wants the same as the disk's ESP.
+    let boot_part = BootPartition {
+        name: card::BOOT,
+        label: "RPI-BOOT",
         volume_id: u32::from_le_bytes([seed[4], seed[5], seed[6], seed[7]]),
-        timestamp: plan.mtime,
+        tree: &tree,
+        store: &store,
     };
     let root_file = staging.reopen(rootfs)?;
-    let data = root_size + store.len();
-    with_growth_bar(reporter, "rpi", "write card", &file, data, || {
-        disk::write_image(
-            &layout,
-            &file,
-            vec![
-                (
-                    card::BOOT,
-                    Source::Writer(Box::new(|w| {
-                        fat::write(&tree, &store, &opts, w, 0)?;
-                        Ok(())
-                    })),
-                ),
-                (disk::ROOT_A, Source::File(&root_file)),
-                // Not formatted here (mkfs is the device's, DESIGN.md):
-                // marked, so os-init formats it as new and wipes what an
-                // earlier use of the card left where it grows.
-                (
-                    disk::PERSIST,
-                    Source::Reader(&mut &boot_contract::persist::FRESH_MARKER[..]),
-                ),
-            ],
-        )
-    })
+    write_partitions(
+        plan,
+        reporter,
+        ("rpi", "write card"),
+        &file,
+        &layout,
+        &boot_part,
+        (&root_file, root_size),
+        // Not formatted here (mkfs is the device's, DESIGN.md): marked, so
+        // os-init formats it as new and wipes what an earlier use of the
+        // card left where it grows.
+        vec![(
+            disk::PERSIST,
+            Source::Reader(&mut &boot_contract::persist::FRESH_MARKER[..]),
+        )],
+    )
     .context("writing the Raspberry Pi card")?;
     write_bmap(&file, &plan.output("-rpi.img.bmap"), staging)?;
     let partitions = layout

@@ -250,13 +250,25 @@ pub fn ensure_persist(disk: &Disk) -> Result<Option<Persist>> {
         }
         Change::Unchanged => {}
     }
+    let sectors = format!(", sectors {}..={}", e.first_lba, e.last_lba);
+    settled(disk, &dev, pno, bytes, change, &sectors).map(Some)
+}
+
+/// Waits for the kernel's node of persist (partition `pno`) and says what
+/// became of it; `detail` follows the size of a new one.
+fn settled(
+    disk: &Disk,
+    dev: &str,
+    pno: u32,
+    bytes: u64,
+    change: Change,
+    detail: &str,
+) -> Result<Persist> {
     let part = disk.wait_partition(pno, Duration::from_secs(10))?;
     match change {
         Change::Created => say(&format!(
-            "created persist {part} ({} MiB, sectors {}..={}) on {dev}",
-            bytes >> 20,
-            e.first_lba,
-            e.last_lba
+            "created persist {part} ({} MiB{detail}) on {dev}",
+            bytes >> 20
         )),
         Change::Grown { old_bytes } => say(&format!(
             "grew persist {part} from {} MiB to {} MiB",
@@ -265,11 +277,11 @@ pub fn ensure_persist(disk: &Disk) -> Result<Option<Persist>> {
         )),
         Change::Unchanged => say(&format!("persist is {part} ({} MiB)", bytes >> 20)),
     }
-    Ok(Some(Persist {
+    Ok(Persist {
         dev: part,
         bytes,
         change,
-    }))
+    })
 }
 
 /// The MBR of a Raspberry Pi card ([`boot_contract::mbr`]), or `None` for
@@ -354,24 +366,7 @@ fn card_persist(f: &mut File, disk: &Disk, m: &Mbr) -> Result<Option<Persist>> {
         }
         Change::Unchanged => {}
     }
-    let part = disk.wait_partition(pno, Duration::from_secs(10))?;
-    match change {
-        Change::Created => say(&format!(
-            "created persist {part} ({} MiB) on {dev}",
-            bytes >> 20
-        )),
-        Change::Grown { old_bytes } => say(&format!(
-            "grew persist {part} from {} MiB to {} MiB",
-            old_bytes >> 20,
-            bytes >> 20
-        )),
-        Change::Unchanged => say(&format!("persist is {part} ({} MiB)", bytes >> 20)),
-    }
-    Ok(Some(Persist {
-        dev: part,
-        bytes,
-        change,
-    }))
+    settled(disk, &dev, pno, bytes, change, "").map(Some)
 }
 
 /// The first boot of a disk written from an image (its disk GUID is one a

@@ -20,7 +20,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use boot_contract::grubenv::GrubEnv;
-use common::abdisk::read_fat_file;
+use common::abdisk::{arm_trial_of_b, read_fat_file};
 use common::fixtures::{debian_layout_of, debian_minbase_of, fixtures_dir};
 use common::images::{self, components, k3s_standin_layout, DEFAULT_FLAVOR, K3S_TAG, NO_SUCH_KEY};
 use common::qemu::{boot_line, fresh_vars, tail, Vm, AAVMF_VARS, OVMF_VARS, OVMF_VARS_MS};
@@ -360,7 +360,12 @@ fn debian_amd64_builds_and_boots_uefi_and_bios_with_persistence() {
     // Boot 3: a trial of slot b (the same image, as an upgrade would write
     // it) that fails its health check: the agent records it and reboots,
     // and QEMU (-no-reboot) exits.
-    arm_trial_of_b(&vm_disk, &rootfs);
+    arm_trial_of_b(
+        &vm_disk,
+        esp_offset(&vm_disk),
+        partition_offset(&vm_disk, "root_b"),
+        &rootfs,
+    );
     let (status, c3) = pc()
         .ovmf(&vars)
         .virtio_disk(&vm_disk)
@@ -415,47 +420,6 @@ fn partition_offset(disk: &Path, name: &str) -> u64 {
 /// The primary GRUB environment block of the disk's ESP.
 fn esp_env(disk: &Path) -> GrubEnv {
     GrubEnv::parse(&read_fat_file(disk, esp_offset(disk), "/grubenv")).unwrap()
-}
-
-/// Writes `rootfs` to root_b, slot a's kernel and initrd to the ESP as
-/// slot b's, and arms a trial of b in both environment blocks, as an
-/// upgrade would.
-fn arm_trial_of_b(disk: &Path, rootfs: &Path) {
-    use std::os::unix::fs::FileExt;
-    let f = fs::OpenOptions::new().write(true).open(disk).unwrap();
-    f.write_all_at(&fs::read(rootfs).unwrap(), partition_offset(disk, "root_b"))
-        .unwrap();
-    f.sync_all().unwrap();
-    let image = format!("{}@@{}", disk.display(), esp_offset(disk));
-    let mtools = |tool: &str, args: &[&str]| {
-        let o = Command::new(tool)
-            .arg("-i")
-            .arg(&image)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "{tool} {args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-    };
-    // Slot b's kernel and initrd, beside slot a's.
-    let tmp = disk.parent().unwrap();
-    mtools("mmd", &["::/b"]);
-    for f in ["vmlinuz", "initrd"] {
-        let local = tmp.join(f);
-        let local = local.to_str().unwrap();
-        mtools("mcopy", &["-o", &format!("::/a/{f}"), local]);
-        mtools("mcopy", &["-o", local, &format!("::/b/{f}")]);
-    }
-    let mut env = esp_env(disk);
-    env.set("trial_slot", "b").unwrap();
-    let block = tmp.join("grubenv");
-    fs::write(&block, env.encode().unwrap()).unwrap();
-    for name in ["::/grubenv", "::/grubenv.bak"] {
-        mtools("mcopy", &["-o", block.to_str().unwrap(), name]);
-    }
 }
 
 fn write_flavor(dir: &Path, text: &str) -> PathBuf {

@@ -12,9 +12,12 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use boot_contract::grubenv::GrubEnv;
+use common::abdisk::{arm_trial_of_b, read_fat_file};
 use common::fixtures::fixtures_dir;
 use common::images;
 use common::qemu::{tail, Vm};
+use common::registry::Registry;
 use common::{require_tool, sparse_copy, TestEnv};
 
 /// The card's partitions as `sfdisk --json` reads them.
@@ -121,6 +124,8 @@ fn rpi_is_refused_for_amd64_and_for_a_flavor_without_pi_firmware() {
 /// tree from its boot partition (what the firmware would start), U-Boot's
 /// EFI → shim → GRUB → slot a, os-init finding the card by its MBR
 /// signature, growing persist to the card's end, and os-agent's boot check.
+/// Then a trial of slot b whose k3s fails: os-agent rolls it back, and
+/// GRUB has taken the trial back on the card (slot a stays the default).
 #[test]
 fn debian_arm64_card_has_the_pi_boot_files_and_the_ab_layout() {
     require_tool("fsck.vfat", "dosfstools");
@@ -128,6 +133,12 @@ fn debian_arm64_card_has_the_pi_boot_files_and_the_ab_layout() {
     require_tool("cpio", "cpio");
     let env = TestEnv::new();
     let comps = format!("oci-layout:{}", images::components().display());
+    let reg = Registry::start();
+    let k3s = images::k3s_standin_layout("arm64", env.tmp.path());
+    reg.push(&k3s, images::K3S_TAG, "rancher/k3s");
+    let k3s_image = reg.image("rancher/k3s", images::K3S_TAG);
+    let node_config = env.tmp.path().join("node.yaml");
+    fs::write(&node_config, images::node_config()).unwrap();
     let out = env.tmp.path().join("dist");
     let rpi_config = env.tmp.path().join("extra.txt");
     fs::write(&rpi_config, "# site\ndtparam=audio=on\n").unwrap();
@@ -141,8 +152,10 @@ fn debian_arm64_card_has_the_pi_boot_files_and_the_ab_layout() {
         "arm64",
         "--base",
         "archive",
-        "--without",
-        "k3s",
+        "--k3s-image",
+        &k3s_image,
+        "--config",
+        node_config.to_str().unwrap(),
         "--components",
         &comps,
         "--image-version",
@@ -152,11 +165,12 @@ fn debian_arm64_card_has_the_pi_boot_files_and_the_ab_layout() {
         "--rpi-config",
         rpi_config.to_str().unwrap(),
         // QEMU's Pi power management resets the machine the moment a
-        // watchdog is started (it does not emulate the timer), so systemd's
-        // RuntimeWatchdogSec= would reset the emulated Pi as soon as
-        // systemd runs; real Pis count down.
+        // watchdog is started (it does not emulate the timer), so os-init's
+        // trial watchdog and systemd's RuntimeWatchdogSec= would reset the
+        // emulated Pi; real Pis count down. The k3s stand-in fails in slot
+        // b (the trial below).
         "--cmdline",
-        "systemd.watchdog_sec=off",
+        "bi.watchdog=off systemd.watchdog_sec=off standin.fail_slot=b",
         "--output",
         out.to_str().unwrap(),
     ]);
@@ -429,4 +443,28 @@ fn debian_arm64_card_has_the_pi_boot_files_and_the_ab_layout() {
             context()
         );
     }
+
+    // A trial of slot b (the same root, as an upgrade would write it to
+    // partition 3) whose k3s fails: os-agent records the failure and
+    // reboots (QEMU exits, -no-reboot); GRUB cleared the trial before
+    // booting it, so the card boots slot a next.
+    let boot_at = sector(&parts[0], "start");
+    arm_trial_of_b(&sd, boot_at, sector(&parts[2], "start"), &squashfs);
+    let start = std::time::Instant::now();
+    let (status, c) = Vm::raspi3b(&uboot_file, &dtb, &uart1)
+        .sd_card(&sd)
+        .run(std::time::Duration::from_secs(1800));
+    eprintln!("raspi3b trial boot: {:.0?}", start.elapsed());
+    for want in [
+        "os-init: trial boot: the watchdog is off (bi.watchdog=off)",
+        "os-init: root root_b is /dev/mmcblk0p3",
+        "os-agent: boot degraded slot=b",
+        "os-agent: trial of slot b (version 1.0.0-rpi) failed its health check: rebooting into slot a",
+    ] {
+        assert!(c.contains(want), "{want:?} not on the console:\n{}", tail(&c, 80));
+    }
+    assert!(status.is_some(), "no reboot:\n{}", tail(&c, 40));
+    let env_block = GrubEnv::parse(&read_fat_file(&sd, boot_at, "/grubenv")).unwrap();
+    assert_eq!(env_block.get("trial_slot"), Some(""), "{env_block:?}");
+    assert_eq!(env_block.get("default_slot"), Some("a"), "{env_block:?}");
 }

@@ -121,6 +121,49 @@ pub fn read_env(disk: &Path, layout: &Layout) -> GrubEnv {
     GrubEnv::parse(&read_esp_file(disk, layout, "/grubenv")).unwrap()
 }
 
+/// Arms a trial of slot b on an image as an upgrade would: `rootfs` into
+/// root_b (at byte `root_b` of `disk`), slot a's kernel and initrd as slot
+/// b's on the boot partition (the FAT filesystem at byte `esp`), and
+/// `trial_slot=b` in both environment blocks. Temporary files go beside
+/// `disk`.
+pub fn arm_trial_of_b(disk: &Path, esp: u64, root_b: u64, rootfs: &Path) {
+    use std::os::unix::fs::FileExt;
+    require_tool("mcopy", "mtools");
+    let f = fs::OpenOptions::new().write(true).open(disk).unwrap();
+    f.write_all_at(&fs::read(rootfs).unwrap(), root_b).unwrap();
+    f.sync_all().unwrap();
+    let image = format!("{}@@{esp}", disk.display());
+    let mtools = |tool: &str, args: &[&str]| {
+        let o = Command::new(tool)
+            .arg("-i")
+            .arg(&image)
+            .args(args)
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{tool} {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    let tmp = disk.parent().unwrap();
+    mtools("mmd", &["::/b"]);
+    for f in ["vmlinuz", "initrd"] {
+        let local = tmp.join(f);
+        let local = local.to_str().unwrap();
+        mtools("mcopy", &["-o", &format!("::/a/{f}"), local]);
+        mtools("mcopy", &["-o", local, &format!("::/b/{f}")]);
+    }
+    let mut env = GrubEnv::parse(&read_fat_file(disk, esp, "/grubenv")).unwrap();
+    env.set("trial_slot", "b").unwrap();
+    let block = tmp.join("grubenv");
+    fs::write(&block, env.encode().unwrap()).unwrap();
+    for name in ["::/grubenv", "::/grubenv.bak"] {
+        mtools("mcopy", &["-o", block.to_str().unwrap(), name]);
+    }
+}
+
 /// The root slots of the try-once tests, `DIR/a.squashfs` and
 /// `DIR/b.squashfs`: roots of `busybox` whose init prints
 /// `root-init: slot X` and the kernel command line, then powers off.

@@ -154,6 +154,11 @@ pub mod boot_env {
 pub mod watchdog {
     /// The watchdog device os-init arms on a trial boot.
     pub const DEVICE: &str = "/dev/watchdog0";
+    /// `bi.watchdog=off` on the kernel command line: os-init leaves the
+    /// watchdog alone on a trial (for a machine whose watchdog cannot be
+    /// used, such as QEMU's Raspberry Pi models, which reset the moment it
+    /// starts); with `systemd.watchdog_sec=off` nothing starts it.
+    pub const CMDLINE_OFF: &str = "bi.watchdog";
     /// The timeout os-init sets (seconds): systemd takes the device over
     /// well within it and sets its own ([`RUNTIME_SEC`]).
     pub const TRIAL_TIMEOUT_SEC: u32 = 60;

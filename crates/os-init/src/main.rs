@@ -244,6 +244,10 @@ fn arm_watchdog(cmd: &str) -> Option<watchdog::Armed> {
     if param(cmd, boot_contract::boot_env::CMDLINE_TRIAL) != Some("1") {
         return None;
     }
+    if param(cmd, boot_contract::watchdog::CMDLINE_OFF) == Some("off") {
+        say("trial boot: the watchdog is off (bi.watchdog=off): a hang is not reset");
+        return None;
+    }
     match watchdog::arm(DEVICE, TRIAL_TIMEOUT_SEC) {
         Ok(Some(w)) => {
             say(&format!(

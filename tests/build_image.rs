@@ -26,7 +26,7 @@ use common::images::{self, components, k3s_standin_layout, DEFAULT_FLAVOR, K3S_T
 use common::qemu::{boot_line, fresh_vars, tail, Vm, AAVMF_VARS, OVMF_VARS, OVMF_VARS_MS};
 use common::registry::Registry;
 use common::ssh::{free_port, text as ssh_text, Key, Ssh};
-use common::{require_tool, sparse_copy, TestEnv};
+use common::{assert_bmap_copy_equals, require_tool, sparse_copy, TestEnv};
 
 /// One build at a time in this file: they share the blob cache.
 static BUILD: Mutex<()> = Mutex::new(());
@@ -941,7 +941,8 @@ fn builds_are_reproducible() {
                 )
             })
             .collect();
-        assert_eq!(s.len(), 5, "{s:?}");
+        // squashfs, raw, raw.bmap, iso, upgrade, lock.
+        assert_eq!(s.len(), 6, "{s:?}");
         sums.push(s);
         results.push(r);
     }
@@ -1418,8 +1419,9 @@ fn a_base_of_another_release_than_the_flavors_is_refused() {
 
 /// Debian 12 from its container base image (the bookworm minbase in a
 /// local registry): every default format (the upgrade artifact too), the
-/// files named after bookworm, the bookworm suites in the lock; the disk
-/// boots under OVMF and then SeaBIOS with persist kept.
+/// files named after bookworm, the disk's block map that bmaptool copies
+/// it with, the bookworm suites in the lock; the disk boots under OVMF and
+/// then SeaBIOS with persist kept.
 #[test]
 fn debian_12_amd64_from_a_base_image_builds_and_boots_uefi_and_bios() {
     let _one = BUILD.lock().unwrap_or_else(|e| e.into_inner());
@@ -1452,10 +1454,17 @@ fn debian_12_amd64_from_a_base_image_builds_and_boots_uefi_and_bios() {
         [
             "debian-bookworm-amd64.squashfs",
             "debian-bookworm-amd64.raw",
+            "debian-bookworm-amd64.raw.bmap",
             "debian-bookworm-amd64.iso",
             "debian-bookworm-amd64.upgrade",
             "build-image.lock"
         ]
+    );
+    // bmaptool copies the disk to a blank file that equals it, through the
+    // block map beside it.
+    assert_bmap_copy_equals(
+        &out.join("debian-bookworm-amd64.raw"),
+        &env.tmp.path().join("bmap-copy.raw"),
     );
     let lock: serde_json::Value =
         serde_json::from_slice(&fs::read(out.join("build-image.lock")).unwrap()).unwrap();

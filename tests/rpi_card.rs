@@ -18,7 +18,7 @@ use common::fixtures::fixtures_dir;
 use common::images;
 use common::qemu::{tail, Vm};
 use common::registry::Registry;
-use common::{require_tool, sparse_copy, TestEnv};
+use common::{assert_bmap_copy_equals, require_tool, sparse_copy, TestEnv};
 
 /// The card's partitions as `sfdisk --json` reads them.
 fn sfdisk(card: &Path) -> serde_json::Value {
@@ -192,30 +192,9 @@ fn debian_arm64_card_has_the_pi_boot_files_and_the_ab_layout() {
 
     // The block map: bmaptool copies the card to a blank file that equals
     // it (the holes read as zeros on both sides).
-    require_tool("bmaptool", "bmap-tools");
     let bmap = out.join(format!("{stem}-rpi.img.bmap"));
     assert!(bmap.is_file(), "no {}", bmap.display());
-    let copy = env.tmp.path().join("bmap-copy.img");
-    let b = Command::new("bmaptool")
-        .arg("copy")
-        .arg("--bmap")
-        .arg(&bmap)
-        .arg(&card)
-        .arg(&copy)
-        .output()
-        .unwrap();
-    assert!(
-        b.status.success(),
-        "bmaptool copy: {}",
-        String::from_utf8_lossy(&b.stderr)
-    );
-    let cmp = Command::new("cmp").arg(&card).arg(&copy).output().unwrap();
-    assert!(
-        cmp.status.success(),
-        "the bmaptool copy differs: {}",
-        String::from_utf8_lossy(&cmp.stdout)
-    );
-    fs::remove_file(&copy).unwrap();
+    assert_bmap_copy_equals(&card, &env.tmp.path().join("bmap-copy.img"));
 
     // The partition table.
     let t = sfdisk(&card);

@@ -81,8 +81,8 @@ pub struct DiskImage {
 
 /// The GPT A/B disk: ESP (GRUB, its config and env blocks, slot a's kernel
 /// and initrd), `root_a` holding the root filesystem, an empty `root_b`,
-/// and on x86_64 GRUB for BIOS boot. Staged as `{stem}.raw` when the disk
-/// format was asked for.
+/// and on x86_64 GRUB for BIOS boot. Staged as `{stem}.raw`, with its
+/// block map `{stem}.raw.bmap`, when the disk format was asked for.
 pub fn write_disk(
     plan: &BuildPlan,
     boot: &BootFiles,
@@ -137,6 +137,9 @@ pub fn write_disk(
     if let Some(b) = &bios_images {
         bios::install(&file, &layout, &b.boot_img, &b.core_img)
             .context("installing GRUB for BIOS boot")?;
+    }
+    if plan.wants(Format::Disk) {
+        write_bmap(&file, &plan.output(".raw.bmap"), staging)?;
     }
     Ok(DiskImage { file, layout })
 }

@@ -545,3 +545,34 @@ fn layout_dir() -> TempDir {
         .tempdir()
         .unwrap()
 }
+
+/// `bmaptool copy` of `image` (through `image.bmap` beside it) onto the new
+/// file `to` gives the image back: every mapped block copied and checked,
+/// the holes left reading as zeros. `to` is removed after.
+pub fn assert_bmap_copy_equals(image: &Path, to: &Path) {
+    require_tool("bmaptool", "bmap-tools");
+    let mut bmap = image.as_os_str().to_owned();
+    bmap.push(".bmap");
+    let b = Command::new("bmaptool")
+        .arg("copy")
+        .arg("--bmap")
+        .arg(&bmap)
+        .arg(image)
+        .arg(to)
+        .output()
+        .unwrap();
+    assert!(
+        b.status.success(),
+        "bmaptool copy {}: {}",
+        image.display(),
+        String::from_utf8_lossy(&b.stderr)
+    );
+    let cmp = Command::new("cmp").arg(image).arg(to).output().unwrap();
+    assert!(
+        cmp.status.success(),
+        "the bmaptool copy of {} differs: {}",
+        image.display(),
+        String::from_utf8_lossy(&cmp.stdout)
+    );
+    std::fs::remove_file(to).unwrap();
+}

@@ -56,6 +56,35 @@ fn mtools(tool: &str, image: &Path, args: &[&str]) -> Vec<u8> {
     o.stdout
 }
 
+/// The boot partition (`len` bytes at `start`) of `card`, checked clean by
+/// `fsck.vfat -n`, and its FAT serial as `minfo` prints it.
+fn boot_partition_serial(card: &Path, start: u64, len: u64, to: &Path) -> String {
+    cut(card, start, len, to);
+    let fsck = Command::new("fsck.vfat")
+        .arg("-n")
+        .arg(to)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "fsck.vfat -n of the boot partition of {}: {}{}",
+        card.display(),
+        String::from_utf8_lossy(&fsck.stdout),
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+    let minfo = String::from_utf8_lossy(&mtools("minfo", to, &["::"])).into_owned();
+    assert!(
+        minfo.contains("FAT32") || minfo.contains("fat32"),
+        "{minfo}"
+    );
+    minfo
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("serial number:"))
+        .unwrap_or_else(|| panic!("no serial number in minfo's output:\n{minfo}"))
+        .trim()
+        .to_string()
+}
+
 fn flavor_without_rpi(dir: &Path) -> PathBuf {
     let text =
         fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("flavors/debian-13.yaml"))
@@ -214,6 +243,8 @@ fn debian_arm64_card_has_the_pi_boot_files_and_the_ab_layout() {
         .trim_start_matches("0x")
         .to_string();
     assert_eq!(disk_id.len(), 8, "{t}");
+    // A build's disk signature: the top four bits 8 (boot_contract::mbr).
+    assert!(disk_id.starts_with('8'), "{t}");
     let card_len = fs::metadata(&card).unwrap().len();
     let last = &parts[3];
     assert_eq!(sector(last, "start") + sector(last, "size"), card_len);
@@ -236,27 +267,11 @@ fn debian_arm64_card_has_the_pi_boot_files_and_the_ab_layout() {
 
     // The boot partition: a clean FAT32.
     let boot = env.tmp.path().join("boot.vfat");
-    cut(
+    let image_serial = boot_partition_serial(
         &card,
         sector(&parts[0], "start"),
         sector(&parts[0], "size"),
         &boot,
-    );
-    let fsck = Command::new("fsck.vfat")
-        .arg("-n")
-        .arg(&boot)
-        .output()
-        .unwrap();
-    assert!(
-        fsck.status.success(),
-        "fsck.vfat -n: {}{}",
-        String::from_utf8_lossy(&fsck.stdout),
-        String::from_utf8_lossy(&fsck.stderr)
-    );
-    let minfo = String::from_utf8_lossy(&mtools("minfo", &boot, &["::"])).into_owned();
-    assert!(
-        minfo.contains("FAT32") || minfo.contains("fat32"),
-        "{minfo}"
     );
     let listing = String::from_utf8_lossy(&mtools("mdir", &boot, &["-b", "-/", "::"])).into_owned();
     for want in [
@@ -408,6 +423,7 @@ fn debian_arm64_card_has_the_pi_boot_files_and_the_ab_layout() {
         )
     };
     let id = format!("{disk_id}-01");
+    let boot_at = sector(&parts[0], "start");
     for want in [
         &format!("bi.esp={id}") as &str,
         &format!("os-init: boot disk /dev/mmcblk0: it holds the ESP partition {id}"),
@@ -415,6 +431,7 @@ fn debian_arm64_card_has_the_pi_boot_files_and_the_ab_layout() {
         "os-init: grew persist /dev/mmcblk0p4 from 64 MiB to",
         "os-init: /dev/mmcblk0p4 is the image's unformatted persist: wiping and formatting it",
         "os-agent: boot ok slot=a version=1.0.0-rpi",
+        "os-init: gave /dev/mmcblk0 its own identity: disk signature ",
     ] {
         assert!(
             c.contains(want),
@@ -422,19 +439,36 @@ fn debian_arm64_card_has_the_pi_boot_files_and_the_ab_layout() {
             context()
         );
     }
+    // The card's own identity: a random disk signature (top four bits 4)
+    // and boot partition serial, the FAT still clean.
+    let booted = sfdisk(&sd);
+    let own_id = booted["partitiontable"]["id"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("0x")
+        .to_string();
+    assert!(
+        own_id.len() == 8 && own_id.starts_with('4') && own_id != disk_id,
+        "the card's disk signature after its first boot: {booted}"
+    );
+    let own_serial = boot_partition_serial(&sd, boot_at, sector(&parts[0], "size"), &boot);
+    assert_ne!(own_serial, image_serial);
 
     // A trial of slot b (the same root, as an upgrade would write it to
     // partition 3) whose k3s fails: os-agent records the failure and
     // reboots (QEMU exits, -no-reboot); GRUB cleared the trial before
     // booting it, so the card boots slot a next.
-    let boot_at = sector(&parts[0], "start");
     arm_trial_of_b(&sd, boot_at, sector(&parts[2], "start"), &squashfs);
     let start = std::time::Instant::now();
     let (status, c) = Vm::raspi3b(&uboot_file, &dtb, &uart1)
         .sd_card(&sd)
         .run(std::time::Duration::from_secs(1800));
     eprintln!("raspi3b trial boot: {:.0?}", start.elapsed());
+    // GRUB names the boot partition by the card's own signature now.
+    let own = format!("{own_id}-01");
     for want in [
+        &format!("bi.esp={own}") as &str,
+        &format!("os-init: boot disk /dev/mmcblk0: it holds the ESP partition {own}"),
         "os-init: trial boot: the watchdog is off (bi.watchdog=off)",
         "os-init: root root_b is /dev/mmcblk0p3",
         "os-agent: boot degraded slot=b",
@@ -442,6 +476,11 @@ fn debian_arm64_card_has_the_pi_boot_files_and_the_ab_layout() {
     ] {
         assert!(c.contains(want), "{want:?} not on the console:\n{}", tail(&c, 80));
     }
+    assert!(
+        !c.contains("its own identity"),
+        "the identity was changed again:\n{}",
+        tail(&c, 80)
+    );
     assert!(status.is_some(), "no reboot:\n{}", tail(&c, 40));
     let env_block = GrubEnv::parse(&read_fat_file(&sd, boot_at, "/grubenv")).unwrap();
     assert_eq!(env_block.get("trial_slot"), Some(""), "{env_block:?}");

@@ -96,14 +96,15 @@ impl CardLayout {
     }
 }
 
-/// A disk signature derived from `seed`, never 0 (some tools treat 0 as
-/// "none").
+/// A disk signature derived from `seed`, marked as a build's
+/// ([`mbr::derived_disk_id`]) so os-init gives each card its own on first
+/// boot.
 fn disk_id(seed: &[u8]) -> u32 {
     let mut h = Sha256::new();
     h.update(b"build-image/card-disk-id\0");
     h.update(seed);
     let d = h.finalize();
-    u32::from_le_bytes([d[0], d[1], d[2], d[3]]).max(1)
+    mbr::derived_disk_id([d[0], d[1], d[2], d[3]])
 }
 
 impl Table for CardLayout {
@@ -156,6 +157,8 @@ mod tests {
             CardLayout::new(MIB, MIB, MIB, b"t").unwrap().disk_id,
             l.disk_id
         );
+        // Marked as a build's, for os-init to replace on first boot.
+        assert!(mbr::is_derived_disk_id(l.disk_id), "{:08x}", l.disk_id);
         assert!(CardLayout::new(MIB, 0, MIB, b"s").is_err());
         let e = CardLayout::new(MIB, 1 << 41, MIB, b"s").unwrap_err();
         assert!(e.to_string().contains("2 TiB"), "{e}");

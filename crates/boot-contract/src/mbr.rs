@@ -11,6 +11,12 @@
 //! the partition number, `xxxxxxxx-NN` in lowercase hex (the same form as
 //! the kernel's `PARTUUID=`): [`PartUuid`].
 //!
+//! The disk signature says who chose it, in its top four bits like a
+//! UUID's version ([`derived_disk_id`], [`random_disk_id`]): 8 for one a
+//! build derived, which every card written from one image carries until
+//! its first boot, when os-init gives the card a random one (4). Neither
+//! is ever 0, which some tools read as "no signature".
+//!
 //! Only the four primary entries are read; extended partitions are not
 //! part of the contract. The table is untrusted input: every failure is an
 //! [`MbrError`] naming the field.
@@ -115,6 +121,24 @@ impl FromStr for PartUuid {
         }
         Ok(PartUuid { disk_id, partition })
     }
+}
+
+/// The disk signature a build derives from the hash bytes `h`: the top
+/// four bits 8.
+pub fn derived_disk_id(h: [u8; 4]) -> u32 {
+    (u32::from_le_bytes(h) & 0x0fff_ffff) | 0x8000_0000
+}
+
+/// A device's own disk signature from the random bytes `r`: the top four
+/// bits 4.
+pub fn random_disk_id(r: [u8; 4]) -> u32 {
+    (u32::from_le_bytes(r) & 0x0fff_ffff) | 0x4000_0000
+}
+
+/// Whether `id` is one a build derived ([`derived_disk_id`]): the card
+/// still carries its image's identity.
+pub fn is_derived_disk_id(id: u32) -> bool {
+    id >> 28 == 8
 }
 
 fn le32(b: &[u8], at: usize) -> u32 {
@@ -339,6 +363,21 @@ mod tests {
         m.entries[2] = None;
         let e = m.check_card().unwrap_err().to_string();
         assert!(e.contains("entry 3: unused"), "{e}");
+    }
+
+    #[test]
+    fn disk_ids_say_who_chose_them() {
+        for b in [[0u8; 4], [0xff; 4], [1, 2, 3, 4]] {
+            let (d, r) = (derived_disk_id(b), random_disk_id(b));
+            assert!(is_derived_disk_id(d), "{d:08x}");
+            assert!(!is_derived_disk_id(r), "{r:08x}");
+            assert_ne!(d, 0);
+            assert_ne!(r, 0);
+            assert_eq!(d & 0x0fff_ffff, r & 0x0fff_ffff);
+        }
+        assert_eq!(derived_disk_id([0x78, 0x56, 0x34, 0xf2]), 0x8234_5678);
+        assert_eq!(random_disk_id([0x78, 0x56, 0x34, 0xf2]), 0x4234_5678);
+        assert!(!is_derived_disk_id(0x1234abcd));
     }
 
     #[test]

@@ -332,7 +332,8 @@ pub fn card_persist_entry(m: &Mbr, disk_sectors: u64) -> Option<(Mbr, Change)> {
 
 /// [`ensure_persist`] on a Raspberry Pi card: partition 4 created or grown
 /// to the end of the card in the MBR (one sector, written and synced),
-/// then in the kernel's view.
+/// then in the kernel's view. A card still carrying its image's disk
+/// signature gets its own in the same write ([`personalize_card`]).
 fn card_persist(f: &mut File, disk: &Disk, m: &Mbr) -> Result<Option<Persist>> {
     let dev = disk.dev();
     if disk.sector_size != 512 {
@@ -341,15 +342,28 @@ fn card_persist(f: &mut File, disk: &Disk, m: &Mbr) -> Result<Option<Persist>> {
             disk.sector_size
         )));
     }
-    let Some((new, change)) = card_persist_entry(m, disk.sectors) else {
-        return Ok(None);
+    let persist = card_persist_entry(m, disk.sectors);
+    let mut new = persist
+        .as_ref()
+        .map_or_else(|| m.clone(), |(n, _)| n.clone());
+    let change = persist.map(|(_, c)| c);
+    let identity = if mbr::is_derived_disk_id(m.disk_id) {
+        Some(personalize_card(f, &mut new, disk)?)
+    } else {
+        None
     };
-    if change != Change::Unchanged {
+    if identity.is_some() || change.is_some_and(|c| c != Change::Unchanged) {
         f.seek(SeekFrom::Start(0))
             .and_then(|_| f.write_all(&new.encode()))
             .and_then(|_| f.sync_all())
             .with_context(|| format!("writing the MBR of {dev}"))?;
     }
+    if let Some(what) = identity {
+        say(&format!("gave {dev} its own identity: {what}"));
+    }
+    let Some(change) = change else {
+        return Ok(None);
+    };
     let e = new
         .entry(mbr::PERSIST)
         .context("the persist entry vanished")?;
@@ -369,6 +383,59 @@ fn card_persist(f: &mut File, disk: &Disk, m: &Mbr) -> Result<Option<Persist>> {
     settled(disk, &dev, pno, bytes, change, "").map(Some)
 }
 
+/// The first boot of a card written from an image (its disk signature is
+/// one a build derived) gives it its own, like [`personalize`] a GPT disk:
+/// a new serial for the boot partition's FAT32, written here first, and a
+/// random disk signature in `m`, which the caller writes. The partition
+/// UUIDs GRUB passes (`bi.esp=`) follow the signature from the next boot
+/// on; this boot's record is read after the write. A power cut before the
+/// MBR is written leaves the image's signature, and the next boot does it
+/// all again. Returns what changed, for the console.
+fn personalize_card(f: &mut File, m: &mut Mbr, disk: &Disk) -> Result<String> {
+    let serial = match m.entry(mbr::BOOT) {
+        Some(e) => new_esp_serial(
+            f,
+            disk,
+            u64::from(e.first_lba) * 512,
+            u64::from(e.sectors) * 512,
+        )?,
+        None => "no boot partition, no serial changed".to_string(),
+    };
+    let mut r = [0u8; 4];
+    crate::persist::random(&mut r)?;
+    let old = m.disk_id;
+    m.disk_id = mbr::random_disk_id(r);
+    Ok(format!(
+        "disk signature {:08x} (was {old:08x}), {serial}",
+        m.disk_id
+    ))
+}
+
+/// Gives the FAT32 at `offset` (`len` bytes) of `disk` a random serial,
+/// written and synced; what changed, for the console. A partition that is
+/// not a FAT32 keeps its serial, and the message says why.
+fn new_esp_serial(f: &mut File, disk: &Disk, offset: u64, len: u64) -> Result<String> {
+    let dev = disk.dev();
+    let fat = match Fat32::read(f, offset, len) {
+        Ok(fat) => fat,
+        Err(e) => return Ok(format!("ESP serial kept ({e})")),
+    };
+    let mut b = [0u8; 4];
+    crate::persist::random(&mut b)?;
+    let id = u32::from_le_bytes(b);
+    for (at, bytes) in fat.volume_id_writes(id) {
+        f.seek(SeekFrom::Start(at))
+            .and_then(|_| f.write_all(&bytes))
+            .with_context(|| format!("writing the ESP's serial on {dev}"))?;
+    }
+    f.sync_all().with_context(|| format!("syncing {dev}"))?;
+    Ok(format!(
+        "ESP serial {} (was {})",
+        volume_id_text(id),
+        volume_id_text(fat.volume_id())
+    ))
+}
+
 /// The first boot of a disk written from an image (its disk GUID is one a
 /// build derived, version 8) gives it its own identity, so no two disks
 /// written from one image look alike after it: new random GUIDs for the
@@ -381,28 +448,10 @@ fn card_persist(f: &mut File, disk: &Disk, m: &Mbr) -> Result<Option<Persist>> {
 fn personalize(f: &mut File, gpt: &mut Gpt, disk: &Disk) -> Result<String> {
     let dev = disk.dev();
     let ss = disk.sector_size;
-    let mut serial = "no ESP, no serial changed".to_string();
-    if let Some((_, esp)) = gpt.find(ESP) {
-        serial = match Fat32::read(f, esp.first_lba * ss, esp.sectors() * ss) {
-            Ok(fat) => {
-                let mut b = [0u8; 4];
-                crate::persist::random(&mut b)?;
-                let id = u32::from_le_bytes(b);
-                for (at, bytes) in fat.volume_id_writes(id) {
-                    f.seek(SeekFrom::Start(at))
-                        .and_then(|_| f.write_all(&bytes))
-                        .with_context(|| format!("writing the ESP's serial on {dev}"))?;
-                }
-                f.sync_all().with_context(|| format!("syncing {dev}"))?;
-                format!(
-                    "ESP serial {} (was {})",
-                    volume_id_text(id),
-                    volume_id_text(fat.volume_id())
-                )
-            }
-            Err(e) => format!("ESP serial kept ({e})"),
-        };
-    }
+    let serial = match gpt.find(ESP) {
+        Some((_, esp)) => new_esp_serial(f, disk, esp.first_lba * ss, esp.sectors() * ss)?,
+        None => "no ESP, no serial changed".to_string(),
+    };
     let count = gpt.partitions().count() + 1;
     let mut guids = Vec::with_capacity(count);
     for _ in 0..count {
@@ -469,6 +518,69 @@ mod tests {
                 persist.and_then(|s| e(false, types::LINUX, 2305 * MIB, u64::from(s))),
             ],
         }
+    }
+
+    fn run(tool: &str, args: &[&str]) -> std::process::Output {
+        let o = std::process::Command::new(tool)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{tool}: {e} (dosfstools installed?)"));
+        assert!(
+            o.status.success(),
+            "{tool} {args:?}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        o
+    }
+
+    #[test]
+    fn a_cards_first_boot_gives_it_its_own_signature_and_boot_serial() {
+        let tmp = tempfile::tempdir().unwrap();
+        let vfat = tmp.path().join("boot.vfat");
+        File::create(&vfat).unwrap().set_len(256 << 20).unwrap();
+        let v = vfat.to_str().unwrap();
+        run("mkfs.fat", &["-F", "32", "-i", "1234ABCD", v]);
+        let image = mbr::derived_disk_id([1, 2, 3, 4]);
+        let mut m = card(Some(64 * MIB as u32));
+        m.disk_id = image;
+        let path = tmp.path().join("card.img");
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .unwrap();
+        f.set_len(2369 * MIB * 512).unwrap();
+        f.write_all(&m.encode()).unwrap();
+        f.seek(SeekFrom::Start(1 << 20)).unwrap();
+        std::io::copy(&mut File::open(&vfat).unwrap(), &mut f).unwrap();
+        let disk = Disk {
+            name: "card".into(),
+            sector_size: 512,
+            sectors: 2369 * MIB,
+        };
+
+        let what = personalize_card(&mut f, &mut m, &disk).unwrap();
+        assert!(!mbr::is_derived_disk_id(m.disk_id), "{what}");
+        assert_eq!(m.entries, card(Some(64 * MIB as u32)).entries);
+        assert!(
+            what.contains(&format!("was {image:08x}")) && what.contains("(was 1234-ABCD)"),
+            "{what}"
+        );
+        // The serial is the FAT's own (boot sector and its backup): fsck
+        // agrees, and the next boot finds nothing left to change.
+        let fat = Fat32::read(&mut f, 1 << 20, 256 << 20).unwrap();
+        assert_ne!(fat.volume_id(), 0x1234_ABCD);
+        f.seek(SeekFrom::Start(1 << 20)).unwrap();
+        let mut back = File::create(&vfat).unwrap();
+        std::io::copy(&mut (&mut f).take(256 << 20), &mut back).unwrap();
+        run("fsck.fat", &["-n", v]);
+        let label = run("fatlabel", &["-i", v]);
+        assert_eq!(
+            String::from_utf8_lossy(&label.stdout).trim(),
+            format!("{:08x}", fat.volume_id())
+        );
     }
 
     #[test]

@@ -33,7 +33,8 @@
 //!
 //! Keys are stored with their leading space (readers skip keys without
 //! one). Nodes, splits and string offsets follow systemd's insertion order
-//! step by step, so the same sources give the same bytes as systemd-hwdb.
+//! step by step, so the same sources give the same bytes as systemd-hwdb
+//! (a unit test compares with the real tool).
 
 use std::collections::BTreeMap;
 

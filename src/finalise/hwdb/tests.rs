@@ -1,7 +1,10 @@
 //! Compiles hand-written sources and checks lookups with a reader that
-//! follows sd-hwdb.c.
+//! follows sd-hwdb.c; compares with the real systemd-hwdb on Debian's
+//! udev hwdb.d.
 
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
 
 use super::*;
 use crate::tree::{ContentStore, FsTree};
@@ -358,4 +361,153 @@ fn finalise_compiles_the_images_sources_once() {
     assert!(names.contains("/etc/udev/hwdb.d/50-x.hwdb\0"), "{names:?}");
     // A database already there is kept.
     assert_eq!(write(&mut ed).unwrap(), None);
+}
+
+/// The reference: Debian's udev hwdb.d and the files above, compiled
+/// by the real `systemd-hwdb update --usr` and by [`compile`], give the
+/// same bytes (but for the tool version field), and `systemd-hwdb
+/// query` answers the same from either file.
+#[test]
+fn same_database_as_systemd_hwdb() {
+    let tool = std::env::var_os("PATH")
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("systemd-hwdb"))
+                .find(|t| t.is_file())
+        })
+        .expect("systemd-hwdb not found: install Debian's udev package");
+    let debian = Path::new("/usr/lib/udev/hwdb.d");
+    assert!(
+        debian.join("20-pci-vendor-model.hwdb").is_file(),
+        "{} has no hwdb files: install Debian's udev package",
+        debian.display()
+    );
+    let tmp = tempfile::Builder::new().prefix("hwdb-").tempdir().unwrap();
+    let root = |name: &str| {
+        let r = tmp.path().join(name);
+        std::fs::create_dir_all(r.join("usr/lib/udev/hwdb.d")).unwrap();
+        std::fs::create_dir_all(r.join("etc/udev/hwdb.d")).unwrap();
+        // Debian 12's systemd-hwdb reads /lib/udev.
+        std::os::unix::fs::symlink("usr/lib", r.join("lib")).unwrap();
+        r
+    };
+    let reference = root("reference");
+    // (directory, name, text): Debian's files, then own ones, among
+    // them a file of /etc replacing one of /usr/lib.
+    let mut tree_files = Vec::new();
+    for e in std::fs::read_dir(debian).unwrap() {
+        let name = e.unwrap().file_name().into_string().unwrap();
+        if name.ends_with(".hwdb") {
+            let text = std::fs::read(debian.join(&name)).unwrap();
+            tree_files.push((SOURCE_DIRS[0], name, text));
+        }
+    }
+    for (dir, name, text) in [
+        (SOURCE_DIRS[0], "10-own.hwdb", OWN),
+        (SOURCE_DIRS[0], "95-later.hwdb", LATER),
+        (
+            SOURCE_DIRS[1],
+            "95-later.hwdb",
+            "usb:v1234p5678*\n ID_B=from-etc\n",
+        ),
+        (
+            SOURCE_DIRS[1],
+            "99-local.hwdb",
+            "pci:v00008086d00001237*\n ID_MODEL_FROM_DATABASE=local name\n",
+        ),
+    ] {
+        tree_files.push((dir, name.into(), text.as_bytes().to_vec()));
+    }
+    let mut by_name = BTreeMap::new();
+    for (dir, name, text) in tree_files {
+        std::fs::write(reference.join(dir).join(&name), &text).unwrap();
+        if dir == SOURCE_DIRS[1] || !by_name.contains_key(&name) {
+            by_name.insert(name, (dir, text));
+        }
+    }
+    let run = |root: &Path, args: &[&str]| {
+        let out = Command::new(&tool)
+            .arg("--root")
+            .arg(root)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "systemd-hwdb {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    run(&reference, &["update", "--usr", "--strict"]);
+    let want = std::fs::read(reference.join(BIN)).unwrap();
+
+    // Debian 12's systemd-hwdb (252) records file names with the --root
+    // prefix, current systemd without.
+    let root_text = reference.to_str().unwrap();
+    let prefix = if want
+        .windows(root_text.len())
+        .any(|w| w == root_text.as_bytes())
+    {
+        root_text
+    } else {
+        ""
+    };
+    let sources: Vec<Source> = by_name
+        .into_iter()
+        .map(|(name, (dir, text))| Source {
+            path: format!("{prefix}/{dir}/{name}"),
+            text,
+        })
+        .collect();
+    let start = std::time::Instant::now();
+    let ours = compile(&sources, 0).unwrap();
+    eprintln!(
+        "{} files, {} entries, {} bytes in {:?}",
+        sources.len(),
+        ours.entries,
+        ours.bytes.len(),
+        start.elapsed()
+    );
+    let got = &ours.bytes;
+    assert_eq!(got.len(), want.len(), "file size");
+    if let Some(at) = (0..got.len()).find(|&i| !(8..16).contains(&i) && got[i] != want[i]) {
+        panic!(
+            "first difference at byte {at}: header ours {:?}, systemd-hwdb's {:?}",
+            &got[..80],
+            &want[..80]
+        );
+    }
+
+    let mine = root("ours");
+    std::fs::write(mine.join(BIN), got).unwrap();
+    for (modalias, expect) in [
+        (
+            "pci:v00008086d00001237sv00001AF4sd00001100bc06sc00i00",
+            "ID_MODEL_FROM_DATABASE=local name",
+        ),
+        (
+            "usb:v1D6Bp0002d0515dc09dsc00dp01ic09isc00ip00in00",
+            "ID_MODEL_FROM_DATABASE=2.0 root hub",
+        ),
+        ("usb:v1234p5678", "ID_B=from-etc"),
+        ("usb:v1234p9999", "ID_A=generic"),
+        ("pci:v00009086d1", "ID_PCI=bracket"),
+        (
+            "evdev:atkbd:dmi:bvnLENOVO:bvrX:bd01/01/2020:svnLENOVO:pn3000 N100:pvr3000:rvnLENOVO:",
+            "KEYBOARD_KEY_",
+        ),
+        ("acpi:AANT0001:", "ID_VENDOR_FROM_DATABASE="),
+    ] {
+        let reference_says = run(&reference, &["query", modalias]);
+        assert!(
+            reference_says.contains(expect),
+            "{modalias}: systemd-hwdb says {reference_says:?}, expected {expect:?}"
+        );
+        assert_eq!(
+            run(&mine, &["query", modalias]),
+            reference_says,
+            "{modalias}"
+        );
+    }
 }

@@ -3,6 +3,7 @@
 //! build host, so any target architecture works). docs/finalisation.md
 //! lists each step and what it replaces.
 
+pub mod hwdb;
 pub mod k3s;
 pub mod pam;
 pub mod systemd;
@@ -81,6 +82,7 @@ pub fn finalise(ed: &mut Editor<'_>, info: &ImageInfo) -> Result<Report> {
     identity(ed, info, &mut r)?;
     network(ed, &mut r)?;
     watchdog(ed, &mut r)?;
+    hwdb(ed, &mut r)?;
     ed.write(
         "usr/lib/systemd/system-preset/10-build-image.preset",
         PRESET.as_bytes(),
@@ -436,6 +438,20 @@ fn network(ed: &mut Editor<'_>, r: &mut Report) -> Result<()> {
     }
     if ed.exists("usr/lib/systemd/systemd-resolved") || ed.exists("lib/systemd/systemd-resolved") {
         ed.symlink("etc/resolv.conf", "../run/systemd/resolve/stub-resolv.conf")?;
+    }
+    Ok(())
+}
+
+/// udev's postinst (`systemd-hwdb update`): the compiled hardware
+/// database, so systemd-hwdb-update.service has nothing to do at boot.
+fn hwdb(ed: &mut Editor<'_>, r: &mut Report) -> Result<()> {
+    if let Some(w) = hwdb::write(ed)? {
+        r.steps.push(format!(
+            "udev hardware database /{}: {} entries from {} files",
+            hwdb::BIN,
+            w.entries,
+            w.files
+        ));
     }
     Ok(())
 }

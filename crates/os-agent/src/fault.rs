@@ -64,8 +64,16 @@ fn wanted(name: &str) -> Option<String> {
 }
 
 fn stop(name: &str, how: &str) -> ! {
-    eprintln!("os-agent: fault point {name} reached ({how})");
+    let line = format!("os-agent: fault point {name} reached ({how})");
+    eprintln!("{line}");
     if how == "reboot" {
+        // A service's stderr reaches the console through the journal,
+        // which the reboot does not wait for: say it on the console
+        // directly and wait until the line is sent.
+        if let Ok(mut c) = std::fs::OpenOptions::new().write(true).open("/dev/console") {
+            let _ = writeln!(c, "{line}");
+            let _ = rustix::termios::tcdrain(&c);
+        }
         let _ = std::fs::OpenOptions::new()
             .write(true)
             .open("/proc/sysrq-trigger")

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use boot_contract::grubenv::GrubEnv;
-use common::abdisk::{arm_trial_of_b, read_fat_file};
+use common::abdisk::{arm_trial_of_b, mtools, read_fat_file};
 use common::fixtures::fixtures_dir;
 use common::images;
 use common::qemu::{tail, Vm};
@@ -38,22 +38,6 @@ fn cut(file: &Path, start: u64, len: u64, to: &Path) {
     f.seek(SeekFrom::Start(start)).unwrap();
     let mut out = fs::File::create(to).unwrap();
     std::io::copy(&mut f.take(len), &mut out).unwrap();
-}
-
-fn mtools(tool: &str, image: &Path, args: &[&str]) -> Vec<u8> {
-    let o = Command::new(tool)
-        .arg("-i")
-        .arg(image)
-        .args(args)
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "{tool} {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o.stdout
 }
 
 /// The boot partition (`len` bytes at `start`) of `card`, checked clean by

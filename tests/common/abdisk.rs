@@ -121,6 +121,24 @@ pub fn read_env(disk: &Path, layout: &Layout) -> GrubEnv {
     GrubEnv::parse(&read_esp_file(disk, layout, "/grubenv")).unwrap()
 }
 
+/// Runs the mtools command `tool` on the FAT image `image` (a file, or
+/// `FILE@@OFFSET` for one inside a disk) and returns what it printed.
+pub fn mtools(tool: &str, image: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Vec<u8> {
+    let o = Command::new(tool)
+        .arg("-i")
+        .arg(image)
+        .args(args)
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{tool} {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o.stdout
+}
+
 /// Arms a trial of slot b on an image as an upgrade would: `rootfs` into
 /// root_b (at byte `root_b` of `disk`), slot a's kernel and initrd as slot
 /// b's on the boot partition (the FAT filesystem at byte `esp`), and
@@ -134,18 +152,7 @@ pub fn arm_trial_of_b(disk: &Path, esp: u64, root_b: u64, rootfs: &Path) {
     f.sync_all().unwrap();
     let image = format!("{}@@{esp}", disk.display());
     let mtools = |tool: &str, args: &[&str]| {
-        let o = Command::new(tool)
-            .arg("-i")
-            .arg(&image)
-            .args(args)
-            .env("MTOOLS_SKIP_CHECK", "1")
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "{tool} {args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        mtools(tool, &image, args);
     };
     let tmp = disk.parent().unwrap();
     mtools("mmd", &["::/b"]);

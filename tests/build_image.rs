@@ -1493,7 +1493,7 @@ fn debian_12_amd64_from_a_base_image_builds_and_boots_uefi_and_bios() {
     assert!(kernel.starts_with("linux-image-6.1."), "{kernel}");
 
     let (vm_disk, vars) = vm_disk(
-        &images::output(&out, images::DEFAULT_FLAVOR, "amd64", "raw"),
+        &images::output(&out, "debian-12", "amd64", "raw"),
         OVMF_VARS,
         &env.tmp.path().join("boot"),
     );

@@ -71,7 +71,7 @@ fn stop(name: &str, how: &str) -> ! {
         // which the reboot does not wait for: say it on the console
         // directly and wait until the line is sent.
         if let Ok(mut c) = std::fs::OpenOptions::new().write(true).open("/dev/console") {
-            let _ = writeln!(c, "{line}");
+            let _ = c.write_all(format!("{line}\n").as_bytes());
             let _ = rustix::termios::tcdrain(&c);
         }
         let _ = std::fs::OpenOptions::new()

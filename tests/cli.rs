@@ -257,6 +257,12 @@ fn bad_image_references_are_rejected() {
     let o = env.run(&["rootfs", "", "-o", "out.sqfs"]);
     assert!(matches!(o.status.code(), Some(1) | Some(2)), "{o:?}");
     assert!(!env.out_path("out.sqfs").exists());
+    // A path that is not there is said to be missing, not read as a
+    // registry reference.
+    for missing in ["/nonexistent/debian-trixie-arm64-rpi.img", "./out/x.raw"] {
+        let env = TestEnv::new();
+        assert_rejected(&env, &["inspect", missing], "no such file");
+    }
 }
 
 #[test]

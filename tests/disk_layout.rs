@@ -414,3 +414,207 @@ fn fat_writer_too_large_for_its_partition_fails() {
     .unwrap_err();
     assert!(format!("{err:#}").contains("partition ESP"), "{err:#}");
 }
+
+/// A FAT32 of `size` bytes whose root holds `files`.
+fn fat_with(dir: &Path, size: u64, files: &[(&str, &[u8])]) -> (FsTree, ContentStore, FatOptions) {
+    let mut tree = FsTree::new();
+    let mut store = ContentStore::new_in(dir).unwrap();
+    let root = tree.root();
+    for (name, data) in files {
+        let content = store.append(data).unwrap();
+        let id = tree.add_inode(InodeKind::File { content }, Metadata::new(0o644, 0, 0, T0));
+        tree.link(root, name.as_bytes().to_vec(), id);
+    }
+    let opts = FatOptions {
+        size_bytes: size,
+        fat_type: Some(FatType::Fat32),
+        volume_label: "BOOT".into(),
+        volume_id: 0x1234_5678,
+        timestamp: T0,
+    };
+    (tree, store, opts)
+}
+
+/// A GRUB environment block (1024 bytes) holding `vars`.
+fn grubenv(vars: &str) -> Vec<u8> {
+    let mut b = format!("# GRUB Environment Block\n{vars}").into_bytes();
+    b.resize(1024, b'#');
+    b
+}
+
+/// `build-image --json inspect` of `path`, which must succeed.
+fn inspect(path: &Path) -> serde_json::Value {
+    let o = common::run(&["--json", "inspect", path.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// `build-image inspect` of a GPT disk image and of a Raspberry Pi card:
+/// the table and identity, the partitions as sfdisk reads them, the slot
+/// GRUB boots next and a pending trial, and the card's board sections.
+#[test]
+fn inspect_reads_a_disk_image_and_a_card() {
+    tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let sfdisk = |img: &Path| -> serde_json::Value {
+        serde_json::from_str(&run(Command::new("sfdisk").arg("--json").arg(img))).unwrap()
+    };
+
+    // The A/B disk, its ESP with an environment block armed for a trial.
+    let layout = Layout::ab(Arch::X86_64, 64 * MIB, 16 * MIB, 8 * MIB, b"inspect").unwrap();
+    let esp = layout.partition(disk::ESP).unwrap().size();
+    let env = grubenv("default_slot=a\ntrial_slot=b\n");
+    let (tree, store, opts) =
+        fat_with(tmp.path(), esp, &[("grubenv", &env), ("grubenv.bak", &env)]);
+    let img = tmp.path().join("disk.raw");
+    disk::write_image(
+        &layout,
+        &File::create(&img).unwrap(),
+        vec![(
+            disk::ESP,
+            Source::Writer(Box::new(|w| {
+                fat::write(&tree, &store, &opts, w, 0)?;
+                Ok(())
+            })),
+        )],
+    )
+    .unwrap();
+    let d = inspect(&img);
+    assert_eq!(d["kind"], "DiskInspect", "{d}");
+    assert_eq!(d["table"], "gpt", "{d}");
+    assert_eq!(d["identity"], "build", "{d}");
+    let table = sfdisk(&img);
+    let parts = table["partitiontable"]["partitions"].as_array().unwrap();
+    assert_eq!(
+        d["diskId"].as_str().unwrap().to_uppercase(),
+        table["partitiontable"]["id"]
+            .as_str()
+            .unwrap()
+            .to_uppercase(),
+        "{d}"
+    );
+    assert_eq!(
+        d["partitions"].as_array().unwrap().len(),
+        parts.len(),
+        "{d}"
+    );
+    for (p, s) in d["partitions"].as_array().unwrap().iter().zip(parts) {
+        assert_eq!(p["name"], s["name"], "{d}");
+        assert_eq!(
+            p["start"].as_u64(),
+            s["start"].as_u64().map(|x| x * 512),
+            "{d}"
+        );
+        assert_eq!(
+            p["size"].as_u64(),
+            s["size"].as_u64().map(|x| x * 512),
+            "{d}"
+        );
+    }
+    assert_eq!(d["bootEnv"]["defaultSlot"], "a", "{d}");
+    assert_eq!(d["bootEnv"]["trialSlot"], "b", "{d}");
+    assert_eq!(d["boards"], serde_json::json!([]), "{d}");
+
+    // A card, its boot partition with config.txt.
+    let card = disk::card::CardLayout::new(64 * MIB, 16 * MIB, 8 * MIB, b"inspect").unwrap();
+    let boot = card.partition(disk::card::BOOT).unwrap().1.sectors as u64 * 512;
+    let env = grubenv("default_slot=b\ntrial_slot=\n");
+    let config = b"arm_64bit=1\n[pi3]\nkernel=u-boot-rpi_arm64.bin\n[pi5]\n[all]\n";
+    let (tree, store, opts) = fat_with(
+        tmp.path(),
+        boot,
+        &[("grubenv", &env), ("config.txt", config)],
+    );
+    let img = tmp.path().join("card.img");
+    disk::write_image(
+        &card,
+        &File::create(&img).unwrap(),
+        vec![(
+            disk::card::BOOT,
+            Source::Writer(Box::new(|w| {
+                fat::write(&tree, &store, &opts, w, 0)?;
+                Ok(())
+            })),
+        )],
+    )
+    .unwrap();
+    let d = inspect(&img);
+    assert_eq!(d["table"], "mbr", "{d}");
+    assert_eq!(d["identity"], "build", "{d}");
+    let table = sfdisk(&img);
+    assert_eq!(
+        format!("0x{}", d["diskId"].as_str().unwrap()),
+        table["partitiontable"]["id"].as_str().unwrap(),
+        "{d}"
+    );
+    let parts = table["partitiontable"]["partitions"].as_array().unwrap();
+    let names: Vec<&str> = d["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["boot", "root_a", "root_b", "persist"], "{d}");
+    for (p, s) in d["partitions"].as_array().unwrap().iter().zip(parts) {
+        assert_eq!(
+            p["start"].as_u64(),
+            s["start"].as_u64().map(|x| x * 512),
+            "{d}"
+        );
+        assert_eq!(
+            p["size"].as_u64(),
+            s["size"].as_u64().map(|x| x * 512),
+            "{d}"
+        );
+        assert_eq!(
+            p["type"].as_str().unwrap(),
+            format!("0x{:0>2}", s["type"].as_str().unwrap()),
+            "{d}"
+        );
+        assert_eq!(
+            p["bootable"],
+            s["bootable"].as_bool().unwrap_or(false),
+            "{d}"
+        );
+    }
+    assert_eq!(d["bootEnv"]["defaultSlot"], "b", "{d}");
+    assert_eq!(d["bootEnv"]["trialSlot"], "", "{d}");
+    assert_eq!(
+        d["boards"],
+        serde_json::json!([
+            {"section": "pi3", "kernel": "u-boot-rpi_arm64.bin"},
+            {"section": "pi5", "kernel": null}
+        ]),
+        "{d}"
+    );
+    // The text form says the same.
+    let o = common::run(&["inspect", img.to_str().unwrap()]);
+    let text = common::stdout(&o);
+    for want in [
+        "MBR (Raspberry Pi card), disk signature",
+        "the build's, until the first boot",
+        "slot b, no trial pending",
+        "[pi3] starts u-boot-rpi_arm64.bin",
+    ] {
+        assert!(text.contains(want), "{want:?} not in:\n{text}");
+    }
+
+    // A card whose grubenv is gone: the table still reads, and why the
+    // slot is unknown is said.
+    let (tree, store, opts) = fat_with(tmp.path(), boot, &[("config.txt", config)]);
+    disk::write_image(
+        &card,
+        &File::create(&img).unwrap(),
+        vec![(
+            disk::card::BOOT,
+            Source::Writer(Box::new(|w| {
+                fat::write(&tree, &store, &opts, w, 0)?;
+                Ok(())
+            })),
+        )],
+    )
+    .unwrap();
+    let d = inspect(&img);
+    assert!(d["bootEnv"].is_null(), "{d}");
+    assert_eq!(d["bootEnvProblem"], "no grubenv; no grubenv.bak", "{d}");
+}

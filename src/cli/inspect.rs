@@ -1,5 +1,6 @@
-//! `build-image inspect`: what an image is made of, or what a build-image
-//! ISO holds.
+//! `build-image inspect`: what an image is made of, what a build-image
+//! ISO holds, or what a disk image or Raspberry Pi card (or the disk it
+//! was written to) holds.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -9,24 +10,28 @@ use clap::Args;
 use serde::Serialize;
 
 use super::{Global, Output, SourceArgs};
+use crate::disk::inspect::{self as disk, DiskInspect};
 use crate::oci::{Digest, ImageSource, LayerSummary};
 use crate::progress::Reporter;
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
     /// REGISTRY/REPO[:TAG][@DIGEST], oci-layout:DIR[:TAG],
-    /// rootfs-tar:FILE, or an ISO that build-image wrote
+    /// rootfs-tar:FILE, or an ISO, disk image or card that build-image
+    /// wrote (or the device it was written to)
     pub image: String,
     #[command(flatten)]
     pub source: SourceArgs,
 }
 
-/// What `inspect --json` prints: `kind: ImageInspect` or `IsoInspect`.
+/// What `inspect --json` prints: `kind: ImageInspect`, `IsoInspect` or
+/// `DiskInspect`.
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
 pub enum Inspected {
     Image(ImageInspect),
     Iso(IsoInspect),
+    Disk(DiskInspect),
 }
 
 #[derive(Debug, Serialize)]
@@ -74,6 +79,25 @@ pub fn run(g: &Global, a: InspectArgs, reporter: &dyn Reporter) -> Result<Inspec
             install: info.install,
         }));
     }
+    let looks_like_path = a.image.starts_with('/')
+        || a.image.starts_with("./")
+        || a.image.starts_with("../")
+        || [".iso", ".img", ".raw"]
+            .iter()
+            .any(|e| a.image.ends_with(e));
+    if looks_like_path && !path.exists() {
+        anyhow::bail!(
+            "{}: no such file (inspect takes an image reference, or an ISO, disk image or card)",
+            path.display()
+        );
+    }
+    let is_device = {
+        use std::os::unix::fs::FileTypeExt;
+        std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device())
+    };
+    if (path.is_file() || is_device) && disk::looks_like_disk(path) {
+        return Ok(Inspected::Disk(disk::inspect(path)?));
+    }
     let src = ImageSource::parse(&a.image)?;
     let want = a.source.platform()?;
     let puller = g.puller(&a.source.insecure_registries, reporter)?;
@@ -102,6 +126,7 @@ impl Output for Inspected {
         match self {
             Inspected::Image(_) => "ImageInspect",
             Inspected::Iso(_) => "IsoInspect",
+            Inspected::Disk(_) => "DiskInspect",
         }
     }
 
@@ -109,6 +134,7 @@ impl Output for Inspected {
         match self {
             Inspected::Image(i) => image_text(i),
             Inspected::Iso(i) => iso_text(i),
+            Inspected::Disk(d) => disk_text(d),
         }
     }
 }
@@ -188,6 +214,65 @@ fn iso_text(info: &IsoInspect) -> String {
             let _ = writeln!(
                 s,
                 "Image:       (no install manifest: not a build-image ISO)"
+            );
+        }
+    }
+    s
+}
+
+fn disk_text(d: &DiskInspect) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "Disk:        {}", d.path.display());
+    let _ = writeln!(s, "Size:        {}", indicatif::HumanBytes(d.size));
+    let what = if d.table == "gpt" {
+        "GPT, disk GUID"
+    } else {
+        "MBR (Raspberry Pi card), disk signature"
+    };
+    let identity = if d.identity == "build" {
+        "the build's, until the first boot"
+    } else {
+        "its own, since its first boot"
+    };
+    let _ = writeln!(s, "Table:       {what} {} ({identity})", d.disk_id);
+    let _ = writeln!(s, "Partitions:");
+    for p in &d.partitions {
+        let _ = writeln!(
+            s,
+            "  {}  {:<9} {:>10} at {:>10}  {}{}",
+            p.number,
+            p.name,
+            indicatif::HumanBytes(p.size).to_string(),
+            indicatif::HumanBytes(p.start).to_string(),
+            p.kind,
+            if p.bootable { " (boot flag)" } else { "" }
+        );
+    }
+    match (&d.boot_env, &d.boot_env_problem) {
+        (Some(e), _) => {
+            let trial = if e.trial_slot.is_empty() {
+                "no trial pending".to_string()
+            } else {
+                format!("a trial of slot {} pending", e.trial_slot)
+            };
+            let _ = writeln!(s, "Boots:       slot {}, {trial}", e.default_slot);
+        }
+        (None, Some(p)) => {
+            let _ = writeln!(s, "Boots:       unknown: {p}");
+        }
+        (None, None) => {}
+    }
+    if !d.boards.is_empty() {
+        let _ = writeln!(s, "Boards (config.txt):");
+        for b in &d.boards {
+            let _ = writeln!(
+                s,
+                "  [{}] {}",
+                b.section,
+                b.kernel
+                    .as_deref()
+                    .map(|k| format!("starts {k}"))
+                    .unwrap_or_else(|| "no kernel= line".into())
             );
         }
     }

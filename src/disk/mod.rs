@@ -13,6 +13,7 @@
 
 pub mod bmap;
 pub mod card;
+pub mod inspect;
 mod write;
 
 use std::ops::Range;

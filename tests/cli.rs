@@ -259,7 +259,11 @@ fn bad_image_references_are_rejected() {
     assert!(!env.out_path("out.sqfs").exists());
     // A path that is not there is said to be missing, not read as a
     // registry reference.
-    for missing in ["/nonexistent/debian-trixie-arm64-rpi.img", "./out/x.raw"] {
+    for missing in [
+        "/nonexistent/debian-trixie-arm64-rpi.img",
+        "./out/x.raw",
+        "x.iso",
+    ] {
         let env = TestEnv::new();
         assert_rejected(&env, &["inspect", missing], "no such file");
     }

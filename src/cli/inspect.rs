@@ -82,9 +82,10 @@ pub fn run(g: &Global, a: InspectArgs, reporter: &dyn Reporter) -> Result<Inspec
     let looks_like_path = a.image.starts_with('/')
         || a.image.starts_with("./")
         || a.image.starts_with("../")
-        || [".iso", ".img", ".raw"]
-            .iter()
-            .any(|e| a.image.ends_with(e));
+        || (!a.image.contains(':')
+            && [".iso", ".img", ".raw"]
+                .iter()
+                .any(|e| a.image.ends_with(e)));
     if looks_like_path && !path.exists() {
         anyhow::bail!(
             "{}: no such file (inspect takes an image reference, or an ISO, disk image or card)",

@@ -415,24 +415,38 @@ fn fat_writer_too_large_for_its_partition_fails() {
     assert!(format!("{err:#}").contains("partition ESP"), "{err:#}");
 }
 
-/// A FAT32 of `size` bytes whose root holds `files`.
-fn fat_with(dir: &Path, size: u64, files: &[(&str, &[u8])]) -> (FsTree, ContentStore, FatOptions) {
+/// Writes `table` to `img`, its partition `part` a FAT32 whose root holds
+/// `files`.
+fn write_with_fat(table: &dyn disk::Table, part: &str, img: &Path, files: &[(&str, &[u8])]) {
+    let dir = tempfile::tempdir().unwrap();
     let mut tree = FsTree::new();
-    let mut store = ContentStore::new_in(dir).unwrap();
+    let mut store = ContentStore::new_in(dir.path()).unwrap();
     let root = tree.root();
     for (name, data) in files {
         let content = store.append(data).unwrap();
         let id = tree.add_inode(InodeKind::File { content }, Metadata::new(0o644, 0, 0, T0));
         tree.link(root, name.as_bytes().to_vec(), id);
     }
+    let extent = table.extent(part).unwrap();
     let opts = FatOptions {
-        size_bytes: size,
+        size_bytes: extent.end - extent.start,
         fat_type: Some(FatType::Fat32),
         volume_label: "BOOT".into(),
         volume_id: 0x1234_5678,
         timestamp: T0,
     };
-    (tree, store, opts)
+    disk::write_image(
+        table,
+        &File::create(img).unwrap(),
+        vec![(
+            part,
+            Source::Writer(Box::new(|w| {
+                fat::write(&tree, &store, &opts, w, 0)?;
+                Ok(())
+            })),
+        )],
+    )
+    .unwrap();
 }
 
 /// A GRUB environment block (1024 bytes) holding `vars`.
@@ -449,6 +463,18 @@ fn inspect(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap()
 }
 
+/// The partitions of `inspect`'s document `d` are those of `sfdisk --json`
+/// (sectors of 512 bytes), in order.
+fn same_extents(d: &serde_json::Value, sfdisk: &[serde_json::Value]) {
+    let ours = d["partitions"].as_array().unwrap();
+    assert_eq!(ours.len(), sfdisk.len(), "{d}");
+    for (p, s) in ours.iter().zip(sfdisk) {
+        for k in ["start", "size"] {
+            assert_eq!(p[k].as_u64(), s[k].as_u64().map(|x| x * 512), "{k}: {d}");
+        }
+    }
+}
+
 /// `build-image inspect` of a GPT disk image and of a Raspberry Pi card:
 /// the table and identity, the partitions as sfdisk reads them, the slot
 /// GRUB boots next and a pending trial, and the card's board sections.
@@ -462,23 +488,14 @@ fn inspect_reads_a_disk_image_and_a_card() {
 
     // The A/B disk, its ESP with an environment block armed for a trial.
     let layout = Layout::ab(Arch::X86_64, 64 * MIB, 16 * MIB, 8 * MIB, b"inspect").unwrap();
-    let esp = layout.partition(disk::ESP).unwrap().size();
     let env = grubenv("default_slot=a\ntrial_slot=b\n");
-    let (tree, store, opts) =
-        fat_with(tmp.path(), esp, &[("grubenv", &env), ("grubenv.bak", &env)]);
     let img = tmp.path().join("disk.raw");
-    disk::write_image(
+    write_with_fat(
         &layout,
-        &File::create(&img).unwrap(),
-        vec![(
-            disk::ESP,
-            Source::Writer(Box::new(|w| {
-                fat::write(&tree, &store, &opts, w, 0)?;
-                Ok(())
-            })),
-        )],
-    )
-    .unwrap();
+        disk::ESP,
+        &img,
+        &[("grubenv", &env), ("grubenv.bak", &env)],
+    );
     let d = inspect(&img);
     assert_eq!(d["kind"], "DiskInspect", "{d}");
     assert_eq!(d["table"], "gpt", "{d}");
@@ -493,23 +510,9 @@ fn inspect_reads_a_disk_image_and_a_card() {
             .to_uppercase(),
         "{d}"
     );
-    assert_eq!(
-        d["partitions"].as_array().unwrap().len(),
-        parts.len(),
-        "{d}"
-    );
+    same_extents(&d, parts);
     for (p, s) in d["partitions"].as_array().unwrap().iter().zip(parts) {
         assert_eq!(p["name"], s["name"], "{d}");
-        assert_eq!(
-            p["start"].as_u64(),
-            s["start"].as_u64().map(|x| x * 512),
-            "{d}"
-        );
-        assert_eq!(
-            p["size"].as_u64(),
-            s["size"].as_u64().map(|x| x * 512),
-            "{d}"
-        );
     }
     assert_eq!(d["bootEnv"]["defaultSlot"], "a", "{d}");
     assert_eq!(d["bootEnv"]["trialSlot"], "b", "{d}");
@@ -517,27 +520,15 @@ fn inspect_reads_a_disk_image_and_a_card() {
 
     // A card, its boot partition with config.txt.
     let card = disk::card::CardLayout::new(64 * MIB, 16 * MIB, 8 * MIB, b"inspect").unwrap();
-    let boot = card.partition(disk::card::BOOT).unwrap().1.sectors as u64 * 512;
     let env = grubenv("default_slot=b\ntrial_slot=\n");
     let config = b"arm_64bit=1\n[pi3]\nkernel=u-boot-rpi_arm64.bin\n[pi5]\n[all]\n";
-    let (tree, store, opts) = fat_with(
-        tmp.path(),
-        boot,
+    let img = tmp.path().join("card.img");
+    write_with_fat(
+        &card,
+        disk::card::BOOT,
+        &img,
         &[("grubenv", &env), ("config.txt", config)],
     );
-    let img = tmp.path().join("card.img");
-    disk::write_image(
-        &card,
-        &File::create(&img).unwrap(),
-        vec![(
-            disk::card::BOOT,
-            Source::Writer(Box::new(|w| {
-                fat::write(&tree, &store, &opts, w, 0)?;
-                Ok(())
-            })),
-        )],
-    )
-    .unwrap();
     let d = inspect(&img);
     assert_eq!(d["table"], "mbr", "{d}");
     assert_eq!(d["identity"], "build", "{d}");
@@ -555,17 +546,8 @@ fn inspect_reads_a_disk_image_and_a_card() {
         .map(|p| p["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["boot", "root_a", "root_b", "persist"], "{d}");
+    same_extents(&d, parts);
     for (p, s) in d["partitions"].as_array().unwrap().iter().zip(parts) {
-        assert_eq!(
-            p["start"].as_u64(),
-            s["start"].as_u64().map(|x| x * 512),
-            "{d}"
-        );
-        assert_eq!(
-            p["size"].as_u64(),
-            s["size"].as_u64().map(|x| x * 512),
-            "{d}"
-        );
         assert_eq!(
             p["type"].as_str().unwrap(),
             format!("0x{:0>2}", s["type"].as_str().unwrap()),
@@ -601,19 +583,7 @@ fn inspect_reads_a_disk_image_and_a_card() {
 
     // A card whose grubenv is gone: the table still reads, and why the
     // slot is unknown is said.
-    let (tree, store, opts) = fat_with(tmp.path(), boot, &[("config.txt", config)]);
-    disk::write_image(
-        &card,
-        &File::create(&img).unwrap(),
-        vec![(
-            disk::card::BOOT,
-            Source::Writer(Box::new(|w| {
-                fat::write(&tree, &store, &opts, w, 0)?;
-                Ok(())
-            })),
-        )],
-    )
-    .unwrap();
+    write_with_fat(&card, disk::card::BOOT, &img, &[("config.txt", config)]);
     let d = inspect(&img);
     assert!(d["bootEnv"].is_null(), "{d}");
     assert_eq!(d["bootEnvProblem"], "no grubenv; no grubenv.bak", "{d}");

@@ -412,30 +412,6 @@ fn guest_auth(node: &Node, hosts: &[String]) {
     ));
 }
 
-/// The command of the system-upgrade-controller Plan in deploy/ with its
-/// `$(VAR)` references filled in.
-fn plan_command(image: &str, version: &str) -> Vec<String> {
-    let text = fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/system-upgrade/os-upgrade-plan.yaml"),
-    )
-    .unwrap();
-    let plan: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
-    let up = &plan["spec"]["upgrade"];
-    let mut argv: Vec<String> = up["command"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .chain(up["args"].as_array().unwrap())
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect();
-    for a in &mut argv {
-        *a = a
-            .replace("$(OS_IMAGE)", image)
-            .replace("$(SYSTEM_UPGRADE_PLAN_LATEST_VERSION)", version);
-    }
-    argv
-}
-
 #[test]
 fn happy_path_refusals_and_power_cuts() {
     let fleet = Fleet::new();
@@ -613,7 +589,7 @@ fn happy_path_refusals_and_power_cuts() {
     // only is taken, through the Plan's command from another mount
     // namespace (the agent, its state and the ESP are the host's).
     node.refused("v3-unsigned", "not signed by a trusted key (2 keys)");
-    let argv = plan_command(&format!("{}/test/os", node.registry), "v3");
+    let argv = up::plan_command(&format!("{}/test/os", node.registry), "v3");
     let inner = format!(
         "mount -t tmpfs none /var/lib/os-agent && mount -t tmpfs none /usr/bin && exec /run/ctr-nsenter {} --insecure-registry {}",
         argv[1..].join(" "),

@@ -13,12 +13,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use boot_contract::grubenv::GrubEnv;
-use common::abdisk::{arm_trial_of_b, mtools, read_fat_file};
+use common::abdisk::{mtools, read_fat_file};
 use common::fixtures::fixtures_dir;
 use common::images;
 use common::qemu::{tail, Vm};
 use common::registry::Registry;
-use common::{assert_bmap_copy_equals, require_tool, sparse_copy, TestEnv};
+use common::upgrade as up;
+use common::{assert_bmap_copy_equals, require_tool, sparse_copy, sparse_copy_range, TestEnv};
 
 /// The card's partitions as `sfdisk --json` reads them.
 fn sfdisk(card: &Path) -> serde_json::Value {
@@ -67,6 +68,110 @@ fn boot_partition_serial(card: &Path, start: u64, len: u64, to: &Path) -> String
         .unwrap_or_else(|| panic!("no serial number in minfo's output:\n{minfo}"))
         .trim()
         .to_string()
+}
+
+/// Writes the upgrade layout `layout` to `/upgrade` of the ext4 `persist`
+/// (`len` bytes at byte `at` of `card`) and the upgrade Job's command `job`
+/// (one argument a line) where the k3s stand-in runs it from
+/// (`/var/lib/rancher/k3s/server/standin-upgrade-job` on the device), with
+/// debugfs; checks that both are there.
+fn write_to_persist(card: &Path, at: u64, len: u64, work: &Path, layout: &Path, job: &str) {
+    require_tool("debugfs", "e2fsprogs");
+    // On a copy of the partition: after a journal replay e2fsck (and
+    // debugfs's journal_run) open the filesystem again by name, without an
+    // `?offset=`.
+    let part = work.join("persist.ext4");
+    sparse_copy_range(card, at, len, &part);
+    // The first boot was cut short: e2fsck replays persist's journal, so
+    // the kernel's replay at the next mount cannot undo what debugfs adds.
+    let o = Command::new("e2fsck")
+        .arg("-fy")
+        .arg(&part)
+        .output()
+        .unwrap();
+    assert!(
+        matches!(o.status.code(), Some(0 | 1)),
+        "e2fsck -fy of persist: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let job_file = work.join("upgrade-job");
+    fs::write(&job_file, format!("{job}\n")).unwrap();
+    let job_dest = "state/var/lib/rancher/k3s/server/standin-upgrade-job";
+    let mut script =
+        String::from("mkdir upgrade\nmkdir upgrade/blobs\nmkdir upgrade/blobs/sha256\n");
+    for name in ["oci-layout", "index.json"] {
+        script += &format!("write {} upgrade/{name}\n", layout.join(name).display());
+    }
+    let mut blobs = 0;
+    for e in fs::read_dir(layout.join("blobs/sha256")).unwrap() {
+        let e = e.unwrap();
+        script += &format!(
+            "write {} upgrade/blobs/sha256/{}\n",
+            e.path().display(),
+            e.file_name().to_str().unwrap()
+        );
+        blobs += 1;
+    }
+    script += &format!("write {} {job_dest}\n", job_file.display());
+    let script_file = work.join("debugfs.cmds");
+    fs::write(&script_file, script).unwrap();
+    let o = Command::new("debugfs")
+        .args(["-w", "-f"])
+        .arg(&script_file)
+        .arg(&part)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "debugfs -w: {text}");
+    // debugfs goes on past a failed command: read back what it wrote.
+    let o = Command::new("debugfs")
+        .args(["-R", &format!("cat {job_dest}")])
+        .arg(&part)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim_end(),
+        job,
+        "{job_dest} on persist after debugfs: {text}"
+    );
+    let o = Command::new("debugfs")
+        .args(["-R", "ls -p upgrade/blobs/sha256"])
+        .arg(&part)
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| l.split('/').nth(5).is_some_and(|n| n.len() == 64))
+        .count();
+    assert_eq!(listed, blobs, "blobs on persist after debugfs: {text}");
+    // Back onto the card: every MiB that differs.
+    use std::os::unix::fs::FileExt;
+    let (from, to) = (
+        fs::File::open(&part).unwrap(),
+        fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(card)
+            .unwrap(),
+    );
+    let (mut new, mut old) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    let mut off = 0;
+    while off < len {
+        let n = new.len().min((len - off) as usize);
+        from.read_exact_at(&mut new[..n], off).unwrap();
+        to.read_exact_at(&mut old[..n], at + off).unwrap();
+        if new[..n] != old[..n] {
+            to.write_all_at(&new[..n], at + off).unwrap();
+        }
+        off += n as u64;
+    }
+    to.sync_all().unwrap();
+    fs::remove_file(&part).unwrap();
 }
 
 fn flavor_without_rpi(dir: &Path) -> PathBuf {
@@ -156,43 +261,56 @@ fn debian_arm64_card_has_the_pi_boot_files_and_the_ab_layout() {
     let rpi_config = env.tmp.path().join("extra.txt");
     fs::write(&rpi_config, "# site\ndtparam=audio=on\n").unwrap();
     let cache = fixtures_dir().join("build-cache");
-    let start = std::time::Instant::now();
-    let o = env.run_raw(&[
-        "--cache-dir",
-        cache.to_str().unwrap(),
-        "--json",
-        "--arch",
-        "arm64",
-        "--base",
-        "archive",
-        "--k3s-image",
-        &k3s_image,
-        "--config",
-        node_config.to_str().unwrap(),
-        "--components",
-        &comps,
-        "--image-version",
-        "1.0.0-rpi",
-        "--format",
-        "rpi",
-        "--rpi-config",
-        rpi_config.to_str().unwrap(),
-        // QEMU's Pi power management resets the machine the moment a
-        // watchdog is started (it does not emulate the timer), so os-init's
-        // trial watchdog and systemd's RuntimeWatchdogSec= would reset the
-        // emulated Pi; real Pis count down. The k3s stand-in fails in slot
-        // b (the trial below).
-        "--cmdline",
-        "bi.watchdog=off systemd.watchdog_sec=off standin.fail_slot=b",
-        "--output",
-        out.to_str().unwrap(),
-    ]);
-    assert!(
-        o.status.success(),
-        "build failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    eprintln!("arm64 card build: {:.0?}", start.elapsed());
+    // The card at 1.0.0-rpi, and an upgrade of the same image to 2.0.0-rpi
+    // for the trial below.
+    let build = |version: &str, format: &str, out: &Path| {
+        let start = std::time::Instant::now();
+        let mut args = vec![
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            "--json",
+            "--arch",
+            "arm64",
+            "--base",
+            "archive",
+            "--k3s-image",
+            &k3s_image,
+            "--config",
+            node_config.to_str().unwrap(),
+            "--components",
+            &comps,
+            "--image-version",
+            version,
+            "--format",
+            format,
+            // QEMU's Pi power management resets the machine the moment a
+            // watchdog is started (it does not emulate the timer), so
+            // os-init's trial watchdog and systemd's RuntimeWatchdogSec=
+            // would reset the emulated Pi; real Pis count down. The k3s
+            // stand-in fails in slot b (the trial below). ldconfig.service
+            // rebuilds /etc/ld.so.cache at every boot (/etc is new each
+            // boot), minutes under TCG; nothing here needs the cache.
+            "--cmdline",
+            "bi.watchdog=off systemd.watchdog_sec=off standin.fail_slot=b \
+             systemd.mask=ldconfig.service",
+            "--output",
+            out.to_str().unwrap(),
+        ];
+        if format == "rpi" {
+            args.extend(["--rpi-config", rpi_config.to_str().unwrap()]);
+        }
+        let o = env.run_raw(&args);
+        assert!(
+            o.status.success(),
+            "build of {version} ({format}) failed:\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        eprintln!("arm64 {format} build: {:.0?}", start.elapsed());
+        o
+    };
+    let o = build("1.0.0-rpi", "rpi", &out);
+    let out_v2 = env.tmp.path().join("dist-v2");
+    build("2.0.0-rpi", "upgrade", &out_v2);
     let result: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(result["formats"], serde_json::json!(["rpi"]));
     let stem = images::stem(images::DEFAULT_FLAVOR, "arm64");
@@ -438,33 +556,92 @@ fn debian_arm64_card_has_the_pi_boot_files_and_the_ab_layout() {
     let own_serial = boot_partition_serial(&sd, boot_at, sector(&parts[0], "size"), &boot);
     assert_ne!(own_serial, image_serial);
 
-    // A trial of slot b (the same root, as an upgrade would write it to
-    // partition 3) whose k3s fails: os-agent records the failure and
-    // reboots (QEMU exits, -no-reboot); GRUB cleared the trial before
-    // booting it, so the card boots slot a next.
-    arm_trial_of_b(&sd, boot_at, sector(&parts[2], "start"), &squashfs);
+    // An upgrade to 2.0.0-rpi armed by os-agent, with the command of the
+    // system-upgrade-controller Plan in deploy/ (run by the k3s stand-in,
+    // as the controller's Job would), from the upgrade layout on persist:
+    // QEMU's Pi has no network Debian's kernel can use (its USB host
+    // controller does not enumerate devices under the dwc2 driver), so the
+    // layout goes onto the card's persist offline, with debugfs.
+    let persist_at = sector(&parts[3], "start");
+    let persist_len = sector(&booted["partitiontable"]["partitions"][3], "size");
+    assert_eq!(
+        persist_at + persist_len,
+        4 << 30,
+        "persist after the first boot: {booted}"
+    );
+    let layout = images::output(&out_v2, images::DEFAULT_FLAVOR, "arm64", "upgrade");
+    let job = up::plan_command("oci-layout:/run/os/persist/upgrade", "2.0.0-rpi").join("\n");
+    write_to_persist(&sd, persist_at, persist_len, &work, &layout, &job);
     let start = std::time::Instant::now();
     let (status, c) = Vm::raspi3b(&uboot_file, &dtb, &uart1)
         .sd_card(&sd)
         .run(std::time::Duration::from_secs(1800));
-    eprintln!("raspi3b trial boot: {:.0?}", start.elapsed());
+    eprintln!("raspi3b upgrade boot: {:.0?}", start.elapsed());
     // GRUB names the boot partition by the card's own signature now.
     let own = format!("{own_id}-01");
     for want in [
         &format!("bi.esp={own}") as &str,
         &format!("os-init: boot disk /dev/mmcblk0: it holds the ESP partition {own}"),
-        "os-init: trial boot: the watchdog is off (bi.watchdog=off)",
-        "os-init: root root_b is /dev/mmcblk0p3",
-        "os-agent: boot degraded slot=b",
-        "os-agent: trial of slot b (version 1.0.0-rpi) failed its health check: rebooting into slot a",
+        "os-agent: boot ok slot=a version=1.0.0-rpi",
+        "k3s stand-in: upgrade job: ",
     ] {
-        assert!(c.contains(want), "{want:?} not on the console:\n{}", tail(&c, 80));
+        assert!(
+            c.contains(want),
+            "{want:?} not on the console:\n{}",
+            tail(&c, 80)
+        );
     }
     assert!(
         !c.contains("its own identity"),
         "the identity was changed again:\n{}",
         tail(&c, 80)
     );
+    let result = c
+        .lines()
+        .filter_map(|l| l.split_once("k3s stand-in: upgrade job: ").map(|(_, r)| r))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l.trim()).ok())
+        .find(|v| v["event"] == "result")
+        .unwrap_or_else(|| panic!("no result of the upgrade job:\n{}", tail(&c, 80)));
+    assert_eq!(result["result"], "armed", "{result}");
+    assert_eq!(result["slot"], "b", "{result}");
+    assert_eq!(result["version"], "2.0.0-rpi", "{result}");
+    assert!(
+        status.is_some(),
+        "no reboot after the upgrade:\n{}",
+        tail(&c, 40)
+    );
+    let env_block = GrubEnv::parse(&read_fat_file(&sd, boot_at, "/grubenv")).unwrap();
+    assert_eq!(env_block.get("trial_slot"), Some("b"), "{env_block:?}");
+    // root_b holds the upgrade's root filesystem.
+    let root_v2 = fs::read(images::output(
+        &out_v2,
+        images::DEFAULT_FLAVOR,
+        "arm64",
+        "squashfs",
+    ))
+    .unwrap();
+    let mut head = vec![0u8; root_v2.len()];
+    let mut f = fs::File::open(&sd).unwrap();
+    f.seek(SeekFrom::Start(sector(&parts[2], "start"))).unwrap();
+    f.read_exact(&mut head).unwrap();
+    assert!(head == root_v2, "root_b does not hold the upgrade's root");
+
+    // The trial of slot b, whose k3s fails: os-agent records the failure
+    // and reboots (QEMU exits, -no-reboot); GRUB cleared the trial before
+    // booting it, so the card boots slot a next.
+    let start = std::time::Instant::now();
+    let (status, c) = Vm::raspi3b(&uboot_file, &dtb, &uart1)
+        .sd_card(&sd)
+        .run(std::time::Duration::from_secs(1800));
+    eprintln!("raspi3b trial boot: {:.0?}", start.elapsed());
+    for want in [
+        "os-init: trial boot: the watchdog is off (bi.watchdog=off)",
+        "os-init: root root_b is /dev/mmcblk0p3",
+        "os-agent: boot degraded slot=b version=2.0.0-rpi",
+        "os-agent: trial of slot b (version 2.0.0-rpi) failed its health check: rebooting into slot a",
+    ] {
+        assert!(c.contains(want), "{want:?} not on the console:\n{}", tail(&c, 80));
+    }
     assert!(status.is_some(), "no reboot:\n{}", tail(&c, 40));
     let env_block = GrubEnv::parse(&read_fat_file(&sd, boot_at, "/grubenv")).unwrap();
     assert_eq!(env_block.get("trial_slot"), Some(""), "{env_block:?}");

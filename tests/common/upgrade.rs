@@ -417,3 +417,27 @@ impl Device {
             .unwrap()
     }
 }
+
+/// The command of the system-upgrade-controller Plan in deploy/ with its
+/// `$(VAR)` references filled in.
+pub fn plan_command(image: &str, version: &str) -> Vec<String> {
+    let text = fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/system-upgrade/os-upgrade-plan.yaml"),
+    )
+    .unwrap();
+    let plan: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+    let up = &plan["spec"]["upgrade"];
+    let mut argv: Vec<String> = up["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(up["args"].as_array().unwrap())
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    for a in &mut argv {
+        *a = a
+            .replace("$(OS_IMAGE)", image)
+            .replace("$(SYSTEM_UPGRADE_PLAN_LATEST_VERSION)", version);
+    }
+    argv
+}

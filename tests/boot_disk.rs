@@ -31,7 +31,7 @@ use boot_contract::gpt::{Entry, Gpt};
 use boot_contract::grubenv::GrubEnv;
 use build_image::disk::{self, Arch};
 use build_image::tree::ContentStore;
-use common::abdisk::{self, AbDisk};
+use common::abdisk::{self, debugfs_cat, ext4_copy, AbDisk};
 use common::boot::{busybox_root, kernel_and_shipped_initrd};
 use common::qemu::{fresh_vars, tail, Vm, OVMF_VARS};
 use common::{images, require_tool, sparse_copy};
@@ -443,26 +443,9 @@ fn zeros(path: &Path, len: u64) -> bool {
 /// and its journal replayed (`e2fsck -fy`: the machine was stopped, not
 /// shut down, and what os-agent synced may still be in the journal).
 fn persist_file(work: &Path, disk: &Path, part: &Entry, path: &str) -> String {
-    require_tool("debugfs", "e2fsprogs");
     let copy = work.join("persist.img");
-    common::sparse_copy_range(disk, part.first_lba * 512, part.sectors() * 512, &copy);
-    let fsck = Command::new("e2fsck")
-        .arg("-fy")
-        .arg(&copy)
-        .output()
-        .unwrap();
-    assert!(
-        matches!(fsck.status.code(), Some(0 | 1)),
-        "e2fsck -fy of persist:\n{}{}",
-        String::from_utf8_lossy(&fsck.stdout),
-        String::from_utf8_lossy(&fsck.stderr)
-    );
-    let o = Command::new("debugfs")
-        .args(["-R", &format!("cat {path}")])
-        .arg(&copy)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    ext4_copy(disk, part.first_lba * 512, part.sectors() * 512, &copy);
+    debugfs_cat(&copy, path)
 }
 
 /// The ISO first in the firmware's boot order (OVMF, bootindex), its

@@ -13,13 +13,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use boot_contract::grubenv::GrubEnv;
-use common::abdisk::{mtools, read_fat_file};
+use common::abdisk::{debugfs_cat, ext4_copy, mtools, read_fat_file};
 use common::fixtures::fixtures_dir;
 use common::images;
 use common::qemu::{tail, Vm};
 use common::registry::Registry;
 use common::upgrade as up;
-use common::{assert_bmap_copy_equals, require_tool, sparse_copy, sparse_copy_range, TestEnv};
+use common::{assert_bmap_copy_equals, require_tool, sparse_copy, TestEnv};
 
 /// The card's partitions as `sfdisk --json` reads them.
 fn sfdisk(card: &Path) -> serde_json::Value {
@@ -77,24 +77,11 @@ fn boot_partition_serial(card: &Path, start: u64, len: u64, to: &Path) -> String
 /// debugfs; checks that both are there.
 fn write_to_persist(card: &Path, at: u64, len: u64, work: &Path, layout: &Path, job: &str) {
     require_tool("debugfs", "e2fsprogs");
-    // On a copy of the partition: after a journal replay e2fsck (and
-    // debugfs's journal_run) open the filesystem again by name, without an
-    // `?offset=`.
+    // On a copy of the partition, its journal replayed (the first boot
+    // was cut short), so the kernel's replay at the next mount cannot undo
+    // what debugfs adds.
     let part = work.join("persist.ext4");
-    sparse_copy_range(card, at, len, &part);
-    // The first boot was cut short: e2fsck replays persist's journal, so
-    // the kernel's replay at the next mount cannot undo what debugfs adds.
-    let o = Command::new("e2fsck")
-        .arg("-fy")
-        .arg(&part)
-        .output()
-        .unwrap();
-    assert!(
-        matches!(o.status.code(), Some(0 | 1)),
-        "e2fsck -fy of persist: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    ext4_copy(card, at, len, &part);
     let job_file = work.join("upgrade-job");
     fs::write(&job_file, format!("{job}\n")).unwrap();
     let job_dest = "state/var/lib/rancher/k3s/server/standin-upgrade-job";
@@ -129,13 +116,8 @@ fn write_to_persist(card: &Path, at: u64, len: u64, work: &Path, layout: &Path, 
     );
     assert!(o.status.success(), "debugfs -w: {text}");
     // debugfs goes on past a failed command: read back what it wrote.
-    let o = Command::new("debugfs")
-        .args(["-R", &format!("cat {job_dest}")])
-        .arg(&part)
-        .output()
-        .unwrap();
     assert_eq!(
-        String::from_utf8_lossy(&o.stdout).trim_end(),
+        debugfs_cat(&part, job_dest).trim_end(),
         job,
         "{job_dest} on persist after debugfs: {text}"
     );

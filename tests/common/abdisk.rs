@@ -171,6 +171,35 @@ pub fn arm_trial_of_b(disk: &Path, esp: u64, root_b: u64, rootfs: &Path) {
     }
 }
 
+/// The ext4 `len` bytes at `at` of `disk`, copied to `to` with its
+/// journal replayed (`e2fsck -fy`): a machine stopped rather than shut
+/// down leaves its last writes in the journal. On a copy because e2fsck
+/// (and debugfs's `journal_run`) open the filesystem again by name after a
+/// replay, without an `?offset=`.
+pub fn ext4_copy(disk: &Path, at: u64, len: u64, to: &Path) {
+    require_tool("e2fsck", "e2fsprogs");
+    super::sparse_copy_range(disk, at, len, to);
+    let fsck = Command::new("e2fsck").arg("-fy").arg(to).output().unwrap();
+    assert!(
+        matches!(fsck.status.code(), Some(0 | 1)),
+        "e2fsck -fy of the ext4 at {at} of {}:\n{}{}",
+        disk.display(),
+        String::from_utf8_lossy(&fsck.stdout),
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+}
+
+/// `debugfs -R "cat PATH"` of the ext4 image `fs`.
+pub fn debugfs_cat(fs: &Path, path: &str) -> String {
+    require_tool("debugfs", "e2fsprogs");
+    let o = Command::new("debugfs")
+        .args(["-R", &format!("cat {path}")])
+        .arg(fs)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 /// The root slots of the try-once tests, `DIR/a.squashfs` and
 /// `DIR/b.squashfs`: roots of `busybox` whose init prints
 /// `root-init: slot X` and the kernel command line, then powers off.

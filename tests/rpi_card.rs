@@ -85,8 +85,26 @@ fn write_to_persist(card: &Path, at: u64, len: u64, work: &Path, layout: &Path, 
     let job_file = work.join("upgrade-job");
     fs::write(&job_file, format!("{job}\n")).unwrap();
     let job_dest = "state/var/lib/rancher/k3s/server/standin-upgrade-job";
-    let mut script =
-        String::from("mkdir upgrade\nmkdir upgrade/blobs\nmkdir upgrade/blobs/sha256\n");
+    // The job's directory may not be on persist yet (the first boot is
+    // stopped at its boot line, k3s perhaps not started): made here, each
+    // level; debugfs says so and goes on where one exists.
+    let mut script = String::new();
+    let mut dir = String::new();
+    for part in job_dest
+        .split('/')
+        .collect::<Vec<_>>()
+        .split_last()
+        .unwrap()
+        .1
+    {
+        dir = if dir.is_empty() {
+            part.to_string()
+        } else {
+            format!("{dir}/{part}")
+        };
+        script += &format!("mkdir {dir}\n");
+    }
+    script += "mkdir upgrade\nmkdir upgrade/blobs\nmkdir upgrade/blobs/sha256\n";
     for name in ["oci-layout", "index.json"] {
         script += &format!("write {} upgrade/{name}\n", layout.join(name).display());
     }

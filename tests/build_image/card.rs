@@ -5,21 +5,19 @@
 //! by `fsck.vfat -n` and mtools, its initramfs by `cpio`. Bad input is
 //! refused before anything is fetched.
 
-mod common;
-
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::common::abdisk::{debugfs_cat, ext4_copy, mtools, read_fat_file};
+use crate::common::fixtures::fixtures_dir;
+use crate::common::images;
+use crate::common::qemu::{tail, Vm};
+use crate::common::registry::Registry;
+use crate::common::upgrade as up;
+use crate::common::{assert_bmap_copy_equals, require_tool, sparse_copy, TestEnv};
 use boot_contract::grubenv::GrubEnv;
-use common::abdisk::{debugfs_cat, ext4_copy, mtools, read_fat_file};
-use common::fixtures::fixtures_dir;
-use common::images;
-use common::qemu::{tail, Vm};
-use common::registry::Registry;
-use common::upgrade as up;
-use common::{assert_bmap_copy_equals, require_tool, sparse_copy, TestEnv};
 
 /// The card's partitions as `sfdisk --json` reads them.
 fn sfdisk(card: &Path) -> serde_json::Value {
@@ -249,6 +247,9 @@ fn debian_arm64_card_has_the_pi_boot_files_and_the_ab_layout() {
     require_tool("fsck.vfat", "dosfstools");
     require_tool("mdir", "mtools");
     require_tool("cpio", "cpio");
+    // The builds (and the components they take) one at a time with the
+    // other tests of this binary; the boots beside them.
+    let one = crate::BUILD.lock().unwrap_or_else(|e| e.into_inner());
     let env = TestEnv::new();
     let comps = format!("oci-layout:{}", images::components().display());
     let reg = Registry::start();
@@ -311,6 +312,7 @@ fn debian_arm64_card_has_the_pi_boot_files_and_the_ab_layout() {
     let o = build("1.0.0-rpi", "rpi", &out);
     let out_v2 = env.tmp.path().join("dist-v2");
     build("2.0.0-rpi", "upgrade", &out_v2);
+    drop(one);
     let result: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(result["formats"], serde_json::json!(["rpi"]));
     let stem = images::stem(images::DEFAULT_FLAVOR, "arm64");

@@ -5,6 +5,7 @@
 
 pub mod hwdb;
 pub mod k3s;
+pub mod ldcache;
 pub mod pam;
 pub mod systemd;
 
@@ -83,6 +84,7 @@ pub fn finalise(ed: &mut Editor<'_>, info: &ImageInfo) -> Result<Report> {
     network(ed, &mut r)?;
     watchdog(ed, &mut r)?;
     hwdb(ed, &mut r)?;
+    ld_so_cache(ed, info, &mut r)?;
     ed.write(
         "usr/lib/systemd/system-preset/10-build-image.preset",
         PRESET.as_bytes(),
@@ -452,6 +454,23 @@ fn hwdb(ed: &mut Editor<'_>, r: &mut Report) -> Result<()> {
             w.entries,
             w.files
         ));
+    }
+    Ok(())
+}
+
+/// libc-bin's trigger (`ldconfig`): the loader's cache, so
+/// ldconfig.service has nothing to do at boot.
+fn ld_so_cache(ed: &mut Editor<'_>, info: &ImageInfo, r: &mut Report) -> Result<()> {
+    let generator = format!("build-image {}", env!("CARGO_PKG_VERSION"));
+    match ldcache::write(ed, &info.arch, &generator).context("writing /etc/ld.so.cache")? {
+        ldcache::Outcome::Written { entries, dirs } => r.steps.push(format!(
+            "loader cache /{}: {entries} libraries from {dirs} directories",
+            ldcache::CACHE
+        )),
+        ldcache::Outcome::LeftToBoot(why) => r.steps.push(format!(
+            "no loader cache: {why}; ldconfig.service builds it at boot"
+        )),
+        ldcache::Outcome::NoLoader => {}
     }
     Ok(())
 }

@@ -134,6 +134,33 @@ impl Editor<'_> {
         self.tree.children(dir).map(|(n, _)| lossy(n)).collect()
     }
 
+    /// The inode `path` leads to with every symlink followed, the last
+    /// component's too (within the tree); `None` if nothing is there, a
+    /// link dangles or links loop.
+    pub fn lookup_following(&self, path: &str) -> Option<InodeId> {
+        let mut p = path.trim_start_matches('/').to_string();
+        if p.is_empty() {
+            return Some(self.tree.root());
+        }
+        for _ in 0..40 {
+            let id = self.lookup(&p)?;
+            let InodeKind::Symlink { target } = &self.tree.inode(id).kind else {
+                return Some(id);
+            };
+            let t = lossy(target);
+            p = if t.starts_with('/') {
+                t.trim_start_matches('/').to_string()
+            } else {
+                let dir = p.rsplit_once('/').map_or("", |(d, _)| d);
+                format!("{dir}/{t}")
+            };
+            if p.trim_matches('/').is_empty() {
+                return Some(self.tree.root());
+            }
+        }
+        None
+    }
+
     /// The kind and, for regular files, the contents at `path`, following
     /// a final symlink within the tree.
     pub fn read_following(&self, path: &str) -> Result<Option<Vec<u8>>> {

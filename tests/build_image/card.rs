@@ -288,12 +288,9 @@ fn debian_arm64_card_has_the_pi_boot_files_and_the_ab_layout() {
             // watchdog is started (it does not emulate the timer), so
             // os-init's trial watchdog and systemd's RuntimeWatchdogSec=
             // would reset the emulated Pi; real Pis count down. The k3s
-            // stand-in fails in slot b (the trial below). ldconfig.service
-            // rebuilds /etc/ld.so.cache at every boot (/etc is new each
-            // boot), minutes under TCG; nothing here needs the cache.
+            // stand-in fails in slot b (the trial below).
             "--cmdline",
-            "bi.watchdog=off systemd.watchdog_sec=off standin.fail_slot=b \
-             systemd.mask=ldconfig.service",
+            "bi.watchdog=off systemd.watchdog_sec=off standin.fail_slot=b",
             "--output",
             out.to_str().unwrap(),
         ];

@@ -153,7 +153,7 @@ pub fn write(ed: &mut Editor<'_>, deb_arch: &str, generator: &str) -> Result<Out
         return Ok(Outcome::NoLoader);
     };
     let libc = format!("usr/lib/{}/libc.so.6", arch.triplet);
-    if ed.lookup_following(&libc).is_none() && !ed.exists(CONF) {
+    if follow(ed, &libc).is_none() && !ed.exists(CONF) {
         return Ok(Outcome::NoLoader);
     }
     let dirs = directories(ed, &arch)?;
@@ -239,7 +239,7 @@ fn directories(ed: &Editor<'_>, arch: &Arch) -> Result<Vec<String>> {
     let mut seen: BTreeSet<InodeId> = BTreeSet::new();
     let mut out = Vec::new();
     for d in listed {
-        let Some(id) = ed.lookup_following(&d) else {
+        let Some(id) = follow(ed, &d) else {
             continue;
         };
         if !ed.tree.inode(id).kind.is_dir() || !seen.insert(id) {
@@ -256,7 +256,7 @@ fn parse_conf(ed: &Editor<'_>, file: &str, depth: usize, out: &mut Vec<String>) 
     if depth > MAX_INCLUDE_DEPTH {
         bail!("{file}: includes nested more than {MAX_INCLUDE_DEPTH} deep (a loop?)");
     }
-    let Some(id) = ed.lookup_following(file) else {
+    let Some(id) = follow(ed, file) else {
         return Ok(());
     };
     let InodeKind::File { content } = &ed.tree.inode(id).kind else {
@@ -391,6 +391,12 @@ fn bracket(p: &[u8], c: u8) -> Option<(bool, &[u8])> {
     }
 }
 
+/// The inode `path` leads to, `None` where ldconfig's stat would fail
+/// (nothing there, a dangling link, a loop).
+fn follow(ed: &Editor<'_>, path: &str) -> Option<InodeId> {
+    ed.lookup_following(path).ok().flatten()
+}
+
 /// glibc's `_dl_is_dso`: the names ldconfig looks at.
 fn is_dso_name(name: &[u8]) -> bool {
     ((name.starts_with(b"lib") || name.starts_with(b"ld-")) && contains(name, b".so"))
@@ -419,7 +425,7 @@ struct Dlib {
 
 /// ldconfig's `search_dir`: the directory's libraries, one per key.
 fn scan(ed: &Editor<'_>, dir: &str, arch: &Arch) -> Result<Vec<Entry>> {
-    let Some(dir_id) = ed.lookup_following(dir) else {
+    let Some(dir_id) = follow(ed, dir) else {
         return Ok(Vec::new());
     };
     let children: Vec<(Vec<u8>, InodeId)> = ed
@@ -439,7 +445,7 @@ fn scan(ed: &Editor<'_>, dir: &str, arch: &Arch) -> Result<Vec<Entry>> {
             InodeKind::File { content } => content,
             InodeKind::Symlink { .. } => {
                 is_link = true;
-                let Some(t) = ed.lookup_following(&path) else {
+                let Some(t) = follow(ed, &path) else {
                     continue; // dangling
                 };
                 match &ed.tree.inode(t).kind {

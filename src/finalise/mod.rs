@@ -499,7 +499,7 @@ fn watchdog(ed: &mut Editor<'_>, r: &mut Report) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tree::{ContentStore, FsTree};
+    use crate::tree::edit::Scratch;
 
     fn info() -> ImageInfo {
         ImageInfo {
@@ -516,15 +516,9 @@ mod tests {
     /// ships a sysusers.d file for it (Debian 13).
     #[test]
     fn sshd_user_is_declared_once() {
-        let tmp = tempfile::tempdir().unwrap();
         for (ships, ours) in [(false, true), (true, false)] {
-            let mut tree = FsTree::new();
-            let mut store = ContentStore::new_in(tmp.path()).unwrap();
-            let mut ed = Editor {
-                tree: &mut tree,
-                store: &mut store,
-                mtime: 0,
-            };
+            let mut scratch = Scratch::new();
+            let mut ed = scratch.editor();
             ed.write("usr/sbin/sshd", b"", 0o755).unwrap();
             if ships {
                 ed.write(

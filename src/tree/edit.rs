@@ -135,17 +135,19 @@ impl Editor<'_> {
     }
 
     /// The inode `path` leads to with every symlink followed, the last
-    /// component's too (within the tree); `None` if nothing is there, a
-    /// link dangles or links loop.
-    pub fn lookup_following(&self, path: &str) -> Option<InodeId> {
+    /// component's too (within the tree); `None` if nothing is there or a
+    /// link dangles; an error when links loop.
+    pub fn lookup_following(&self, path: &str) -> Result<Option<InodeId>> {
         let mut p = path.trim_start_matches('/').to_string();
-        if p.is_empty() {
-            return Some(self.tree.root());
-        }
         for _ in 0..40 {
-            let id = self.lookup(&p)?;
+            if p.trim_matches('/').is_empty() {
+                return Ok(Some(self.tree.root()));
+            }
+            let Some(id) = self.lookup(&p) else {
+                return Ok(None);
+            };
             let InodeKind::Symlink { target } = &self.tree.inode(id).kind else {
-                return Some(id);
+                return Ok(Some(id));
             };
             let t = lossy(target);
             p = if t.starts_with('/') {
@@ -154,33 +156,53 @@ impl Editor<'_> {
                 let dir = p.rsplit_once('/').map_or("", |(d, _)| d);
                 format!("{dir}/{t}")
             };
-            if p.trim_matches('/').is_empty() {
-                return Some(self.tree.root());
-            }
-        }
-        None
-    }
-
-    /// The kind and, for regular files, the contents at `path`, following
-    /// a final symlink within the tree.
-    pub fn read_following(&self, path: &str) -> Result<Option<Vec<u8>>> {
-        let mut p = path.trim_start_matches('/').to_string();
-        for _ in 0..40 {
-            match self.lookup(&p).map(|id| &self.tree.inode(id).kind) {
-                Some(InodeKind::Symlink { target }) => {
-                    let t = lossy(target);
-                    p = if t.starts_with('/') {
-                        t.trim_start_matches('/').to_string()
-                    } else {
-                        let dir = p.rsplit_once('/').map_or("", |(d, _)| d);
-                        format!("{dir}/{t}")
-                    };
-                }
-                Some(InodeKind::File { .. }) => return self.read(&p),
-                _ => return Ok(None),
-            }
         }
         bail!("/{path}: too many levels of symlinks")
+    }
+
+    /// The contents of the regular file at `path`, following a final
+    /// symlink within the tree; `None` if there is none.
+    pub fn read_following(&self, path: &str) -> Result<Option<Vec<u8>>> {
+        let Some(id) = self.lookup_following(path)? else {
+            return Ok(None);
+        };
+        match &self.tree.inode(id).kind {
+            InodeKind::File { content } => {
+                Ok(Some(self.store.read_all(content).with_context(|| {
+                    format!("reading /{path} of the image")
+                })?))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+/// An empty tree with its content store in a temporary directory, for
+/// tests that edit one.
+#[cfg(test)]
+pub(crate) struct Scratch {
+    pub tree: FsTree,
+    pub store: ContentStore,
+    _dir: tempfile::TempDir,
+}
+
+#[cfg(test)]
+impl Scratch {
+    pub fn new() -> Scratch {
+        let dir = tempfile::tempdir().unwrap();
+        Scratch {
+            tree: FsTree::new(),
+            store: ContentStore::new_in(dir.path()).unwrap(),
+            _dir: dir,
+        }
+    }
+
+    pub fn editor(&mut self) -> Editor<'_> {
+        Editor {
+            tree: &mut self.tree,
+            store: &mut self.store,
+            mtime: 0,
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use super::*;
-use crate::tree::{ContentStore, FsTree};
+use crate::tree::edit::Scratch;
 
 /// sd-hwdb.c's lookup over a compiled database: the properties a
 /// modalias gets. Of two matches setting one key, the higher file
@@ -308,14 +308,8 @@ fn bad_sources_name_the_file_and_line() {
 
 #[test]
 fn finalise_compiles_the_images_sources_once() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut tree = FsTree::new();
-    let mut store = ContentStore::new_in(tmp.path()).unwrap();
-    let mut ed = Editor {
-        tree: &mut tree,
-        store: &mut store,
-        mtime: 0,
-    };
+    let mut scratch = Scratch::new();
+    let mut ed = scratch.editor();
     assert_eq!(write(&mut ed).unwrap(), None, "no sources");
     let usr = "usr/lib/udev/hwdb.d";
     let etc = "etc/udev/hwdb.d";

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use super::*;
-use crate::tree::{ContentStore, FsTree};
+use crate::tree::edit::Scratch;
 
 #[test]
 fn versions_compare_as_numbers() {
@@ -182,13 +182,8 @@ fn same_cache_as_ldconfig() {
     let want = fs::read(root.join("etc/ld.so.cache")).unwrap();
     fs::remove_file(root.join("etc/ld.so.cache")).unwrap();
 
-    let mut tree = FsTree::new();
-    let mut store = ContentStore::new_in(tmp.path()).unwrap();
-    let mut ed = Editor {
-        tree: &mut tree,
-        store: &mut store,
-        mtime: 0,
-    };
+    let mut scratch = Scratch::new();
+    let mut ed = scratch.editor();
     load(&mut ed, &root, "");
     let outcome = write(&mut ed, "amd64", "GENERATOR").unwrap();
     let Outcome::Written { entries, dirs } = outcome else {
@@ -238,14 +233,8 @@ fn same_cache_as_ldconfig() {
 
 #[test]
 fn images_without_glibc_or_with_hwcaps_get_none() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut tree = FsTree::new();
-    let mut store = ContentStore::new_in(tmp.path()).unwrap();
-    let mut ed = Editor {
-        tree: &mut tree,
-        store: &mut store,
-        mtime: 0,
-    };
+    let mut scratch = Scratch::new();
+    let mut ed = scratch.editor();
     assert_eq!(write(&mut ed, "amd64", "g").unwrap(), Outcome::NoLoader);
     ed.write("usr/lib/aarch64-linux-gnu/libc.so.6", b"x", 0o644)
         .unwrap();

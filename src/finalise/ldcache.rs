@@ -343,7 +343,7 @@ fn glob(ed: &Editor<'_>, pattern: &str) -> Result<Vec<String>> {
 
 /// fnmatch(3) without flags: `*`, `?`, `[...]` (with `!` or `^` and
 /// ranges), `\` quoting.
-fn fnmatch(p: &[u8], s: &[u8]) -> bool {
+pub(crate) fn fnmatch(p: &[u8], s: &[u8]) -> bool {
     match p.split_first() {
         None => s.is_empty(),
         Some((b'*', rest)) => (0..=s.len()).any(|k| fnmatch(rest, &s[k..])),

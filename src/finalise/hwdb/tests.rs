@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use super::*;
+use crate::finalise::ldcache::fnmatch;
 use crate::tree::edit::Scratch;
 
 /// sd-hwdb.c's lookup over a compiled database: the properties a
@@ -128,49 +129,6 @@ impl Reader<'_> {
             }
         }
         buf.truncate(buf.len() - prefix.len());
-    }
-}
-
-/// fnmatch(3) without flags: `*`, `?`, `[...]` (with `!`/`^` and
-/// ranges), `\` escapes.
-fn fnmatch(p: &[u8], s: &[u8]) -> bool {
-    match (p.first(), s.first()) {
-        (None, _) => s.is_empty(),
-        (Some(b'*'), _) => (0..=s.len()).any(|k| fnmatch(&p[1..], &s[k..])),
-        (_, None) => false,
-        (Some(b'?'), Some(_)) => fnmatch(&p[1..], &s[1..]),
-        (Some(b'['), Some(&c)) => match bracket(&p[1..], c) {
-            Some((hit, rest)) => hit && fnmatch(rest, &s[1..]),
-            None => c == b'[' && fnmatch(&p[1..], &s[1..]),
-        },
-        (Some(b'\\'), Some(&c)) if p.len() > 1 => p[1] == c && fnmatch(&p[2..], &s[1..]),
-        (Some(&a), Some(&c)) => a == c && fnmatch(&p[1..], &s[1..]),
-    }
-}
-
-/// Whether `c` is in the set `p` starts with (after `[`), and the
-/// pattern after its `]`; None if the set is not closed.
-fn bracket(p: &[u8], c: u8) -> Option<(bool, &[u8])> {
-    let negate = matches!(p.first(), Some(b'!' | b'^'));
-    let mut i = usize::from(negate);
-    let mut hit = false;
-    let mut first = true;
-    loop {
-        let &a = p.get(i)?;
-        if a == b']' && !first {
-            return Some((hit != negate, &p[i + 1..]));
-        }
-        first = false;
-        match (p.get(i + 1), p.get(i + 2)) {
-            (Some(b'-'), Some(&b)) if b != b']' => {
-                hit |= (a..=b).contains(&c);
-                i += 3;
-            }
-            _ => {
-                hit |= a == c;
-                i += 1;
-            }
-        }
     }
 }
 
